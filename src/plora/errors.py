@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero, never a traceback."""
+
+
+class PloraError(Exception):
+    """Base for every error whose message is meant for the user."""
+
+
+class ManifestError(PloraError):
+    """A plora.yml that does not parse, or breaks the schema."""
+
+
+class DataError(PloraError):
+    """An unknown domain, an unreadable dataset file, an empty split."""
+
+
+class ModelError(PloraError):
+    """A base model that cannot be resolved or loaded."""
+
+
+class SignatureError(PloraError):
+    """A bad key, a signature that does not verify, a quorum not met."""
+
+
+class LoaderError(PloraError):
+    """A plasmid that does not fit the live model, or a blown latency budget."""
+
+
+class TransferError(PloraError):
+    """A network offer/fetch that failed or was refused."""

@@ -1,0 +1,1 @@
+"""gRPC offer/fetch of plasmids: the .proto, the offer server and the fetch client."""

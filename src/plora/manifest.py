@@ -1,0 +1,219 @@
+"""The ``plora.yml`` manifest: strict schema, YAML I/O, and the one canonical byte form that is hashed and signed.
+
+    >>> from plora.manifest import read_manifest, canonical_bytes
+    >>> m = read_manifest("out/legal")                      # doctest: +SKIP
+    >>> m.domain, m.lora.r, m.artifact.sha256[:12]          # doctest: +SKIP
+    ('legal', 4, '3f1c0e9a2b7d')
+    >>> canonical_bytes(m)[:40]                             # doctest: +SKIP
+
+Every model forbids unknown fields. The canonical form is the manifest without ``signatures``, as
+JSON with sorted keys, no spaces, UTF-8: any field a gate reads (base model, rank, targets, alpha,
+artifact hash and size, the adapter_config hash) is covered by every signature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from plora.errors import ManifestError
+from plora.fsio import atomic_write_text
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "plora.yml"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ARTIFACT_NAME = "adapter_model.safetensors"
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="id: letters, digits, . _ -")
+]
+TargetSet = Literal["attention", "mlp", "all", "custom"]
+SignatureAlgo = Literal["rsa-pss-sha256", "ed25519"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class BaseModelRef(_Strict):
+    name: str = Field(min_length=1, max_length=256, description="base model name: plora-tiny, smollm2-135m, hub id")
+    digest: Sha256 = Field(description="SHA-256 over the base model's weights (see plora.models.weights_digest)")
+
+
+class LoraSpec(_Strict):
+    r: int = Field(ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(gt=0, le=65536, description="LoRA alpha; the update is scaled by alpha / r")
+    dropout: float = Field(ge=0.0, lt=1.0, default=0.0)
+    target_set: TargetSet = Field(description="named target set used at training time")
+    targets: tuple[str, ...] = Field(min_length=1, description="module name suffixes, e.g. c_attn")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_are_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for t in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", t):
+                raise ValueError(f"target module name {t!r} is not a dotted identifier")
+        return tuple(sorted(set(v)))
+
+
+class Artifact(_Strict):
+    filename: str = Field(description="bare .safetensors file name in the plasmid folder")
+    sha256: Sha256
+    size_bytes: int = Field(ge=1)
+    config_sha256: Sha256 = Field(description="SHA-256 of adapter_config.json")
+
+    @field_validator("filename")
+    @classmethod
+    def _bare_safetensors(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in {".", ".."} or ".." in v or v.startswith("."):
+            raise ValueError(f"artifact filename {v!r} must be a bare file name (no path separators, no '..')")
+        if not v.endswith(".safetensors"):
+            raise ValueError(f"artifact filename {v!r} must end in .safetensors (pickle/.bin is never accepted)")
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", v):
+            raise ValueError(f"artifact filename {v!r} has characters outside [A-Za-z0-9._-]")
+        return v
+
+
+class Training(_Strict):
+    seed: int
+    samples: int = Field(ge=0)
+    epochs: float = Field(ge=0)
+    dataset: str = Field(min_length=1, max_length=512, description="builtin:<domain>, hub:<id>, file:<name>, or merge")
+    learning_rate: float | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    seconds: float | None = Field(default=None, ge=0)
+
+
+class Metrics(_Strict):
+    """Measured on the domain's dev split (answer tokens only)."""
+
+    dev_size: int = Field(ge=0)
+    nll_before: float | None = None
+    nll_after: float | None = None
+    ppl_before: float | None = None
+    ppl_after: float | None = None
+    exact_match_before: float | None = Field(default=None, ge=0, le=1)
+    exact_match_after: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("nll_before", "nll_after", "ppl_before", "ppl_after")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("metrics must be finite numbers")
+        return v
+
+
+class Source(_Strict):
+    plasmid_id: Identifier
+    sha256: Sha256
+    weight: float
+
+
+class Merge(_Strict):
+    method: Literal["linear", "svd", "ties", "dare_linear", "dare_ties", "cat"]
+    sources: tuple[Source, ...] = Field(min_length=1)
+    density: float | None = Field(default=None, gt=0, le=1)
+
+
+class Signature(_Strict):
+    algo: SignatureAlgo
+    key_fingerprint: Sha256 = Field(description="SHA-256 of the signer's public key (DER SubjectPublicKeyInfo)")
+    signature: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9+/]+={0,2}$", description="base64")
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    plasmid_id: Identifier
+    domain: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    created_at: datetime
+    base_model: BaseModelRef
+    lora: LoraSpec
+    artifact: Artifact
+    training: Training
+    metrics: Metrics | None = None
+    merge: Merge | None = None
+    signatures: tuple[Signature, ...] = ()
+
+    def unsigned(self) -> Manifest:
+        return self.model_copy(update={"signatures": ()})
+
+    def with_signature(self, sig: Signature) -> Manifest:
+        kept = tuple(s for s in self.signatures if s.key_fingerprint != sig.key_fingerprint)
+        return self.model_copy(update={"signatures": kept + (sig,)})
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _plain(manifest: Manifest) -> dict[str, Any]:
+    return manifest.model_dump(mode="json", exclude_none=True)
+
+
+def canonical_bytes(manifest: Manifest) -> bytes:
+    """The bytes that are hashed and signed: every field except ``signatures``, sorted-key compact JSON."""
+    body = _plain(manifest)
+    body.pop("signatures", None)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _format_validation(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def parse_manifest(data: Any, source: str = "plora.yml") -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: expected a mapping at the top level, found {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(f"{source}: {_format_validation(err)}") from None
+
+
+def manifest_path(folder_or_file: str | os.PathLike[str]) -> Path:
+    p = Path(folder_or_file)
+    return p / MANIFEST_NAME if p.is_dir() else p
+
+
+def read_manifest(folder_or_file: str | os.PathLike[str], max_bytes: int = 1 << 20) -> Manifest:
+    path = manifest_path(folder_or_file)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ManifestError(f"{path}: manifest is {size} bytes, more than the {max_bytes} allowed")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (expected a plasmid folder with {MANIFEST_NAME})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: cannot read manifest: {err}") from None
+    return loads_manifest(text, source=str(path))
+
+
+def loads_manifest(text: str, source: str = "plora.yml") -> Manifest:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ManifestError(f"{source}: malformed YAML{where}") from None
+    return parse_manifest(data, source)
+
+
+def dumps_manifest(manifest: Manifest) -> str:
+    return yaml.safe_dump(_plain(manifest), sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
+    return atomic_write_text(Path(folder) / MANIFEST_NAME, dumps_manifest(manifest))

@@ -1,0 +1,22 @@
+"""Shared fixtures. Heavy ones (a trained plasmid) are session-scoped so the suite stays under 10 minutes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Each test session gets its own PLORA_HOME so caches never leak between runs."""
+    home = tmp_path_factory.getbasetemp() / "plora-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("PLORA_HOME", str(home))
+    monkeypatch.delenv("PLORA_SAMPLES", raising=False)
+    monkeypatch.delenv("PLORA_BASE_MODEL", raising=False)
