@@ -34,7 +34,10 @@ ARTIFACT_NAME = "adapter_model.safetensors"
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
 Identifier = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="id: letters, digits, . _ -")
+    str,
+    Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="id: letters, digits, . _ -"
+    ),
 ]
 TargetSet = Literal["attention", "mlp", "all", "custom"]
 SignatureAlgo = Literal["rsa-pss-sha256", "ed25519"]

@@ -1,6 +1,6 @@
 """Generate the Python stubs from the .proto files in this package (run by ``make setup``).
 
-    python -m plora.grpc.stubs
+python -m plora.grpc.stubs
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ def generate() -> list[Path]:
     for proto in protos:
         rel = proto.relative_to(SRC)
         code = protoc.main(
-            ["grpc_tools.protoc", f"-I{SRC}", f"--python_out={SRC}", f"--pyi_out={SRC}", f"--grpc_python_out={SRC}", str(rel)]
+            [
+                "grpc_tools.protoc",
+                f"-I{SRC}",
+                f"--python_out={SRC}",
+                f"--pyi_out={SRC}",
+                f"--grpc_python_out={SRC}",
+                str(rel),
+            ]
         )
         if code != 0:
             raise SystemExit(f"protoc failed on {rel}")
