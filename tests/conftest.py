@@ -20,3 +20,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PLORA_HOME", str(home))
     monkeypatch.delenv("PLORA_SAMPLES", raising=False)
     monkeypatch.delenv("PLORA_BASE_MODEL", raising=False)
+
+
+from fixtures_plasmids import *  # noqa: E402,F401,F403 - session fixtures: trained plasmids shared by the suite

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from plora.cli import base, experiments, gate, network, runtime, swarm, train, trust
+from plora.cli import base, experiments, gate, gate_eval, network, runtime, swarm, train, trust
 from plora.errors import PloraError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (base, train, trust, gate, runtime, network, swarm, experiments):
+for module in (base, train, trust, gate, gate_eval, runtime, network, swarm, experiments):
     module.register(app)
 
 
