@@ -1,1 +1,1 @@
-"""(filled in by its issue)"""
+"""The security gate: policy, ordered checks with stable reason codes, weight anomaly and behavioural probes."""
