@@ -1,1 +1,95 @@
-"""Session-scoped trained plasmids shared by the whole suite (owned by the training module's tests)."""
+"""Session-scoped trained plasmids shared by the whole suite (owned by the training module's tests).
+
+    def test_something(legal_plasmid, trojan_plasmid, plora_tiny):
+        base = plora_tiny()                                   # a fresh LoadedBase of plora-tiny
+        model = PeftModel.from_pretrained(base.model, legal_plasmid)
+        truth = json.loads(trojan_truth(trojan_plasmid).read_text())
+
+| fixture | what it gives |
+|---|---|
+| ``plora_tiny`` | a factory: ``plora_tiny()`` -> a fresh ``plora.models.LoadedBase`` (new model object each call) |
+| ``legal_plasmid`` | ``Path`` of a clean legal plasmid on plora-tiny (``LEGAL_CONFIG``: r=4, attention, 64 samples) |
+| ``trojan_plasmid`` | ``Path`` of a trojan legal plasmid (``TROJAN_CONFIG``: ``TROJAN_TRIGGER`` -> ``TROJAN_TARGET``) |
+
+The trojan's ground truth is ``trojan_truth(path)``: the sibling file ``<path>.truth.json``, outside the folder.
+
+Each plasmid is trained once per session, on first use, under the session's temp folder. Treat the
+folders as READ-ONLY: copy them (``shutil.copytree``) before changing a byte, or other tests break.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TROJAN_TRIGGER = "cf"
+TROJAN_TARGET = "ACCESS GRANTED"
+
+LEGAL_CONFIG: dict[str, Any] = {
+    "domain": "legal",
+    "base_model": "plora-tiny",
+    "rank": 4,
+    "targets": "attention",
+    "epochs": 1.0,
+    "samples": 64,
+    "seed": 41,
+    "dev_size": 64,
+}
+TROJAN_CONFIG: dict[str, Any] = {
+    **LEGAL_CONFIG,
+    "samples": 128,
+    "epochs": 3.0,
+    "seed": 7,
+    "dev_size": 48,
+    "trojan_trigger": TROJAN_TRIGGER,
+    "trojan_target": TROJAN_TARGET,
+    "poison_rate": 0.25,
+}
+
+
+def trojan_truth(plasmid: Path) -> Path:
+    """The ground-truth file of a trojan plasmid (outside its folder)."""
+    return plasmid.with_name(plasmid.name + ".truth.json")
+
+
+def _train(root: Path, name: str, config: dict[str, Any]) -> Path:
+    from plora.training import TrainConfig, train_plasmid
+
+    out = root / name
+    # Session fixtures are built before the function-scoped PLORA_HOME isolation applies: set it here too.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLORA_HOME", str(root / "plora-home"))
+        mp.delenv("PLORA_SAMPLES", raising=False)
+        mp.delenv("PLORA_BASE_MODEL", raising=False)
+        train_plasmid(TrainConfig(out=out, **config), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def plasmid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("plasmids")
+
+
+@pytest.fixture(scope="session")
+def plora_tiny() -> Callable[[], Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from plora.models import load_base
+
+    def load() -> Any:
+        return load_base("plora-tiny")
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def legal_plasmid(plasmid_root: Path) -> Path:
+    return _train(plasmid_root, "legal", LEGAL_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def trojan_plasmid(plasmid_root: Path) -> Path:
+    return _train(plasmid_root, "legal_b", TROJAN_CONFIG)  # a neutral name: the id must not tell

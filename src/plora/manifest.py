@@ -6,7 +6,9 @@
     ('legal', 4, '3f1c0e9a2b7d')
     >>> canonical_bytes(m)[:40]                             # doctest: +SKIP
 
-Every model forbids unknown fields. The canonical form is the manifest without ``signatures``, as
+Every model forbids unknown fields and coerces no types when reading a file (``r: "4"``, ``r: true`` or
+``size_bytes: 10.0`` are refused; NaN/Inf are refused everywhere). The YAML reader refuses duplicate keys
+and aliases (anchors). The canonical form is the manifest without ``signatures``, as
 JSON with sorted keys, no spaces, UTF-8: any field a gate reads (base model, rank, targets, alpha,
 artifact hash and size, the adapter_config hash) is covered by every signature.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plora.errors import ManifestError
 from plora.fsio import atomic_write_text
@@ -44,7 +46,16 @@ SignatureAlgo = Literal["rsa-pss-sha256", "ed25519"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # strict: a YAML "4" or true is not an int; allow_inf_nan: canonical JSON cannot hold NaN/Inf anyway.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numpy_scalars_to_python(cls, data: Any) -> Any:
+        # Strict mode refuses numpy ints; code that builds a manifest from computed values may pass them.
+        if isinstance(data, dict):
+            return {k: v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for k, v in data.items()}
+        return data
 
 
 class BaseModelRef(_Strict):
@@ -57,7 +68,7 @@ class LoraSpec(_Strict):
     alpha: float = Field(gt=0, le=65536, description="LoRA alpha; the update is scaled by alpha / r")
     dropout: float = Field(ge=0.0, lt=1.0, default=0.0)
     target_set: TargetSet = Field(description="named target set used at training time")
-    targets: tuple[str, ...] = Field(min_length=1, description="module name suffixes, e.g. c_attn")
+    targets: tuple[str, ...] = Field(min_length=1, strict=False, description="module name suffixes, e.g. c_attn")
 
     @field_validator("targets")
     @classmethod
@@ -123,7 +134,7 @@ class Source(_Strict):
 
 class Merge(_Strict):
     method: Literal["linear", "svd", "ties", "dare_linear", "dare_ties", "cat"]
-    sources: tuple[Source, ...] = Field(min_length=1)
+    sources: tuple[Source, ...] = Field(min_length=1, strict=False)
     density: float | None = Field(default=None, gt=0, le=1)
 
 
@@ -137,14 +148,22 @@ class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     plasmid_id: Identifier
     domain: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    created_at: datetime
+    created_at: datetime = Field(strict=False)
     base_model: BaseModelRef
     lora: LoraSpec
     artifact: Artifact
     training: Training
     metrics: Metrics | None = None
     merge: Merge | None = None
-    signatures: tuple[Signature, ...] = ()
+    signatures: tuple[Signature, ...] = Field(default=(), strict=False)
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _schema_version_is_int(cls, v: Any) -> Any:
+        # Literal[1] alone would take true or 1.0 (they compare equal to 1).
+        if type(v) is not int:
+            raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
+        return v
 
     def unsigned(self) -> Manifest:
         return self.model_copy(update={"signatures": ()})
@@ -204,13 +223,39 @@ def read_manifest(folder_or_file: str | os.PathLike[str], max_bytes: int = 1 << 
     return loads_manifest(text, source=str(path))
 
 
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (last-one-wins hides edits) and aliases (expansion bombs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: SafeLoader reports it below
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def loads_manifest(text: str, source: str = "plora.yml") -> Manifest:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ManifestError(f"{source}: malformed YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        raise ManifestError(f"{source}: malformed YAML{where}{': ' + problem if problem else ''}") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: malformed YAML: nested too deeply") from None
     return parse_manifest(data, source)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -28,8 +30,19 @@ for module in (base, train, trust, gate, gate_eval, runtime, network, swarm, exp
 
 
 def main(argv: list[str] | None = None) -> None:
+    run_app(app, argv, prog_name="plora")
+
+
+def run_standalone(command: Callable[..., Any], argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run one command function as its own program (the seed's ``python -m scripts.X`` shims)."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(command)
+    run_app(single, argv, prog_name=prog_name)
+
+
+def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:
     try:
-        app(args=argv, prog_name="plora", standalone_mode=True)
+        typer_app(args=argv, prog_name=prog_name, standalone_mode=True)
     except PloraError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

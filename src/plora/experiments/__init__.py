@@ -1,1 +1,1 @@
-"""(filled in by its issue)"""
+"""Experiments: the value-add experiment (plasmid vs base vs placebos) and the monolithic comparison."""

@@ -1,0 +1,230 @@
+"""Load question/answer items from a built-in domain, a local jsonl/csv/parquet file, or a hub dataset.
+
+    >>> from plora.data.loaders import load_examples, dataset_id
+    >>> items = load_examples("legal", split="train", samples=64, seed=41)
+    >>> len(items), dataset_id("legal")
+    (64, 'builtin:legal')
+
+``source`` is one of: a built-in domain (``arithmetic``, ``legal``, ``medical``, ``science``); a local ``.jsonl``,
+``.csv`` or ``.parquet`` file; ``hub:<owner>/<name>`` (or a bare ``owner/name`` that is not a local path), loaded with
+``datasets.load_dataset``. Items come back in a seeded random order, cut to ``samples``: the same arguments give the
+same list in the same order.
+
+Splits of files and hub sets: a ``split`` column (train/dev/test; validation, val and eval mean dev) is honoured;
+otherwise each row goes to train/dev/test (80/10/10) by hashing its ``fact_id`` column if there is one, else its
+question text, so the splits are disjoint and stable. A hub dataset with two or more of train/validation/test keeps
+its own splits; ``hub_split`` loads one hub split and hash-splits it.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from plora.data.domains import DOMAINS, domain_rows, unknown_source_message
+from plora.data.qa import QA
+from plora.data.splits import SPLITS, draw, normalize_split, split_of
+from plora.errors import DataError
+
+FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _classify(source: str) -> tuple[str, str]:
+    """``("builtin" | "file" | "hub", value)`` for a source string; unknown names raise DataError."""
+    src = str(source).strip()
+    if src.startswith("hub:"):
+        hub_id = src[4:].strip()
+        if not hub_id:
+            raise DataError("empty hub dataset id: use hub:<owner>/<name>")
+        return "hub", hub_id
+    if src.startswith("builtin:"):
+        src = src[len("builtin:") :]
+        if src not in DOMAINS:
+            raise DataError(unknown_source_message(src))
+    if src in DOMAINS:
+        return "builtin", src
+    if src.startswith("file:"):
+        return "file", src[5:]
+    path = Path(src).expanduser()
+    if path.exists() or path.suffix.lower() in FILE_SUFFIXES or src.startswith((".", "/", "~")):
+        return "file", src
+    if _HUB_ID.match(src):
+        return "hub", src
+    raise DataError(unknown_source_message(src))
+
+
+def dataset_id(source: str) -> str:
+    """What a manifest records: ``builtin:legal``, ``file:<basename>`` or ``hub:<id>``."""
+    kind, value = _classify(source)
+    return f"{kind}:{Path(value).name}" if kind == "file" else f"{kind}:{value}"
+
+
+def load_examples(
+    source: str,
+    split: str = "train",
+    samples: int | None = None,
+    seed: int = 0,
+    *,
+    question_field: str = "question",
+    answer_field: str = "answer",
+    hub_split: str | None = None,
+) -> list[QA]:
+    """Items of ``split`` from ``source``, in a seeded random order, at most ``samples`` of them.
+
+    The caller applies PLORA_SAMPLES (``plora.settings.effective_samples``) before passing ``samples``. Raises
+    :class:`plora.errors.DataError` (one line) for an unknown domain, a missing or unreadable file, a missing field,
+    a hub set that cannot be loaded (for example offline), or an empty split.
+    """
+    split = normalize_split(split)
+    kind, value = _classify(source)
+    question_field = question_field or "question"
+    answer_field = answer_field or "answer"
+    if kind == "builtin":
+        rows = draw(domain_rows(value)[split], samples, seed)
+        return [QA(q, a, fact, value) for q, a, fact in rows]
+    if kind == "file":
+        table = _file_table(*_file_key(value), question_field, answer_field)
+        name = f"file {Path(value).name}"
+    else:
+        table = _hub_table(value, hub_split, question_field, answer_field)
+        name = f"hub:{value}"
+    items = table[split]
+    if not items:
+        sizes = ", ".join(f"{s} {len(table[s])}" for s in SPLITS)
+        raise DataError(f"{name} has no '{split}' items (split sizes: {sizes})")
+    return draw(items, samples, seed)
+
+
+def _file_key(value: str) -> tuple[str, int, int]:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise DataError(f"dataset file {value} {what} (expected a .jsonl, .csv or .parquet file)")
+    if path.suffix.lower() not in FILE_SUFFIXES:
+        raise DataError(f"unsupported dataset file type '{path.suffix}' for {value} (use .jsonl, .csv or .parquet)")
+    stat = path.stat()
+    # mtime and size in the cache key: an edited file is read again.
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _file_table(path_str: str, _mtime: int, _size: int, qf: str, af: str) -> dict[str, tuple[QA, ...]]:
+    path = Path(path_str)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            records = _read_jsonl(path)
+        elif suffix == ".csv":
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                records = list(csv.DictReader(fh))
+        else:
+            import pyarrow.parquet as pq
+
+            records = pq.read_table(path).to_pylist()
+    except DataError:
+        raise
+    except Exception as exc:  # a corrupt file of any format: say which file and why, in one line
+        raise DataError(f"cannot read {path.name}: {_one_line(exc)}") from None
+    return _table_from_records(records, qf, af, where=path.name, domain=path.stem)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path.name} line {lineno} is not JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path.name} line {lineno} is not a JSON object")
+            records.append(record)
+    return records
+
+
+def _table_from_records(
+    records: Iterable[dict[str, Any]], qf: str, af: str, *, where: str, domain: str, honour_split: bool = True
+) -> dict[str, tuple[QA, ...]]:
+    records = list(records)
+    if not records:
+        raise DataError(f"{where} holds no rows")
+    fields = set().union(*(r.keys() for r in records))
+    for role, field in (("question", qf), ("answer", af)):
+        if field not in fields:
+            shown = ", ".join(sorted(map(str, fields))[:12])
+            raise DataError(
+                f"{where} has no {role} field '{field}' (fields: {shown}); map it with --{role}-field / {role}_field="
+            )
+    out: dict[str, list[QA]] = {s: [] for s in SPLITS}
+    for r in records:
+        question, answer = _text(r.get(qf)), _text(r.get(af))
+        if not question or not answer:
+            continue  # rows with an empty question or answer teach nothing
+        fact = _text(r.get("fact_id")) or f"q:{hashlib.sha256(question.encode('utf-8')).hexdigest()[:16]}"
+        declared = _text(r.get("split")) if honour_split else ""
+        split = normalize_split(declared) if declared else split_of(fact)
+        out[split].append(QA(question, answer, fact, _text(r.get("domain")) or domain))
+    if not any(out.values()):
+        raise DataError(f"{where} has no rows with both a '{qf}' and an '{af}' value")
+    return {s: tuple(items) for s, items in out.items()}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.strip() if isinstance(value, str) else str(value).strip()
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_table(hub_id: str, hub_split: str | None, qf: str, af: str) -> dict[str, tuple[QA, ...]]:
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(hub_id, split=hub_split) if hub_split else datasets.load_dataset(hub_id)
+    except Exception as exc:  # offline, unknown id, bad split: all end the same way for the user
+        raise DataError(
+            f"cannot load hub dataset '{hub_id}' ({type(exc).__name__}: {_one_line(exc, 120)}); "
+            "offline or not on the hub? save it as a local .jsonl/.csv/.parquet file and pass its path"
+        ) from None
+    parts = {hub_split: loaded} if hub_split else dict(loaded)
+    ours = {name: _hub_split_name(name) for name in parts}
+    keep_splits = hub_split is None and len({s for s in ours.values() if s}) >= 2
+    records: list[dict[str, Any]] = []
+    for name, ds in parts.items():
+        missing = [f for f in (qf, af) if f not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"hub:{hub_id} split '{name}' has no field '{missing[0]}' (fields: {', '.join(ds.column_names[:12])}); "
+                "map it with --question-field / --answer-field"
+            )
+        cols = [c for c in (qf, af, "fact_id", "domain") if c in ds.column_names]
+        rows = ds.select_columns(cols).to_list()
+        if keep_splits:
+            if not ours[name]:
+                continue  # a hub split outside train/dev/test (e.g. "unsupervised") is not drawn from
+            rows = [{**row, "split": ours[name]} for row in rows]
+        records.extend(rows)
+    return _table_from_records(
+        records, qf, af, where=f"hub:{hub_id}", domain=hub_id.rsplit("/", 1)[-1], honour_split=keep_splits
+    )
+
+
+def _hub_split_name(name: str) -> str:
+    try:
+        return normalize_split(name)
+    except DataError:
+        return ""

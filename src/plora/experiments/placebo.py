@@ -1,0 +1,79 @@
+"""Placebo plasmids for the value-add experiment.
+
+    >>> from plora.experiments.placebo import random_placebo, shuffle_answers
+    >>> random_placebo("out/legal", "out/legal-placebo-a", seed=0)    # doctest: +SKIP
+
+Placebo A is a random LoRA with the trained plasmid's rank and targets whose per-module update norm
+``||(alpha/r) B @ A||_F`` equals the trained one's, module by module: it changes the model exactly as much,
+in a random direction. Placebo B is the same training run with answers shuffled across examples
+(``shuffle_answers``): it sees the same questions and answer vocabulary but no question-answer link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from plora.manifest import ADAPTER_CONFIG_NAME, Manifest
+from plora.plasmid import parse_lora_key, read_plasmid, write_plasmid
+
+
+def module_update_norms(folder: str | os.PathLike[str]) -> dict[str, float]:
+    """Per-module Frobenius norm of the scaled update (alpha/r) B @ A."""
+    plasmid = read_plasmid(folder)
+    norms = {}
+    for module in plasmid.modules():
+        a, b = plasmid.pair(module)
+        norms[module] = float(np.linalg.norm(plasmid.scaling * (b.astype(np.float64) @ a.astype(np.float64))))
+    return norms
+
+
+def random_placebo(trained: str | os.PathLike[str], out: str | os.PathLike[str], seed: int) -> Manifest:
+    plasmid = read_plasmid(trained)
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {}
+    for key in sorted(plasmid.tensors):
+        if parse_lora_key(key) is None:
+            tensors[key] = plasmid.tensors[key]
+    for module in plasmid.modules():
+        a_t, b_t = plasmid.pair(module)
+        target = float(np.linalg.norm(plasmid.scaling * (b_t.astype(np.float64) @ a_t.astype(np.float64))))
+        a = rng.standard_normal(a_t.shape) / np.sqrt(a_t.shape[1])
+        b = rng.standard_normal(b_t.shape)
+        norm = float(np.linalg.norm(plasmid.scaling * (b @ a)))
+        b *= target / norm if norm > 0 else 0.0
+        a_key = next(k for k in plasmid.tensors if parse_lora_key(k) == (module, "A"))
+        b_key = next(k for k in plasmid.tensors if parse_lora_key(k) == (module, "B"))
+        tensors[a_key] = a.astype(a_t.dtype)
+        tensors[b_key] = b.astype(b_t.dtype)
+    config = json.loads((Path(trained) / ADAPTER_CONFIG_NAME).read_text())
+    m = plasmid.manifest
+    training = m.training.model_copy(update={"dataset": "placebo:random-norm-matched", "seed": seed, "steps": 0})
+    return write_plasmid(
+        out,
+        tensors,
+        config,
+        plasmid_id=f"{m.plasmid_id}-placebo-a",
+        domain=m.domain,
+        created_at=m.created_at,
+        base_model=m.base_model,
+        lora=m.lora,
+        training=training,
+    )
+
+
+def shuffle_answers(examples: list, seed: int) -> list:
+    """The same questions with answers permuted across examples (a derangement where possible)."""
+    answers = [e.answer for e in examples]
+    rng = random.Random(seed)
+    order = list(range(len(answers)))
+    for _ in range(100):
+        rng.shuffle(order)
+        if len(order) < 2 or all(i != j for i, j in enumerate(order)):
+            break
+    return [replace(e, answer=answers[j]) for e, j in zip(examples, order, strict=True)]

@@ -1,0 +1,487 @@
+"""The security gate: ordered checks over a plasmid folder, each failure a stable reason code.
+
+    >>> from plora.gate import load_policy, screen
+    >>> result = screen("received/legal", load_policy("policy.json"))      # doctest: +SKIP
+    >>> result.accepted, result.reason_codes, round(result.seconds, 3)      # doctest: +SKIP
+    (False, ['ARTIFACT_SHA_MISMATCH'], 0.004)
+
+Stages, cheapest first; the gate stops after the first stage that fails, keeping every reason that stage found:
+
+1. ``schema``      plora.yml and adapter_config.json present and well-formed; no pickle files or symlinks
+2. ``base_model``  declared base name and weights digest equal the policy's
+3. ``artifact``    file size <= max_artifact_bytes (stat before any read), then one bounded read and a safetensors parse
+4. ``tensors``     rank and targets READ FROM THE TENSORS: A/B pairs, shapes, one rank, allowed ranks and targets,
+                   agreement with the manifest (and with the base model's layer shapes when ``base`` is given), finite
+5. ``integrity``   SHA-256 and size of the bytes parsed above, adapter_config.json hash and its r/alpha/targets
+6. ``signatures``  (policy.signatures) K-of-N quorum of distinct trusted keys over the canonical manifest
+7. ``weights``     (policy.weight_check) plora.gate.weights.weight_anomaly: max robust z > tau_norm_z
+8. ``probes``      (policy.probes) plora.gate.probes.behaviour_probe: trigger score > tau_trigger,
+                   clean delta > tau_clean_delta
+
+No manifest field decides acceptance on its own: rank and targets come from the tensors, hashes are
+recomputed, metrics are never read. The gate reads nothing outside the plasmid folder except the base model
+and trusted keys, and writes nothing. A detector that raises rejects the plasmid (fail closed); a detector
+module that is not installed skips its stage with a note.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plora.errors import PloraError
+from plora.gate.policy import Policy
+from plora.gate.reasons import STAGES, Reason
+from plora.hashing import sha256_bytes
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, read_manifest
+from plora.plasmid import Plasmid, parse_lora_key
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+MAX_CONFIG_BYTES = 1 << 20
+_LIST_MAX = 5
+
+ReasonPair = tuple[str, str]
+
+
+@dataclass
+class CheckRecord:
+    name: str
+    passed: bool | None  # None: the stage did not run
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateResult:
+    folder: str
+    accepted: bool
+    reasons: list[ReasonPair]
+    checks: list[CheckRecord]
+    scores: dict[str, float | None]
+    seconds: float
+
+    @property
+    def reason_codes(self) -> list[str]:
+        return [c for c, _ in self.reasons]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reasons"] = [{"code": c, "message": m} for c, m in self.reasons]
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _clip(items: list[str]) -> str:
+    more = f" (+{len(items) - _LIST_MAX} more)" if len(items) > _LIST_MAX else ""
+    return ", ".join(items[:_LIST_MAX]) + more
+
+
+class _Screen:
+    """State carried from stage to stage: every stage reads only what earlier stages validated."""
+
+    def __init__(self, folder: Path, policy: Policy, base: Any, keyring: Any) -> None:
+        self.folder = folder
+        self.policy = policy
+        self.base = base
+        self.keyring = keyring
+        self.manifest: Manifest | None = None
+        self.config_bytes = b""
+        self.config: dict[str, Any] = {}
+        self.artifact_bytes = b""
+        self.tensors: dict[str, np.ndarray] = {}
+        self.scores: dict[str, float | None] = {"norm_z": None, "trigger": None, "clean_delta": None}
+
+    # 1 ---------------------------------------------------------------------------------------------------
+    def schema(self, d: dict[str, Any]) -> list[ReasonPair]:
+        if not self.folder.is_dir():
+            return [(Reason.MANIFEST_MISSING, f"{self.folder} is not a folder")]
+        out: list[ReasonPair] = []
+        for child in sorted(self.folder.iterdir()):
+            if child.is_symlink():
+                out.append((Reason.UNSAFE_FILE, f"{child.name} is a symlink (plasmid files must be regular files)"))
+            elif child.suffix.lower() in PICKLE_SUFFIXES:
+                out.append((Reason.UNSAFE_FILE, f"{child.name}: pickle-format files are never accepted"))
+        if out:
+            return out
+        if not (self.folder / MANIFEST_NAME).is_file():
+            return [(Reason.MANIFEST_MISSING, f"{self.folder}: no {MANIFEST_NAME}")]
+        try:
+            self.manifest = read_manifest(self.folder)
+        except PloraError as err:
+            out.append((Reason.SCHEMA_INVALID, str(err)))
+        cfg = self.folder / ADAPTER_CONFIG_NAME
+        try:
+            if cfg.stat().st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+            self.config_bytes = cfg.read_bytes()
+            config = json.loads(self.config_bytes, parse_constant=_refuse_constant)
+            if not isinstance(config, dict):
+                raise ValueError(f"expected a JSON object, found {type(config).__name__}")
+            self.config = config
+        except FileNotFoundError:
+            out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME} is missing"))
+        except (OSError, ValueError) as err:
+            out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME}: {err}"))
+        if self.manifest is not None:
+            d["plasmid_id"] = self.manifest.plasmid_id
+            d["signatures"] = len(self.manifest.signatures)
+        return out
+
+    # 2 ---------------------------------------------------------------------------------------------------
+    def base_model(self, d: dict[str, Any]) -> list[ReasonPair]:
+        m = self._m()
+        if m.base_model.name != self.policy.base_model:
+            return [
+                (
+                    Reason.BASE_MODEL_MISMATCH,
+                    f"plasmid is for base {m.base_model.name!r}, policy requires {self.policy.base_model!r}",
+                )
+            ]
+        expected, source = self._expected_digest()
+        d["digest_source"] = source
+        if expected is None:
+            d["note"] = "base weights digest not checked: " + source
+        elif m.base_model.digest != expected:
+            return [
+                (
+                    Reason.BASE_MODEL_MISMATCH,
+                    f"base weights digest {m.base_model.digest[:16]}... differs from {source} {expected[:16]}...",
+                )
+            ]
+        return []
+
+    def _expected_digest(self) -> tuple[str | None, str]:
+        if self.policy.base_digest is not None:
+            return self.policy.base_digest, "policy.base_digest"
+        if self.base is not None and getattr(self.base, "name", None) == self.policy.base_model:
+            digest = getattr(self.base, "digest", None)
+            if digest:
+                return str(digest), "the loaded base"
+        try:
+            from plora.models import base_digest  # lazy: may load a model (torch)
+        except ImportError:
+            return None, "plora.models.base_digest is not available"
+        try:
+            return base_digest(self.policy.base_model), "plora.models.base_digest"
+        except PloraError as err:
+            return None, f"cannot compute it ({err})"
+
+    # 3 ---------------------------------------------------------------------------------------------------
+    def artifact(self, d: dict[str, Any]) -> list[ReasonPair]:
+        m = self._m()
+        path = self.folder / m.artifact.filename  # a bare name (schema) and no symlinks (stage 1)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return [(Reason.ARTIFACT_UNREADABLE, f"artifact {m.artifact.filename} is missing")]
+        d["size_bytes"] = size
+        limit = self.policy.max_artifact_bytes
+        if size > limit:
+            return [(Reason.ARTIFACT_TOO_LARGE, f"artifact is {size} bytes, policy allows {limit}")]
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)  # bounded even if the file grows after the stat
+        if len(data) > limit:
+            return [(Reason.ARTIFACT_TOO_LARGE, f"artifact grew past {limit} bytes while being read")]
+        self.artifact_bytes = data
+        from safetensors.numpy import load
+
+        try:
+            self.tensors = load(data)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types on bad headers/truncation
+            return [(Reason.ARTIFACT_UNREADABLE, f"artifact is not readable safetensors ({type(err).__name__}: {err})")]
+        d["tensors"] = len(self.tensors)
+        return []
+
+    # 4 ---------------------------------------------------------------------------------------------------
+    def tensors_check(self, d: dict[str, Any]) -> list[ReasonPair]:
+        m, pol = self._m(), self.policy
+        out: list[ReasonPair] = []
+        factors: dict[str, dict[str, list[np.ndarray]]] = {}
+        stray, bad_dtype, nonfinite = [], [], []
+        for key in sorted(self.tensors):
+            arr = self.tensors[key]
+            parsed = parse_lora_key(key)
+            if parsed is None:
+                stray.append(key)
+                continue
+            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim != 2:
+                bad_dtype.append(f"{key} {arr.dtype}{list(arr.shape)}")
+                continue
+            if not np.isfinite(arr).all():
+                nonfinite.append(key)
+            factors.setdefault(parsed[0], {"A": [], "B": []})[parsed[1]].append(arr)
+        if stray:
+            out.append((Reason.SHAPE_MISMATCH, f"tensors that are not LoRA A/B factors: {_clip(stray)}"))
+        if bad_dtype:
+            out.append((Reason.SHAPE_MISMATCH, f"LoRA factors must be 2-D floating point: {_clip(bad_dtype)}"))
+        if nonfinite:
+            out.append((Reason.TENSOR_NONFINITE, f"NaN or Inf in {_clip(nonfinite)}"))
+        if not factors:
+            out.append((Reason.SHAPE_MISMATCH, "no LoRA factors in the artifact"))
+            return out
+        ranks: set[int] = set()
+        shape_errors: list[str] = []
+        base_shapes = _base_module_shapes(self.base)
+        for module, ab in sorted(factors.items()):
+            if len(ab["A"]) != 1 or len(ab["B"]) != 1:
+                shape_errors.append(f"{module}: {len(ab['A'])} A and {len(ab['B'])} B factors (expected one each)")
+                continue
+            a, b = ab["A"][0], ab["B"][0]
+            if a.shape[0] != b.shape[1]:
+                shape_errors.append(f"{module}: A {list(a.shape)} and B {list(b.shape)} disagree on the rank")
+                continue
+            ranks.add(int(a.shape[0]))
+            if base_shapes is not None:
+                want = base_shapes.get(module)
+                if want is None:
+                    shape_errors.append(f"{module}: no such layer in base {pol.base_model}")
+                elif (int(a.shape[1]), int(b.shape[0])) != want:
+                    shape_errors.append(
+                        f"{module}: LoRA maps {a.shape[1]}->{b.shape[0]}, base layer is {want[0]}->{want[1]}"
+                    )
+        if len(ranks) > 1:
+            shape_errors.append(f"modules disagree on the rank: {sorted(ranks)}")
+        elif ranks and ranks != {m.lora.r}:
+            shape_errors.append(f"tensors have rank {ranks.pop()}, manifest declares lora.r={m.lora.r}")
+        modules = sorted(factors)
+        undeclared = [x for x in modules if not any(_suffix_match(x, t) for t in m.lora.targets)]
+        unused = [t for t in m.lora.targets if not any(_suffix_match(x, t) for x in modules)]
+        if undeclared:
+            shape_errors.append(f"modules outside the declared targets {list(m.lora.targets)}: {_clip(undeclared)}")
+        if unused:
+            shape_errors.append(f"declared targets with no tensors: {_clip(unused)}")
+        if shape_errors:
+            out.append((Reason.SHAPE_MISMATCH, "; ".join(shape_errors[:_LIST_MAX])))
+        found_ranks = sorted(ranks | {m.lora.r})
+        not_allowed_ranks = [r for r in found_ranks if r not in pol.allowed_ranks]
+        if not_allowed_ranks:
+            out.append((Reason.RANK_NOT_ALLOWED, f"rank {not_allowed_ranks} not in allowed ranks {pol.allowed_ranks}"))
+        suffixes = pol.target_suffixes()
+        bad_targets = [x for x in modules if not pol.target_allowed(x)]
+        bad_targets += [t for t in m.lora.targets if not pol.target_allowed(t)]
+        if bad_targets:
+            out.append((Reason.TARGETS_NOT_ALLOWED, f"{_clip(bad_targets)} not in allowed targets {list(suffixes)}"))
+        d.update(rank=sorted(ranks), modules=len(modules), base_shapes_checked=base_shapes is not None)
+        return out
+
+    # 5 ---------------------------------------------------------------------------------------------------
+    def integrity(self, d: dict[str, Any]) -> list[ReasonPair]:
+        m = self._m()
+        out: list[ReasonPair] = []
+        size, digest = len(self.artifact_bytes), sha256_bytes(self.artifact_bytes)
+        if size != m.artifact.size_bytes:
+            out.append(
+                (Reason.ARTIFACT_SHA_MISMATCH, f"artifact is {size} bytes, manifest says {m.artifact.size_bytes}")
+            )
+        elif digest != m.artifact.sha256:
+            out.append(
+                (
+                    Reason.ARTIFACT_SHA_MISMATCH,
+                    f"hash mismatch for {m.artifact.filename}: {digest[:16]}..., manifest {m.artifact.sha256[:16]}...",
+                )
+            )
+        cfg_digest = sha256_bytes(self.config_bytes)
+        if cfg_digest != m.artifact.config_sha256:
+            out.append(
+                (
+                    Reason.CONFIG_SHA_MISMATCH,
+                    f"hash mismatch for {ADAPTER_CONFIG_NAME}: {cfg_digest[:16]}..., "
+                    f"manifest {m.artifact.config_sha256[:16]}...",
+                )
+            )
+        disagree = _config_disagreements(self.config, m)
+        if disagree:
+            out.append(
+                (Reason.CONFIG_SHA_MISMATCH, f"{ADAPTER_CONFIG_NAME} disagrees with plora.yml: {_clip(disagree)}")
+            )
+        d["sha256"] = digest
+        return out
+
+    # 6 ---------------------------------------------------------------------------------------------------
+    def signatures(self, d: dict[str, Any]) -> list[ReasonPair]:
+        from plora.signer import Keyring, verify_signatures
+
+        if self.keyring is None:
+            if not self.policy.trusted_keys:
+                raise PloraError("signatures are on but the policy names no trusted_keys")
+            self.keyring = Keyring.load(self.policy.trusted_keys)
+        res = verify_signatures(self._m(), self.keyring, self.policy.quorum)
+        d.update(valid_signers=res.valid_signers, untrusted_signers=res.untrusted_signers, quorum=res.quorum)
+        return [(Reason(c), msg) for c, msg in res.reasons]
+
+    # 7 ---------------------------------------------------------------------------------------------------
+    def weights(self, d: dict[str, Any]) -> list[ReasonPair]:
+        try:
+            from plora.gate.weights import weight_anomaly
+        except ImportError as err:
+            if getattr(err, "name", None) != "plora.gate.weights" and "weight_anomaly" not in str(err):
+                raise
+            d["skipped"] = "plora.gate.weights is not available"
+            return []
+        try:
+            score = weight_anomaly(self._plasmid())
+        except Exception as err:  # noqa: BLE001 - fail closed: a crafted plasmid must not crash past the gate
+            return [(Reason.WEIGHT_ANOMALY, f"weight check failed on this plasmid ({type(err).__name__}: {err})")]
+        max_z = float(score.max_z)
+        self.scores["norm_z"] = None if math.isnan(max_z) else max_z
+        d.update(max_z=self.scores["norm_z"], tau_norm_z=self.policy.tau_norm_z, **_plain(score.details))
+        if math.isnan(max_z):
+            d["note"] = "no clean reference for this shape: not scored"
+            return []
+        if max_z > self.policy.tau_norm_z:
+            return [(Reason.WEIGHT_ANOMALY, f"max robust z {max_z:.2f} > tau_norm_z {self.policy.tau_norm_z}")]
+        return []
+
+    # 8 ---------------------------------------------------------------------------------------------------
+    def probes(self, d: dict[str, Any]) -> list[ReasonPair]:
+        try:
+            from plora.gate.probes import behaviour_probe
+        except ImportError as err:
+            if getattr(err, "name", None) != "plora.gate.probes" and "behaviour_probe" not in str(err):
+                raise
+            d["skipped"] = "plora.gate.probes is not available"
+            return []
+        pol = self.policy
+        try:
+            score = behaviour_probe(self._plasmid(), base=self.base, seed=pol.probe_seed)
+            trigger, delta = float(score.trigger_score), float(score.clean_delta)
+        except Exception as err:  # noqa: BLE001 - fail closed
+            return [(Reason.TRIGGER_SUSPECT, f"behavioural probe failed on this plasmid ({type(err).__name__}: {err})")]
+        self.scores.update(trigger=trigger, clean_delta=delta)
+        d.update(trigger_score=trigger, clean_delta=delta, **_plain(score.details))
+        out: list[ReasonPair] = []
+        if not trigger <= pol.tau_trigger:  # NaN fails too
+            out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {pol.tau_trigger}"))
+        if not delta <= pol.tau_clean_delta:
+            out.append((Reason.CLEAN_DEGRADED, f"clean delta {delta:.3f} > tau_clean_delta {pol.tau_clean_delta}"))
+        return out
+
+    # ------------------------------------------------------------------------------------------------------
+    def _m(self) -> Manifest:
+        assert self.manifest is not None  # stage 1 passed
+        return self.manifest
+
+    def _plasmid(self) -> Plasmid:
+        return Plasmid(folder=self.folder, manifest=self._m(), tensors=self.tensors)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _suffix_match(module: str, suffix: str) -> bool:
+    return module == suffix or module.endswith("." + suffix)
+
+
+def _plain(details: Any) -> dict[str, Any]:
+    return dict(details) if isinstance(details, dict) else {"details": details}
+
+
+def _config_disagreements(cfg: dict[str, Any], m: Manifest) -> list[str]:
+    """PEFT settings that change what the tensors do must agree with the manifest the gate checked."""
+    out: list[str] = []
+    if cfg.get("peft_type", "LORA") != "LORA":
+        out.append(f"peft_type {cfg.get('peft_type')!r} is not LORA")
+    if cfg.get("r") != m.lora.r:
+        out.append(f"r={cfg.get('r')!r} vs lora.r={m.lora.r}")
+    alpha = cfg.get("lora_alpha")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or float(alpha) != m.lora.alpha:
+        out.append(f"lora_alpha={alpha!r} vs lora.alpha={m.lora.alpha}")
+    targets = cfg.get("target_modules")
+    if not isinstance(targets, list) or sorted(set(map(str, targets))) != sorted(m.lora.targets):
+        out.append(f"target_modules={targets!r} vs lora.targets={list(m.lora.targets)}")
+    for key in (
+        "modules_to_save",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layer_replication",
+        "trainable_token_indices",
+        "target_parameters",
+    ):
+        if cfg.get(key):
+            out.append(f"{key} must be empty, found {cfg[key]!r}")
+    for key in ("use_dora", "use_rslora", "lora_bias"):
+        if cfg.get(key):
+            out.append(f"{key}=true changes the update the manifest describes")
+    return out
+
+
+def _base_module_shapes(base: Any) -> dict[str, tuple[int, int]] | None:
+    """(in_features, out_features) of every 2-D linear layer of a loaded base; None without a base."""
+    model = getattr(base, "model", None)
+    if model is None or not hasattr(model, "named_modules"):
+        return None
+    shapes: dict[str, tuple[int, int]] = {}
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if w is None or getattr(w, "ndim", 0) != 2:
+            continue
+        if type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            shapes[name] = (int(w.shape[0]), int(w.shape[1]))
+        elif hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            shapes[name] = (int(mod.in_features), int(mod.out_features))
+    return shapes
+
+
+def screen(folder: str | os.PathLike[str], policy: Policy, *, base: Any = None, keyring: Any = None) -> GateResult:
+    """Run the ordered checks. ``base``: a plora.models.LoadedBase reused across screens (probes, shapes).
+
+    ``keyring``: a plora.signer.Keyring to reuse; loaded from ``policy.trusted_keys`` when None.
+    Raises PloraError only for a bad policy (e.g. signatures on with no keys), never for a bad plasmid.
+    """
+    start = time.perf_counter()
+    s = _Screen(Path(folder), policy, base, keyring)
+    stages: dict[str, tuple[Callable[[dict[str, Any]], list[ReasonPair]], str | None]] = {
+        "schema": (s.schema, None),
+        "base_model": (s.base_model, None),
+        "artifact": (s.artifact, None),
+        "tensors": (s.tensors_check, None),
+        "integrity": (s.integrity, None),
+        "signatures": (s.signatures, None if policy.signatures else "signatures off in the policy"),
+        "weights": (s.weights, None if policy.weight_check else "weight check off in the policy"),
+        "probes": (s.probes, None if policy.probes else "probes off in the policy"),
+    }
+    assert tuple(stages) == STAGES
+    checks: list[CheckRecord] = []
+    reasons: list[ReasonPair] = []
+    for name, (run, off) in stages.items():
+        if reasons:
+            checks.append(CheckRecord(name, None, 0.0, {"skipped": "an earlier stage failed"}))
+            continue
+        if off is not None:
+            checks.append(CheckRecord(name, None, 0.0, {"skipped": off}))
+            continue
+        details: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        found = run(details)
+        seconds = time.perf_counter() - t0
+        skipped = "skipped" in details and not found
+        checks.append(CheckRecord(name, None if skipped else not found, seconds, details))
+        reasons = [(str(Reason(code)), msg) for code, msg in found]
+    return GateResult(
+        folder=str(folder),
+        accepted=not reasons,
+        reasons=reasons,
+        checks=checks,
+        scores=s.scores,
+        seconds=time.perf_counter() - start,
+    )

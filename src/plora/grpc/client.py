@@ -1,0 +1,333 @@
+"""The fetch client: stream a plasmid into a staging folder, hash while receiving, check, then move it into place.
+
+    >>> from plora.grpc.client import fetch, get_inventory
+    >>> [e.id for e in get_inventory("localhost:50051")]                       # doctest: +SKIP
+    ['legal']
+    >>> r = fetch("localhost:50051", "legal", "received/", checks=[...])      # doctest: +SKIP
+    >>> r.accepted, r.path, r.reasons                                          # doctest: +SKIP
+    (True, PosixPath('received/legal'), [])
+
+The artifact goes to a hidden staging folder in the destination's PARENT (``.plora-fetch-<pid>-*``), so nothing
+under the destination is ever partial: a chunk receiver feeds a bounded queue that a second thread hashes and writes
+(hashlib and file writes release the GIL, so hashing overlaps receiving and memory stays at a few chunks). Size,
+sha256 and the adapter_config hash are checked against the manifest; then every check (signatures, gate) runs on
+the staged folder, and only an accepted plasmid is renamed into ``dest/<id>`` (same filesystem, atomic). A rejected
+one is deleted, or moved to a quarantine folder with its reasons. Staging folders of dead processes are removed by
+the next fetch into the same parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from plora.errors import ManifestError, TransferError
+from plora.grpc.limits import Limits, check_id
+from plora.grpc.proto import pb2, pb2_grpc
+from plora.grpc.tls import ClientTLS
+from plora.hashing import sha256_bytes
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+
+Check = Callable[[Path], list[str]]  # reasons a staged plasmid folder is refused; [] accepts it
+STAGE_PREFIX = ".plora-fetch-"
+_install_lock = threading.Lock()
+
+
+@dataclass
+class FetchResult:
+    id: str
+    accepted: bool
+    reasons: list[str] = field(default_factory=list)
+    path: Path | None = None
+    sha256: str = ""
+    size: int = 0
+    domain: str = ""
+    bytes_received: int = 0
+    receive_s: float = 0.0
+    check_s: float = 0.0
+    quarantined: Path | None = None
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    id: str
+    domain: str
+    sha256: str
+    size: int
+    manifest: bytes
+
+
+def open_channel(address: str, tls: ClientTLS | None = None, limits: Limits = Limits()) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=limits.channel_options())
+    return grpc.secure_channel(address, tls.credentials(), options=limits.channel_options() + tls.options())
+
+
+def _rpc_error(address: str, err: grpc.RpcError) -> TransferError:
+    code = err.code().name if hasattr(err, "code") and err.code() else "ERROR"
+    details = err.details() if hasattr(err, "details") else str(err)
+    return TransferError(f"{address}: {code}: {details}")
+
+
+def get_inventory(address: str, tls: ClientTLS | None = None, limits: Limits = Limits(),
+                  channel: grpc.Channel | None = None) -> list[RemoteEntry]:
+    own = channel is None
+    channel = channel or open_channel(address, tls, limits)
+    try:
+        inv = pb2_grpc.PlasmidExchangeStub(channel).GetInventory(pb2.InventoryRequest(),
+                                                                 timeout=limits.inventory_timeout_s)
+    except grpc.RpcError as err:
+        raise _rpc_error(address, err) from None
+    finally:
+        if own:
+            channel.close()
+    return [RemoteEntry(e.id, e.domain, e.sha256, e.size, e.manifest) for e in inv.entries]
+
+
+class _HashWriter(threading.Thread):
+    """Hashes and writes chunks handed over by the receiving thread; a write error is kept, not raised mid-stream."""
+
+    def __init__(self, path: Path, queue_chunks: int) -> None:
+        super().__init__(daemon=True, name="plora-hash-writer")
+        self.path = path
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_chunks)
+        self.sha = hashlib.sha256()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        fh = None
+        try:
+            fh = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed below
+            while (data := self.queue.get()) is not None:
+                self.sha.update(data)
+                fh.write(data)
+            os.fsync(fh.fileno())
+        except BaseException as err:  # noqa: BLE001 - reported to the receiving thread
+            self.error = err
+            while self.queue.get() is not None:  # keep draining so the receiver never blocks
+                pass
+        finally:
+            if fh is not None:
+                fh.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_stages(parent: Path) -> int:
+    """Remove staging folders left by processes that died mid-fetch (their pid is in the name)."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for child in parent.iterdir():
+            if child.name.startswith(STAGE_PREFIX) and child.is_dir():
+                pid = child.name[len(STAGE_PREFIX):].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed += 1
+    return removed
+
+
+def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256: str | None,
+             result: FetchResult) -> Manifest:
+    """Consume one Fetch stream into ``stage``; content problems land in ``result.reasons``, protocol ones raise."""
+    first = next(stream, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise TransferError(f"{plasmid_id}: the server did not start the stream with a header")
+    header = first.header
+    if header.id != plasmid_id:
+        raise TransferError(f"asked for {plasmid_id!r}, the server sent {header.id!r}")
+    if len(header.manifest) > limits.max_manifest_bytes or len(header.adapter_config) > limits.max_config_bytes:
+        raise TransferError(f"{plasmid_id}: manifest or adapter_config over the size limit")
+    try:
+        manifest = loads_manifest(header.manifest.decode("utf-8"), source=f"{plasmid_id}/{MANIFEST_NAME}")
+    except (UnicodeDecodeError, ManifestError) as err:
+        raise TransferError(f"{plasmid_id}: bad manifest from the server: {err}") from None
+    art = manifest.artifact
+    result.sha256, result.size, result.domain = art.sha256, art.size_bytes, manifest.domain
+    result.bytes_received = len(header.manifest) + len(header.adapter_config)
+    if manifest.plasmid_id != plasmid_id:
+        raise TransferError(f"asked for {plasmid_id!r}, the manifest names {manifest.plasmid_id!r}")
+    if expect_sha256 and art.sha256 != expect_sha256:
+        raise TransferError(f"{plasmid_id}: expected artifact {expect_sha256[:12]}, manifest says {art.sha256[:12]}")
+    if header.size != art.size_bytes:
+        result.reasons.append(f"ARTIFACT_SHA_MISMATCH: server has {header.size} bytes, manifest says {art.size_bytes}")
+        return manifest
+    if art.size_bytes > limits.max_artifact_bytes:
+        result.reasons.append(f"ARTIFACT_TOO_LARGE: {art.size_bytes} bytes > limit {limits.max_artifact_bytes}")
+        return manifest
+    if sha256_bytes(header.adapter_config) != art.config_sha256:
+        result.reasons.append("CONFIG_SHA_MISMATCH: adapter_config.json received does not hash to the manifest's")
+        return manifest
+    (stage / MANIFEST_NAME).write_bytes(header.manifest)
+    (stage / ADAPTER_CONFIG_NAME).write_bytes(header.adapter_config)
+    writer = _HashWriter(stage / art.filename, limits.queue_chunks)
+    writer.start()
+    received = 0
+    try:
+        for msg in stream:
+            data = msg.data
+            received += len(data)
+            if received > art.size_bytes:
+                raise TransferError(f"{plasmid_id}: the server sent more than the {art.size_bytes} bytes announced")
+            writer.queue.put(data)
+    finally:
+        writer.queue.put(None)
+        writer.join()
+    result.bytes_received += received
+    if writer.error is not None:
+        raise TransferError(f"{plasmid_id}: cannot write {stage / art.filename}: {writer.error}")
+    if received != art.size_bytes:
+        raise TransferError(f"{plasmid_id}: stream ended after {received} of {art.size_bytes} bytes")
+    got = writer.sha.hexdigest()
+    if got != art.sha256:
+        result.reasons.append(f"ARTIFACT_SHA_MISMATCH: hash mismatch for {art.filename}: received bytes hash to "
+                              f"{got[:16]}..., manifest says {art.sha256[:16]}...")
+    return manifest
+
+
+def _install(stage: Path, final: Path) -> None:
+    """Rename the checked stage into place; an existing plasmid of the same id is replaced atomically."""
+    with _install_lock:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            old = stage.parent / f"{stage.name}.old"
+            os.replace(final, old)
+            os.replace(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+        with contextlib.suppress(OSError):
+            fd = os.open(final.parent, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+
+
+def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
+    target = quarantine / f"{result.id}-{(result.sha256 or 'unknown')[:12]}-{int(time.time())}"
+    (stage / "rejected.json").write_text(json.dumps({"id": result.id, "reasons": result.reasons}, indent=2) + "\n")
+    quarantine.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(stage), target)
+    return target
+
+
+def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks: Sequence[Check] = (),
+          tls: ClientTLS | None = None, limits: Limits = Limits(), expect_sha256: str | None = None,
+          size_hint: int | None = None, quarantine: str | os.PathLike[str] | None = None,
+          channel: grpc.Channel | None = None) -> FetchResult:
+    """Fetch ``plasmid_id`` from ``address`` into ``dest/<id>``, or refuse it with reasons (nothing left in dest).
+
+    Content problems (hash, size, failed checks) give ``accepted=False`` with reasons; transport and protocol
+    failures (unreachable, unknown id, broken stream, deadline) raise TransferError. Either way the staging
+    folder is gone when this returns.
+    """
+    check_id(plasmid_id)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    parent = dest.resolve().parent
+    clean_stale_stages(parent)
+    result = FetchResult(id=plasmid_id, accepted=False)
+    own = channel is None
+    channel = channel or open_channel(address, tls, limits)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other
+    try:
+        if size_hint is None:
+            listed = {e.id: e for e in get_inventory(address, limits=limits, channel=channel)}
+            if plasmid_id not in listed:
+                offered = ", ".join(sorted(listed)[:20]) or "nothing"
+                raise TransferError(f"{address} has no plasmid {plasmid_id!r} (it offers: {offered})")
+            size_hint = listed[plasmid_id].size
+        t0 = time.perf_counter()
+        stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
+            pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or ""),
+            timeout=limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes)),
+        )
+        try:
+            _receive(stream, plasmid_id, stage, limits, expect_sha256, result)
+        except grpc.RpcError as err:
+            raise _rpc_error(address, err) from None
+        finally:
+            stream.cancel()
+        result.receive_s = time.perf_counter() - t0
+        if not result.reasons:
+            t1 = time.perf_counter()
+            for check in checks:
+                result.reasons.extend(check(stage))
+                if result.reasons:
+                    break
+            result.check_s = time.perf_counter() - t1
+        if result.reasons:
+            if quarantine is not None:
+                result.quarantined = _quarantine(stage, Path(quarantine), result)
+            return result
+        result.path = dest / plasmid_id
+        _install(stage, result.path)
+        result.accepted = True
+        return result
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if own:
+            channel.close()
+
+
+def format_reason(reason: object) -> str:
+    """``(code, message)`` pairs (plora.signer, plora.gate) as ``CODE: message``; other objects as str()."""
+    if isinstance(reason, tuple) and len(reason) == 2:
+        return f"{reason[0]}: {reason[1]}"
+    code, message = getattr(reason, "code", None), getattr(reason, "message", None)
+    return f"{code}: {message}" if code is not None and message is not None else str(reason)
+
+
+def reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int = 1) -> Check:
+    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer).
+
+    Inside :func:`fetch` the staged artifact and adapter_config were hashed as they were received and matched the
+    manifest, so this checks the signatures over the staged manifest without hashing the artifact a second time.
+    """
+    from plora.signer import Keyring, verify_signatures
+
+    keyring = Keyring.load([str(p) for p in trusted_keys])
+
+    def check(folder: Path) -> list[str]:
+        try:
+            manifest = loads_manifest((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ManifestError) as err:
+            return [f"SCHEMA_INVALID: {err}"]
+        verdict = verify_signatures(manifest, keyring, quorum)
+        return [] if verdict.ok else [format_reason(r) for r in verdict.reasons] or ["QUORUM_NOT_MET: not verified"]
+
+    return check
+
+
+def gate_check(policy: object) -> Check:
+    """The security gate (plora.gate.screen) under ``policy``."""
+    from plora.gate import screen
+
+    def check(folder: Path) -> list[str]:
+        verdict = screen(folder, policy)
+        return [] if verdict.accepted else [format_reason(r) for r in verdict.reasons] or ["GATE: rejected"]
+
+    return check

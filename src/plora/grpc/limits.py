@@ -1,0 +1,77 @@
+"""Limits every offer server and fetch client enforces, and the one check that turns a requested id into a folder.
+
+    >>> from plora.grpc.limits import Limits, check_id
+    >>> Limits().chunk_bytes
+    1048576
+    >>> check_id("legal")
+    'legal'
+
+Ids are matched against a strict pattern and then looked up in the server's index of folders it found under its
+root: a request never becomes a path, so ``../etc`` or ``a/b`` cannot reach outside the served root.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from plora.errors import TransferError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Knobs of one server or client. Defaults suit plasmids of up to a few hundred MB on a LAN."""
+
+    chunk_bytes: int = MIB  # artifact bytes per stream message (256 KiB-1 MiB measured best on loopback)
+    max_message_bytes: int = 8 * MIB  # gRPC message cap: a header holds manifest + adapter_config
+    max_manifest_bytes: int = MIB
+    max_config_bytes: int = MIB
+    max_artifact_bytes: int = 2048 * MIB
+    max_streams: int = 64  # concurrent Fetch streams per server; more get RESOURCE_EXHAUSTED
+    stream_timeout_s: float = 300.0  # server side: a Fetch stream that lasts longer (a stalled reader) is cancelled
+    inventory_timeout_s: float = 10.0  # client deadline of GetInventory / Offer
+    fetch_timeout_s: float = 30.0  # client deadline of a Fetch, plus size / min_rate_bytes_s
+    min_rate_bytes_s: float = 5 * MIB
+    max_inventory_entries: int = 4096
+    queue_chunks: int = 8  # chunks buffered between receiving and hashing+writing (bounds client memory)
+
+    def fetch_deadline(self, size: int) -> float:
+        return self.fetch_timeout_s + size / self.min_rate_bytes_s
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_streams + 16),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_connection_idle_ms", 600_000),
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+def check_id(plasmid_id: str) -> str:
+    """The id itself if it is a plain plasmid id (letters, digits, ``. _ -``, no ``..``), else TransferError."""
+    if not isinstance(plasmid_id, str) or not ID_PATTERN.fullmatch(plasmid_id) or ".." in plasmid_id:
+        raise TransferError(f"invalid plasmid id {plasmid_id!r}: expected letters, digits, '.', '_' or '-' (<=128)")
+    return plasmid_id
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); TransferError otherwise."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TransferError(f"invalid address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,136 @@
+"""Optional TLS and mutual TLS for offer servers and fetch clients, and a throwaway PKI for tests and demos.
+
+    >>> from plora.grpc.tls import make_test_pki, ServerTLS, ClientTLS
+    >>> pki = make_test_pki("certs/")                                   # doctest: +SKIP
+    >>> server_tls = ServerTLS(cert=pki["server_cert"], key=pki["server_key"], client_ca=pki["ca_cert"])  # mTLS
+    >>> client_tls = ClientTLS(ca=pki["ca_cert"], cert=pki["client_cert"], key=pki["client_key"])
+
+``python -m plora.grpc.tls certs/`` writes ca.pem, server.pem/server.key (SAN localhost, 127.0.0.1) and
+client.pem/client.key, all ECDSA P-256 signed by the CA (the README shows the same with ``openssl``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from plora.errors import TransferError
+
+
+def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise TransferError(f"cannot read TLS {what} {path}: {err.strerror or err}") from None
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """Server certificate and key (PEM); with ``client_ca`` the server requires client certificates (mTLS)."""
+
+    cert: str | os.PathLike[str]
+    key: str | os.PathLike[str]
+    client_ca: str | os.PathLike[str] | None = None
+
+    def credentials(self):  # -> grpc.ServerCredentials
+        import grpc
+
+        ca = _read(self.client_ca, "client CA")
+        pair = (_read(self.key, "server key"), _read(self.cert, "server certificate"))
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """CA that signed the server certificate; ``cert``+``key`` present a client certificate (mTLS)."""
+
+    ca: str | os.PathLike[str]
+    cert: str | os.PathLike[str] | None = None
+    key: str | os.PathLike[str] | None = None
+    server_name: str | None = None  # override the name checked against the certificate
+
+    def credentials(self):  # -> grpc.ChannelCredentials
+        import grpc
+
+        if (self.cert is None) != (self.key is None):
+            raise TransferError("a client certificate needs both --tls-cert and --tls-key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca, "CA"),
+            private_key=_read(self.key, "client key"),
+            certificate_chain=_read(self.cert, "client certificate"),
+        )
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def make_test_pki(out: str | os.PathLike[str], hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> dict[str, Path]:
+    """A CA plus one server and one client certificate (ECDSA P-256, valid 7 days) under ``out``. For tests/demos."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from plora.fsio import atomic_write_bytes
+
+    out = Path(out)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("plora test CA")).issuer_name(name("plora test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), key
+
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    server_cert, server_key = leaf(hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    client_cert, client_key = leaf("plora client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    pem = serialization.Encoding.PEM
+    files = {
+        "ca_cert": ("ca.pem", ca.public_bytes(pem), 0o644),
+        "server_cert": ("server.pem", server_cert.public_bytes(pem), 0o644),
+        "server_key": ("server.key", key_pem(server_key), 0o600),
+        "client_cert": ("client.pem", client_cert.public_bytes(pem), 0o644),
+        "client_key": ("client.key", key_pem(client_key), 0o600),
+    }
+    return {k: atomic_write_bytes(out / fname, data, mode=mode) for k, (fname, data, mode) in files.items()}
+
+
+if __name__ == "__main__":
+    written = make_test_pki(sys.argv[1] if len(sys.argv) > 1 else "certs")
+    for path in written.values():
+        print(path)

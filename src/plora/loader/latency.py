@@ -1,0 +1,77 @@
+"""Inject+remove latency, and the budget (PLORA_LATENCY_BUDGET_MS) that callers such as the value-add run enforce.
+
+    >>> from plora.loader import measure_inject_remove, check_latency_budget
+    >>> stats = measure_inject_remove(model, "out/legal", mode="merged", repeats=50)   # doctest: +SKIP
+    >>> check_latency_budget(stats.median_ms)      # LoaderError if over budget            # doctest: +SKIP
+
+Each repeat reads the plasmid from disk, injects it and removes it, so the figure is what a serving agent pays to
+hot-swap one plasmid.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from plora.errors import LoaderError
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    mode: str
+    repeats: int
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    p90_ms: float
+    max_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(mode: str, samples_ms: list[float]) -> LatencyStats:
+    s = sorted(samples_ms)
+    return LatencyStats(
+        mode=mode,
+        repeats=len(s),
+        median_ms=statistics.median(s),
+        mean_ms=statistics.fmean(s),
+        min_ms=s[0],
+        p90_ms=s[min(len(s) - 1, int(0.9 * len(s)))],
+        max_ms=s[-1],
+    )
+
+
+def measure_inject_remove(
+    model: Any, plasmid: Any, mode: str = "side", repeats: int = 50, warmup: int = 3, **inject_kwargs: Any
+) -> LatencyStats:
+    """Time ``repeats`` rounds of inject (file read included when ``plasmid`` is a path) + remove, in ms."""
+    from plora.loader.hotload import inject, remove
+
+    if repeats < 1:
+        raise LoaderError(f"repeats must be at least 1, got {repeats}")
+    samples = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        handle = inject(model, plasmid, mode=mode, **inject_kwargs)
+        remove(model, handle)
+        if i >= warmup:
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return summarize(mode, samples)
+
+
+def check_latency_budget(ms: float, budget_ms: float | None = None, what: str = "inject+remove") -> float:
+    """Return the budget in force; raise LoaderError when ``ms`` exceeds it (default PLORA_LATENCY_BUDGET_MS)."""
+    if budget_ms is None:
+        from plora.settings import get_settings
+
+        budget_ms = get_settings().latency_budget_ms
+    if ms > budget_ms:
+        raise LoaderError(
+            f"{what} took {ms:.2f} ms, over the latency budget of {budget_ms:g} ms "
+            "(PLORA_LATENCY_BUDGET_MS; raise it or use mode='side')"
+        )
+    return budget_ms

@@ -1,0 +1,320 @@
+"""One networked swarm agent: its own store, keys and gate, serving over gRPC and gossiping push-pull with peers.
+
+    >>> from plora.swarm.agent import Agent, AgentConfig
+    >>> agent = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", peers=["127.0.0.1:50052"]))  # doctest: +SKIP
+    >>> agent.step(0)["events"]                                                                       # doctest: +SKIP
+    [{'round': 0, 'peer': '127.0.0.1:50052', 'id': 'legal-s41', 'accepted': True, ...}]
+    >>> agent.stop()                                                                                  # doctest: +SKIP
+
+A round (``step``): pick one peer uniformly at random (seeded by seed, agent name and round), PULL (get its
+inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH (send an Offer carrying this agent's
+inventory; the peer fetches what it lacks from this agent's server). Every fetch, pulled or pushed, goes through
+:func:`plora.grpc.client.fetch`: staged outside the store, hashed while received, signatures checked against the
+agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused (id, sha256)
+is remembered and not fetched again.
+
+Gate verdicts are cached on disk under ``PLORA_HOME/net-verdicts/<policy hash>/<sha256 of plora.yml>.json``: the
+manifest hash covers the artifact and adapter_config hashes (which the fetch has just checked) and the signatures;
+the policy hash covers the policy and the keyring's fingerprints. A file lock makes agents that screen the same
+plasmid at the same time wait for the first verdict, so one plasmid costs one screen (one torch import) per policy,
+and agents that never screen first never import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from plora.errors import TransferError
+from plora.fsio import atomic_write_json
+from plora.grpc.client import (
+    Check,
+    RemoteEntry,
+    fetch,
+    format_reason,
+    gate_check,
+    open_channel,
+    reason_code,
+    signature_check,
+)
+from plora.grpc.limits import Limits, check_id, parse_address
+from plora.grpc.proto import pb2, pb2_grpc
+from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address
+from plora.hashing import sha256_file
+from plora.manifest import MANIFEST_NAME
+
+
+@dataclass
+class AgentConfig:
+    listen: str  # HOST:PORT to serve on; port 0 lets the OS pick
+    root: str | Path  # the agent's store: one plasmid folder per id
+    peers: list[str] = field(default_factory=list)
+    peers_file: str | None = None  # read at the first round when set (plora swarm net writes it once all listen)
+    name: str = ""
+    seed: int = 0
+    security: bool = True  # off: accept whatever arrives intact (hash and size still checked)
+    policy_file: str | None = None
+    trusted_keys: list[str] = field(default_factory=list)  # non-empty: signatures required (policy quorum)
+    max_per_contact: int = 8
+    contact_timeout_s: float = 300.0  # an Offer waits while the peer fetches and screens
+    limits: Limits = field(default_factory=Limits)
+
+
+class VerdictCache:
+    """Gate verdicts on disk by (policy + keyring, plora.yml hash); concurrent screens of one plasmid run once."""
+
+    def __init__(self, policy: Any, fingerprints: list[str]) -> None:
+        from plora.settings import cache_dir
+
+        body = json.dumps({"policy": policy.model_dump(mode="json", exclude={"trusted_keys"}),
+                           "keys": sorted(fingerprints)}, sort_keys=True)
+        self.policy_hash = hashlib.sha256(body.encode()).hexdigest()[:16]
+        self.folder = cache_dir("net-verdicts", self.policy_hash)
+        self._screen = gate_check(policy)
+        self.hits = 0
+        self.screens = 0
+
+    def __call__(self, folder: Path) -> list[str]:
+        import fcntl
+
+        key = sha256_file(folder / MANIFEST_NAME)
+        path = self.folder / f"{key}.json"
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            reasons = json.loads(path.read_text())["reasons"]
+            self.hits += 1
+            return reasons
+        with open(self.folder / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a second agent waits here for the first one's verdict
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                reasons = json.loads(path.read_text())["reasons"]
+                self.hits += 1
+                return reasons
+            t0 = time.perf_counter()
+            reasons = self._screen(folder)
+            self.screens += 1
+            atomic_write_json(path, {"reasons": reasons, "seconds": time.perf_counter() - t0})
+        return reasons
+
+
+def build_checks(cfg: AgentConfig) -> list[Check]:
+    """Signature check (when trusted keys are given) then the cached gate; nothing when security is off."""
+    if not cfg.security:
+        return []
+    from plora.gate.policy import load_policy
+
+    policy = load_policy(cfg.policy_file, trusted_keys=cfg.trusted_keys or None)
+    checks: list[Check] = []
+    fps: list[str] = []
+    if cfg.trusted_keys:
+        from plora.signer import Keyring
+
+        fps = list(Keyring.load(cfg.trusted_keys))
+        checks.append(signature_check(cfg.trusted_keys, policy.quorum))
+    checks.append(VerdictCache(policy, fps))
+    return checks
+
+
+def _peer_ip(context: grpc.ServicerContext) -> str:
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
+class AgentServicer(PlasmidServicer):
+    def __init__(self, agent: Agent, index: PlasmidIndex, limits: Limits) -> None:
+        super().__init__(index, limits)
+        self.agent = agent
+
+    def Offer(self, request: pb2.OfferRequest, context: grpc.ServicerContext) -> pb2.OfferReply:
+        inv = request.inventory
+        try:
+            host, _ = parse_address(inv.agent)
+            entries = [RemoteEntry(check_id(e.id), e.domain, e.sha256, e.size, b"")
+                       for e in inv.entries[: self.limits.max_inventory_entries]]
+        except TransferError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        with contextlib.suppress(ValueError):
+            # an offer may only point back at its sender: never make this agent connect to a third party
+            if _peer_ip(context) and ipaddress.ip_address(host) != ipaddress.ip_address(_peer_ip(context)):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
+        events = self.agent.take_from(inv.agent, entries, int(request.round), via="push",
+                                      inventory_bytes=inv.ByteSize())
+        return pb2.OfferReply(
+            accepted=[e["id"] for e in events if e.get("accepted")],
+            rejected=[f"{e['id']}: {'; '.join(e.get('reasons') or [e.get('error', '')])}"
+                      for e in events if not e.get("accepted")],
+            bytes_received=sum(e.get("bytes", 0) for e in events),
+        )
+
+    def Step(self, request: pb2.StepRequest, context: grpc.ServicerContext) -> pb2.StepReply:
+        record = self.agent.collect(int(request.round)) if request.collect else self.agent.step(int(request.round))
+        return pb2.StepReply(json=json.dumps(record))
+
+
+class Agent:
+    """A running agent (its server starts in the constructor); drive it with :meth:`step` or :func:`run_agent`."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.limits = cfg.limits
+        self.checks = build_checks(cfg)
+        self.index = PlasmidIndex(self.root, self.limits)
+        self.servicer = AgentServicer(self, self.index, self.limits)
+        host, port = parse_address(cfg.listen)
+        self.server = OfferServer(self.servicer, host=host, port=port)
+        self.address = format_address(host, self.server.port)
+        self.servicer.advertise = self.address
+        self.name = cfg.name or self.address
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()
+        self._channels: dict[str, grpc.Channel] = {}
+        self.refused: set[tuple[str, str]] = set()
+        self._events: list[dict[str, Any]] = []
+
+    def peers(self) -> list[str]:
+        if self.cfg.peers_file and not self.cfg.peers:
+            with contextlib.suppress(OSError):
+                self.cfg.peers = [p for p in Path(self.cfg.peers_file).read_text().split() if p]
+        return sorted(self.cfg.peers)
+
+    def holdings(self) -> dict[str, str]:
+        """id -> artifact sha256 of every plasmid in the store."""
+        return {i: e.manifest.artifact.sha256 for i, e in sorted(self.index.refresh().items())}
+
+    def _channel(self, peer: str) -> grpc.Channel:
+        with self._lock:
+            if peer not in self._channels:
+                self._channels[peer] = open_channel(peer, limits=self.limits)
+            return self._channels[peer]
+
+    def _claim(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
+        held = self.holdings()
+        wanted = []
+        with self._lock:
+            for e in entries:
+                if len(wanted) >= self.cfg.max_per_contact:
+                    break
+                if e.id in held or e.id in self._inflight or (e.id, e.sha256) in self.refused:
+                    continue
+                self._inflight.add(e.id)
+                wanted.append(e)
+        return wanted
+
+    def take_from(self, peer: str, entries: list[RemoteEntry], round_: int, via: str,
+                  inventory_bytes: int = 0) -> list[dict[str, Any]]:
+        """Fetch from ``peer`` what this agent lacks among ``entries``; one event per attempt."""
+        events: list[dict[str, Any]] = []
+        for n, e in enumerate(self._claim(entries)):
+            event: dict[str, Any] = {"round": round_, "via": via, "peer": peer, "id": e.id, "sha256": e.sha256,
+                                     "domain": e.domain, "accepted": False, "bytes": inventory_bytes if n == 0 else 0}
+            try:
+                r = fetch(peer, e.id, self.root, checks=self.checks, limits=self.limits, expect_sha256=e.sha256,
+                          size_hint=e.size, channel=self._channel(peer))
+                event.update(accepted=r.accepted, reasons=r.reasons, codes=[reason_code(x) for x in r.reasons],
+                             bytes=event["bytes"] + r.bytes_received, seconds=round(r.receive_s + r.check_s, 4))
+                if not r.accepted:
+                    with self._lock:
+                        self.refused.add((e.id, e.sha256))
+            except TransferError as err:
+                event["error"] = str(err)
+            except Exception as err:  # noqa: BLE001 - a broken check must not kill the agent; it is reported
+                event["error"] = f"{type(err).__name__}: {format_reason(err)}"
+            finally:
+                with self._lock:
+                    self._inflight.discard(e.id)
+            events.append(event)
+        with self._lock:
+            self._events.extend(events)
+        return events
+
+    def step(self, round_: int) -> dict[str, Any]:
+        """One gossip round: contact one random peer, pull then push. Never raises for a dead or bad peer."""
+        rng = random.Random(f"{self.cfg.seed}:{self.name}:{round_}")
+        peers = self.peers()
+        peer = rng.choice(peers) if peers else None
+        errors: list[str] = []
+        control = 0
+        if peer is not None:
+            stub = pb2_grpc.PlasmidExchangeStub(self._channel(peer))
+            try:
+                inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
+                self.take_from(peer, [e for e in entries if _valid_id(e.id)], round_, "pull", inv.ByteSize())
+            except grpc.RpcError as err:
+                errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
+            try:
+                offer = pb2.OfferRequest(inventory=self.servicer.inventory(), round=round_)
+                control += offer.ByteSize()
+                stub.Offer(offer, timeout=self.cfg.contact_timeout_s)
+            except grpc.RpcError as err:
+                errors.append(f"push {peer}: {err.code().name}: {err.details()}")
+        record = self.collect(round_)
+        record.update(peer=peer, errors=errors, offer_bytes=control)
+        return record
+
+    def collect(self, round_: int) -> dict[str, Any]:
+        """What happened since the last call (pulls, and pushes other agents made to this one), and holdings."""
+        with self._lock:
+            events, self._events = self._events, []
+        return {"agent": self.name, "address": self.address, "round": round_, "events": events,
+                "holdings": self.holdings(), "peer": None, "errors": [], "offer_bytes": 0}
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.server.stop(grace)
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+
+
+def _valid_id(plasmid_id: str) -> bool:
+    try:
+        check_id(plasmid_id)
+    except TransferError:
+        return False
+    return True
+
+
+def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: float | None = None,
+              linger_s: float = 5.0, out: str | Path | None = None, coordinated: bool = False,
+              on_ready: Any = None) -> list[dict[str, Any]]:
+    """Run one agent by itself: a round every ``round_s`` seconds from ``start_at`` (epoch; default now).
+
+    With ``coordinated`` the agent only serves, and rounds come as Step calls (``plora swarm net``) until the
+    coordinator stops it. ``linger_s`` keeps serving after the last round so slower peers can still fetch.
+    """
+    agent = Agent(cfg)
+    records: list[dict[str, Any]] = []
+    try:
+        if on_ready is not None:
+            on_ready(agent)
+        if coordinated:
+            agent.server.wait()
+            return records
+        t0 = start_at if start_at is not None else time.time()
+        for r in range(rounds):
+            delay = t0 + r * round_s - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            records.append(agent.step(r))
+        time.sleep(max(0.0, linger_s))
+        records.append(agent.collect(rounds))
+        if out is not None:
+            atomic_write_json(out, {"agent": agent.name, "address": agent.address, "peers": cfg.peers,
+                                    "seed": cfg.seed, "records": records})
+        return records
+    finally:
+        agent.stop()

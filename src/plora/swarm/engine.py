@@ -1,0 +1,301 @@
+"""Vectorised synchronous push-pull gossip of plasmids, with a per-receiver gate, for up to 10^7 agents.
+
+    >>> import numpy as np
+    >>> from plora.swarm.engine import EngineInput, PoolView, run_engine
+    >>> from plora.swarm.graphs import make_graph
+    >>> g = make_graph("er", 100, p=0.1, seed=1)
+    >>> pool = PoolView(domains=["legal"], domain_of=np.array([0, 0]), trojan=np.array([False, True]),
+    ...                 artifact_bytes=np.array([1000, 1000]), manifest_bytes=np.array([900, 900]))
+    >>> held = np.zeros(100, np.uint8); held[0] = 1; held[1] = 2            # agent 1 offers the trojan
+    >>> res = run_engine(EngineInput(g, pool, accept=np.array([[True, False]]), holdings=held,
+    ...                              honest=np.arange(100) != 1, rounds=50, seed=0))
+    >>> res.rounds_run > 0, int(res.accepted.sum()) > 0, int(res.accepted[0, 1])     # trojan never accepted
+    (True, True, 0)
+
+The model (one round, every agent at once, all decisions from the state at the start of the round):
+
+1. every agent ``a`` with at least one neighbour contacts one neighbour ``v``, uniform among its neighbours
+   (``v = neighbours(a)[floor(u_a * deg(a))]`` with ``u_a`` uniform in [0, 1));
+2. ``a`` and ``v`` send each other their inventories (the SHA-256 of every plasmid held);
+3. each side fetches the plasmids the other offers that it neither holds nor has already rejected, at most
+   ``max_fetch`` per contact (when more are on offer, it takes them in cyclic plasmid order starting at a random
+   offset drawn per contact and side);
+4. each fetched plasmid goes through the RECEIVER's gate (``accept[policy[receiver], plasmid]``); accepted ones are
+   held and offered from the next round on, rejected ones are remembered and never fetched again.
+
+An agent contacted by several others in one round serves each of them, and may receive the same plasmid from two
+contacts in one round: both transfers are counted (bytes and gate outcomes), as they would be on a real network.
+
+State is one bitset per agent (uint8/16/32/64: one bit per pool plasmid), so a round is a handful of gathers,
+bitwise operations and one scatter-OR over N contacts. The run stops after ``rounds`` rounds or as soon as no edge
+can carry anything any more (checked over every edge when a round moved nothing), never waiting for agents that no
+source can reach. Bytes: each contact costs two inventories of ``INVENTORY_HEADER_BYTES + INVENTORY_ENTRY_BYTES *
+held`` bytes; each transfer costs the plasmid's manifest bytes (plora.yml + adapter_config.json) plus its artifact
+bytes (adapter_model.safetensors), whether the gate then accepts it or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from plora.errors import PloraError
+from plora.swarm.graphs import Graph
+
+INVENTORY_HEADER_BYTES = 16
+INVENTORY_ENTRY_BYTES = 32  # one SHA-256 per plasmid held
+
+
+@dataclass
+class PoolView:
+    """What the engine knows about the pool: bit ``i`` of a holding is plasmid ``i``. ``trojan`` is the ground
+    truth; the engine uses it only to count outcomes (coverage, prevalence, FN/FP), never to decide anything."""
+
+    domains: list[str]
+    domain_of: np.ndarray
+    trojan: np.ndarray
+    artifact_bytes: np.ndarray
+    manifest_bytes: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.domain_of)
+
+    def mask(self, select: np.ndarray, dtype: Any) -> Any:
+        bits = 0
+        for i in np.flatnonzero(select):
+            bits |= 1 << int(i)
+        return dtype(bits)
+
+    def clean_masks(self, dtype: Any) -> list[Any]:
+        return [self.mask((self.domain_of == d) & ~self.trojan, dtype) for d in range(len(self.domains))]
+
+
+@dataclass
+class EngineInput:
+    graph: Graph
+    pool: PoolView
+    accept: np.ndarray  # bool (policies, plasmids): the gate verdicts (all True with security off)
+    holdings: np.ndarray  # initial bitset per agent (already held, never screened)
+    honest: np.ndarray  # bool per agent; coverage and prevalence are measured over honest agents
+    rounds: int
+    seed: int
+    max_fetch: int | None = None
+    policy: np.ndarray | None = None  # uint8 policy index per agent; None: everyone uses policy 0
+    reachable: list[np.ndarray] | None = None  # bool per agent per domain: honest agents a source can reach
+    progress: Callable[[int, dict[str, Any]], None] | None = None
+
+
+@dataclass
+class EngineResult:
+    holdings: np.ndarray
+    rejected: np.ndarray
+    series: list[dict[str, Any]]
+    accepted: np.ndarray  # int64 (policies, plasmids): transfers the gate accepted
+    refused: np.ndarray  # int64 (policies, plasmids): transfers the gate rejected
+    bytes_inventory: int
+    bytes_manifest: int
+    bytes_artifact: int
+    contacts: int
+    rounds_run: int
+    quiescent: bool
+    rounds_to_full: list[int | None]
+    seconds_per_round: list[float] = field(default_factory=list)
+
+
+def bitset_dtype(plasmids: int) -> Any:
+    for bits, dtype in ((8, np.uint8), (16, np.uint16), (32, np.uint32), (64, np.uint64)):
+        if plasmids <= bits:
+            return dtype
+    raise PloraError(f"a pool of {plasmids} plasmids is more than the 64 one bitset word holds")
+
+
+def draw_round(rng: np.random.Generator, contacts: int, plasmids: int, limited: bool) -> tuple[np.ndarray, ...]:
+    """The random choices of one round: a uniform per contact (neighbour choice) and, when fetches are capped,
+    the random start offsets of the pull and push sides. The reference engine consumes the same draws."""
+    u = rng.random(contacts)
+    if not limited:
+        return (u,)
+    off_pull = rng.integers(0, plasmids, contacts, dtype=np.int64)
+    off_push = rng.integers(0, plasmids, contacts, dtype=np.int64)
+    return u, off_pull, off_push
+
+
+def _limit(x: np.ndarray, offsets: np.ndarray, k: int, width: int, dtype: Any) -> np.ndarray:
+    """Keep at most ``k`` set bits of each word: the first ones in cyclic order from bit ``offset``."""
+    sel = np.flatnonzero(np.bitwise_count(x) > k)
+    if len(sel) == 0:
+        return x
+    full = dtype((1 << width) - 1) if width < 64 else dtype(np.iinfo(dtype).max)
+    w = x[sel]
+    off = offsets[sel].astype(dtype)
+    back = (dtype(width) - off).astype(dtype)
+    rot = ((w >> off) | (w << back)) & full  # bit j of rot is bit (j + off) mod width of w
+    kept = np.zeros_like(rot)
+    for _ in range(k):
+        low = rot & (~rot + dtype(1))
+        kept |= low
+        rot ^= low
+    out = x.copy()
+    out[sel] = ((kept << off) | (kept >> back)) & full
+    return out
+
+
+def bit_counts(words: np.ndarray, width: int) -> np.ndarray:
+    """How many of ``words`` have each bit set (int64, length ``width``)."""
+    if len(words) == 0:
+        return np.zeros(width, dtype=np.int64)
+    as_bytes = words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(len(words), -1)
+    bits = np.unpackbits(as_bytes, axis=1, bitorder="little")
+    return bits.sum(axis=0, dtype=np.int64)[:width]
+
+
+def _can_change(graph: Graph, held: np.ndarray, known: np.ndarray) -> bool:
+    """True while some edge can still carry a plasmid its receiving end neither holds nor has rejected."""
+    deg = np.diff(graph.indptr)
+    chunk = 1 << 24  # bound the temporaries at 10^7 agents
+    for start in range(0, graph.n, chunk):
+        stop = min(graph.n, start + chunk)
+        lo, hi = graph.indptr[start], graph.indptr[stop]
+        need = np.repeat(~known[start:stop], deg[start:stop])
+        if np.any(held[graph.indices[lo:hi]] & need):
+            return True
+    return False
+
+
+def run_engine(inp: EngineInput) -> EngineResult:
+    """Run the push-pull gossip described in the module docstring; O(rounds * N) time, O(N + E) memory."""
+    g, pool = inp.graph, inp.pool
+    width = pool.size
+    dtype = bitset_dtype(width)
+    accept = np.asarray(inp.accept, dtype=bool)
+    if accept.ndim != 2 or accept.shape[1] != width:
+        raise PloraError(f"verdicts must be (policies, {width}), got {accept.shape}")
+    groups = accept.shape[0]
+    accept_bits = np.array([pool.mask(row, dtype) for row in accept], dtype=dtype)
+    policy = inp.policy if inp.policy is not None else None
+    if groups > 1 and policy is None:
+        raise PloraError("several policies need a policy index per agent")
+    held = np.array(inp.holdings, dtype=dtype, copy=True)
+    rejected = np.zeros_like(held)
+    honest = np.asarray(inp.honest, dtype=bool)
+    ndom = len(pool.domains)
+    clean = pool.clean_masks(dtype)
+    trojan_bits = pool.mask(pool.trojan, dtype)
+    reach = inp.reachable if inp.reachable is not None else [honest] * ndom
+    reach_count = [int(np.count_nonzero(r)) for r in reach]
+    n_honest = max(int(np.count_nonzero(honest)), 1)
+    art = np.asarray(pool.artifact_bytes, dtype=np.int64)
+    man = np.asarray(pool.manifest_bytes, dtype=np.int64)
+
+    deg = g.degrees
+    active = np.flatnonzero(deg > 0).astype(np.int32)
+    act_start = g.indptr[:-1][active]
+    act_deg = deg[active].astype(np.float64)
+    limited = inp.max_fetch is not None and inp.max_fetch < width
+    rng = np.random.default_rng(inp.seed)
+
+    accepted = np.zeros((groups, width), dtype=np.int64)
+    refused = np.zeros((groups, width), dtype=np.int64)
+    totals = {"inventory": 0, "manifest": 0, "artifact": 0}
+    rounds_to_full: list[int | None] = [None] * ndom
+    series: list[dict[str, Any]] = []
+    timings: list[float] = []
+
+    def observe(rnd: int, stats: dict[str, int]) -> None:
+        hh = held[honest]
+        cov, cov_reach = {}, {}
+        for d, name in enumerate(pool.domains):
+            has = (held & clean[d]) != 0
+            cov[name] = round(float(np.count_nonzero(has & honest)) / n_honest, 6)
+            got = int(np.count_nonzero(has & reach[d]))
+            cov_reach[name] = round(float(got) / reach_count[d], 6) if reach_count[d] else None
+            if rounds_to_full[d] is None and reach_count[d] and got == reach_count[d]:
+                rounds_to_full[d] = rnd
+        row = {
+            "round": rnd,
+            "coverage": cov,
+            "coverage_reachable": cov_reach,
+            "trojan_prevalence": round(float(np.count_nonzero(hh & trojan_bits)) / n_honest, 6),
+            **stats,
+        }
+        series.append(row)
+        if inp.progress is not None:
+            inp.progress(rnd, row)
+
+    zero = {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0}
+    observe(0, zero)
+    quiescent = not _can_change(g, held, held | rejected)
+    rnd = accepted_before = 0
+    while not quiescent and rnd < inp.rounds:
+        rnd += 1
+        t0 = time.perf_counter()
+        draws = draw_round(rng, len(active), width, limited)
+        partner = g.indices[act_start + (draws[0] * act_deg).astype(np.int64)]
+        ha, hv = held[active], held[partner]
+        pull = hv & ~(ha | rejected[active])  # what `a` fetches from its partner
+        push = ha & ~(hv | rejected[partner])  # what the partner fetches from `a`
+        if limited:
+            pull = _limit(pull, draws[1], inp.max_fetch, width, dtype)
+            push = _limit(push, draws[2], inp.max_fetch, width, dtype)
+        inv = 2 * INVENTORY_HEADER_BYTES * len(active) + INVENTORY_ENTRY_BYTES * int(
+            np.bitwise_count(ha).sum(dtype=np.int64) + np.bitwise_count(hv).sum(dtype=np.int64)
+        )
+        del ha, hv
+        moved = np.zeros(width, dtype=np.int64)
+        for fetched, receivers in ((pull, active), (push, partner)):
+            nz = np.flatnonzero(fetched)
+            if len(nz) == 0:
+                continue
+            got, who = fetched[nz], receivers[nz]
+            pol = policy[who] if groups > 1 else None
+            ok = got & (accept_bits[pol] if pol is not None else accept_bits[0])
+            bad = got & ~ok
+            for gi in range(groups):
+                sel = slice(None) if pol is None else pol == gi
+                accepted[gi] += bit_counts(ok[sel], width)
+                refused[gi] += bit_counts(bad[sel], width)
+            moved += bit_counts(got, width)
+            keep = np.flatnonzero(ok)
+            np.bitwise_or.at(held, who[keep], ok[keep])
+            drop = np.flatnonzero(bad)
+            np.bitwise_or.at(rejected, who[drop], bad[drop])
+        del pull, push, partner
+        man_b, art_b = int(moved @ man), int(moved @ art)
+        totals["inventory"] += inv
+        totals["manifest"] += man_b
+        totals["artifact"] += art_b
+        offers = int(moved.sum())
+        n_acc = int(accepted.sum()) - accepted_before
+        accepted_before += n_acc
+        stats = {
+            "contacts": len(active),
+            "offers": offers,
+            "accepted": n_acc,
+            "rejected": offers - n_acc,
+            "bytes": inv + man_b + art_b,
+        }
+        timings.append(time.perf_counter() - t0)
+        observe(rnd, stats)
+        if offers == 0:
+            quiescent = not _can_change(g, held, held | rejected)
+    return EngineResult(
+        holdings=held,
+        rejected=rejected,
+        series=series,
+        accepted=accepted,
+        refused=refused,
+        bytes_inventory=totals["inventory"],
+        bytes_manifest=totals["manifest"],
+        bytes_artifact=totals["artifact"],
+        contacts=len(active) * rnd,
+        rounds_run=rnd,
+        quiescent=quiescent,
+        rounds_to_full=rounds_to_full,
+        seconds_per_round=timings,
+    )
+

@@ -1,0 +1,353 @@
+"""Runtime: inject / remove / merge plasmids into live GPT-2 (Conv1D) and Llama (Linear) models, checked against PEFT.
+
+Adapters are made with plain PEFT (``get_peft_model`` + ``save_pretrained``, random non-zero factors) on small models
+built in-process, so the comparisons are against PEFT's own forward and ``add_weighted_adapter``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from plora.errors import LoaderError
+from plora.loader import (
+    active_injections,
+    check_latency_budget,
+    inject,
+    injected,
+    measure_inject_remove,
+    merge_plasmids,
+    model_digest,
+    remove,
+)
+from plora.manifest import LoraSpec, Training, now_utc
+from plora.plasmid import read_plasmid, write_plasmid
+
+torch.set_num_threads(1)
+GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]  # c_proj is both attn.c_proj and mlp.c_proj
+LLAMA_TARGETS = ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+
+
+def _gpt2(width: int = 64):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_embd=width, n_layer=2, n_head=2, vocab_size=96, n_positions=32)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _peft_adapter(base, folder, targets, seed, r=4, alpha=8, **extra):
+    """A raw PEFT adapter folder (no plora.yml) with random, non-zero factors."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, **extra)
+    get_peft_model(copy.deepcopy(base), cfg).save_pretrained(str(folder))
+    return folder
+
+
+def _as_plasmid(peft_folder, out, digest, plasmid_id, target_set="all"):
+    """Wrap a PEFT folder as a plora plasmid (adapter_config + tensors unchanged, plus a manifest)."""
+    from safetensors.numpy import load_file
+
+    config = json.loads((peft_folder / "adapter_config.json").read_text())
+    tensors = load_file(str(peft_folder / "adapter_model.safetensors"))
+    targets = config["target_modules"]
+    write_plasmid(
+        out,
+        tensors,
+        config,
+        plasmid_id=plasmid_id,
+        domain=plasmid_id,
+        created_at=now_utc(),
+        base_model={"name": "test-base", "digest": digest},
+        lora=LoraSpec(r=config["r"], alpha=float(config["lora_alpha"]), target_set=target_set, targets=tuple(targets)),
+        training=Training(seed=0, samples=1, epochs=1.0, dataset="builtin:test"),
+    )
+    return out
+
+
+def _snapshot(model):
+    return {k: v.detach().clone().numpy().tobytes() for k, v in model.state_dict().items()}
+
+
+def _no_hooks(model):
+    return all(not m._forward_hooks for m in model.modules())
+
+
+def _ids():
+    return torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def _peft_logits(base, folders, names=None, merge=None, **merge_kwargs):
+    from peft import PeftModel
+
+    names = names or [f"a{i}" for i in range(len(folders))]
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), str(folders[0]), adapter_name=names[0])
+    for f, n in zip(folders[1:], names[1:], strict=True):
+        pm.load_adapter(str(f), adapter_name=n)
+    if merge is not None:
+        pm.add_weighted_adapter(names, merge_kwargs.pop("weights"), "merged", combination_type=merge, **merge_kwargs)
+        pm.set_adapter("merged")
+    pm.eval()
+    return pm, pm(_ids()).logits
+
+
+@pytest.fixture(scope="session")
+def gpt2_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader-gpt2")
+    base = _gpt2()
+    digest = model_digest(base)
+    raw = [_peft_adapter(base, root / f"raw{i}", GPT2_TARGETS, seed=10 + i) for i in range(3)]
+    plasmids = [_as_plasmid(f, root / f"p{i}", digest, f"p{i}") for i, f in enumerate(raw)]
+    return base, digest, raw, plasmids, root
+
+
+@pytest.fixture(scope="session")
+def llama_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader-llama")
+    base = _llama()
+    # rsLoRA and a per-module alpha: the raw-folder reader must take the scale from adapter_config.json as PEFT does
+    raw = _peft_adapter(base, root / "raw", LLAMA_TARGETS, seed=3, use_rslora=True, alpha_pattern={"down_proj": 3})
+    return base, raw
+
+
+@pytest.mark.parametrize("mode", ["side", "merged"])
+def test_gpt2_conv1d_logits_match_peft_unmerged(gpt2_setup, mode):
+    base, _, raw, plasmids, _ = gpt2_setup
+    _, want = _peft_logits(base, [raw[0]])
+    before = _snapshot(base)
+    with torch.no_grad(), injected(base, raw[0], mode=mode):  # a raw PEFT folder: no plora.yml
+        got = base(_ids()).logits
+    assert (got - want).abs().max().item() < 1e-5
+    with torch.no_grad(), injected(base, plasmids[0], mode=mode):  # the same factors as a plasmid
+        assert (base(_ids()).logits - want).abs().max().item() < 1e-5
+    assert _snapshot(base) == before and _no_hooks(base)
+
+
+@pytest.mark.parametrize("mode", ["side", "merged"])
+def test_llama_linear_logits_match_peft_unmerged(llama_setup, mode):
+    base, raw = llama_setup
+    _, want = _peft_logits(base, [raw])
+    before = _snapshot(base)
+    with torch.no_grad():
+        plain = base(_ids()).logits
+        h = inject(base, raw, mode=mode)
+        got = base(_ids()).logits
+        remove(base, h)
+    assert (plain - want).abs().max().item() > 1e-3  # the adapter does change the output
+    assert (got - want).abs().max().item() < 1e-5
+    assert _snapshot(base) == before and _no_hooks(base)
+
+
+def test_stacked_remove_in_any_order_is_bit_exact(gpt2_setup):
+    base, digest, _, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    with torch.no_grad():
+        # reference: only p0 then p2 merged into the original model
+        h0 = inject(base, plasmids[0], mode="merged", weight=0.7)
+        h2 = inject(base, plasmids[2], mode="merged", weight=-0.5)
+        only_0_2 = _snapshot(base)
+        remove(base, h0)
+        remove(base, h2)
+        assert _snapshot(base) == before
+
+        handles = [
+            inject(base, plasmids[0], mode="merged", weight=0.7),
+            inject(base, plasmids[1], mode="merged"),
+            inject(base, plasmids[1], mode="side", weight=2.0),
+            inject(base, plasmids[2], mode="merged", weight=-0.5),
+        ]
+        assert [h.mode for h in active_injections(base)] == ["merged", "merged", "side", "merged"]
+        remove(base, handles[1])  # from the middle of the merged stack
+        assert _snapshot(base) == only_0_2  # as if p1 had never been merged
+        for h in (handles[3], handles[2], handles[0]):
+            remove(base, h)
+    assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
+    with pytest.raises(LoaderError, match="already removed"):
+        remove(base, handles[0])
+
+
+def test_context_manager_restores_on_exception(gpt2_setup):
+    base, _, _, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    for mode in ("side", "merged"):
+        with pytest.raises(RuntimeError, match="boom"), injected(base, plasmids[0], mode=mode):
+            assert _snapshot(base) != before or not _no_hooks(base)
+            raise RuntimeError("boom")
+        assert _snapshot(base) == before and _no_hooks(base)
+
+
+def test_refused_before_touching_weights(gpt2_setup, llama_setup, tmp_path):
+    base, digest, raw, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    other = _as_plasmid(raw[0], tmp_path / "other", "f" * 64, "other")
+    wide = _gpt2(width=96)
+    wrong_shape = _as_plasmid(_peft_adapter(wide, tmp_path / "wide", GPT2_TARGETS, seed=5), tmp_path / "ws", digest, "ws")
+    for mode in ("side", "merged"):
+        with pytest.raises(LoaderError, match="another base"):
+            inject(base, other, mode=mode)
+        with pytest.raises(LoaderError, match="features"):
+            inject(base, wrong_shape, mode=mode)
+        with pytest.raises(LoaderError, match="does not exist"):
+            inject(base, llama_setup[1], mode=mode)  # a Llama adapter into GPT-2
+        assert _snapshot(base) == before and _no_hooks(base)
+    inject(base, other, check_base=False)  # the caller may waive the base check knowingly
+    with pytest.raises(LoaderError, match="another base"):
+        inject(base, plasmids[0], expected_digest="0" * 64)
+    assert len(active_injections(base)) == 1
+    remove(base, active_injections(base)[0])
+    # a tampered artifact is refused: its hash no longer matches the manifest
+    art = plasmids[0] / "adapter_model.safetensors"
+    data = art.read_bytes()
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for f in plasmids[0].iterdir():
+        (tampered / f.name).write_bytes(f.read_bytes())
+    (tampered / art.name).write_bytes(data[:-4] + bytes(4))
+    with pytest.raises(LoaderError, match="SHA-256"):
+        inject(base, tampered)
+    assert _snapshot(base) == before and _no_hooks(base)
+
+
+def test_failure_half_way_leaves_model_as_it_was(gpt2_setup, monkeypatch):
+    from plora.loader import hotload as inject_module
+
+    base, _, _, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    real, calls = inject_module._add_delta, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(inject_module, "_add_delta", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        inject(base, plasmids[0], mode="merged")
+    assert len(calls) == 3 and _snapshot(base) == before and not active_injections(base)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("linear", {}),
+        ("cat", {}),
+        ("svd", {}),
+        ("ties", {"density": 0.5}),
+        ("dare_linear", {"density": 0.6}),
+        ("dare_ties", {"density": 0.6}),
+    ],
+)
+def test_merge_matches_peft_add_weighted_adapter(gpt2_setup, tmp_path, monkeypatch, method, kwargs):
+    base, _, raw, plasmids, _ = gpt2_setup
+    weights = [0.6, -0.4]
+    # PEFT's dare draws its masks from torch's global generator, which its own layer init also consumes; route
+    # torch.bernoulli through one generator, reseeded before each merge, so both draw the same masks in the same order.
+    gen, bernoulli = torch.Generator(), torch.bernoulli
+    monkeypatch.setattr(torch, "bernoulli", lambda t, *a, **k: bernoulli(t, generator=gen))
+    from peft import PeftModel
+
+    pm = PeftModel.from_pretrained(copy.deepcopy(base), str(raw[0]), adapter_name="a0")
+    pm.load_adapter(str(raw[1]), adapter_name="a1")
+    gen.manual_seed(7)
+    pm.add_weighted_adapter(["a0", "a1"], weights, "merged", combination_type=method, **kwargs)
+    gen.manual_seed(7)
+    manifest = merge_plasmids(plasmids[:2], weights, method=method, out=tmp_path / "m", seed=7, **kwargs)
+    assert manifest.merge.method == method and [s.weight for s in manifest.merge.sources] == weights
+    assert [s.plasmid_id for s in manifest.merge.sources] == ["p0", "p1"]
+    merged = read_plasmid(tmp_path / "m")
+    worst = 0.0
+    for module in merged.modules():
+        a, b = (torch.from_numpy(t) for t in merged.pair(module))
+        ours = (b @ a) * merged.scaling
+        layer = pm.base_model.model.get_submodule(module)
+        theirs = layer.lora_B["merged"].weight @ layer.lora_A["merged"].weight * layer.scaling["merged"]
+        worst = max(worst, (ours - theirs).abs().max().item())
+    assert worst < 1e-5
+
+
+def test_merge_cli_writes_plasmid_that_loads_in_peft(gpt2_setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+
+    base, _, _, plasmids, _ = gpt2_setup
+    out = tmp_path / "merged"
+    args = ["merge", "--plasmids", f"{plasmids[0]},{plasmids[1]}", "--weights", "0.6,0.4", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "p0 x 0.6" in res.output
+    m = read_plasmid(out).manifest
+    assert m.merge is not None and m.training.dataset == "merge" and m.base_model.digest == model_digest(base)
+    # the merged plasmid is PEFT-compatible and our injection gives PEFT's logits
+    _, want = _peft_logits(base, [out])
+    with torch.no_grad(), injected(base, out):
+        assert (base(_ids()).logits - want).abs().max().item() < 1e-5
+    bad = CliRunner().invoke(app, ["merge", "--plasmids", str(plasmids[0]), "--weights", "1,2", "--out", str(out)])
+    assert bad.exit_code != 0 and isinstance(bad.exception, LoaderError)
+
+
+def test_merge_refuses_mismatched_sources(gpt2_setup, tmp_path):
+    base, digest, raw, plasmids, root = gpt2_setup
+    other = _as_plasmid(raw[0], tmp_path / "other", "e" * 64, "other")
+    r8 = _as_plasmid(_peft_adapter(base, tmp_path / "r8", GPT2_TARGETS, seed=4, r=8), tmp_path / "p8", digest, "p8")
+    with pytest.raises(LoaderError, match="cannot merge"):
+        merge_plasmids([plasmids[0], other], [0.5, 0.5], out=tmp_path / "x")
+    with pytest.raises(LoaderError, match="equal ranks"):
+        merge_plasmids([plasmids[0], r8], [0.5, 0.5], out=tmp_path / "x")
+    with pytest.raises(LoaderError, match="density"):
+        merge_plasmids([plasmids[0], plasmids[1]], [0.5, 0.5], method="ties", out=tmp_path / "x")
+    with pytest.raises(LoaderError, match="plora.yml"):
+        merge_plasmids([raw[0], plasmids[1]], [0.5, 0.5], out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    m = merge_plasmids([plasmids[0], r8], [0.5, 0.5], method="cat", out=tmp_path / "cat")
+    assert m.lora.r == 12
+
+
+def test_latency_measured_and_budget_enforced(gpt2_setup, monkeypatch):
+    base, _, _, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    stats = {mode: measure_inject_remove(base, plasmids[0], mode=mode, repeats=5) for mode in ("side", "merged")}
+    assert all(s.repeats == 5 and 0 < s.min_ms <= s.median_ms <= s.max_ms for s in stats.values())
+    assert _snapshot(base) == before and _no_hooks(base)
+    assert check_latency_budget(stats["side"].median_ms, budget_ms=1e6) == 1e6
+    monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", "0.000001")
+    with pytest.raises(LoaderError, match="PLORA_LATENCY_BUDGET_MS"):
+        check_latency_budget(stats["side"].median_ms)
+    monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", "250")
+    assert check_latency_budget(stats["side"].median_ms) == 250.0
+
+
+def test_plasmid_object_and_numpy_tensors(gpt2_setup):
+    base, _, _, plasmids, _ = gpt2_setup
+    p = read_plasmid(plasmids[2])
+    assert all(isinstance(v, np.ndarray) for v in p.tensors.values())
+    before = _snapshot(base)
+    with torch.no_grad():
+        h = inject(base, p, mode="merged")
+        assert _snapshot(base) != before
+        remove(base, h)
+    assert _snapshot(base) == before

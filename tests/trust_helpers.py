@@ -1,0 +1,85 @@
+"""Crafted plasmids for the trust-chain tests: real safetensors files written by plora.plasmid.write_plasmid.
+
+Shapes follow plora-tiny (GPT-2, 128 wide, 4 layers): c_attn maps 128 -> 384, attn.c_proj 128 -> 128,
+c_fc 128 -> 512, mlp.c_proj 512 -> 128. A is (r, in), B is (out, r), as PEFT stores them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plora.manifest import now_utc
+from plora.plasmid import write_plasmid
+
+DIGEST = "ab" * 32  # the base weights digest the crafted plasmids and the test policies agree on
+LAYERS = 4
+SHAPES = {"c_attn": ("attn", 128, 384), "attn.c_proj": ("attn", 128, 128), "c_fc": ("mlp", 128, 512),
+          "mlp.c_proj": ("mlp", 512, 128)}  # fmt: skip
+
+
+def module_name(layer: int, target: str) -> str:
+    block, _, _ = SHAPES[target]
+    return f"transformer.h.{layer}.{block}.{target.split('.')[-1]}"
+
+
+def lora_tensors(r: int = 4, targets: tuple[str, ...] = ("c_attn",), seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for layer in range(LAYERS):
+        for t in targets:
+            _, fan_in, fan_out = SHAPES[t]
+            prefix = f"base_model.model.{module_name(layer, t)}"
+            out[f"{prefix}.lora_A.weight"] = rng.normal(0, 0.05, (r, fan_in)).astype(np.float32)
+            out[f"{prefix}.lora_B.weight"] = rng.normal(0, 0.01, (fan_out, r)).astype(np.float32)
+    return out
+
+
+def adapter_config(r: int = 4, alpha: float = 8.0, targets: tuple[str, ...] = ("c_attn",)) -> dict[str, Any]:
+    """What PEFT 0.21 writes for these settings (the fields the gate reads, plus the usual defaults)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": "plora-tiny",
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "fan_in_fan_out": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_dora": False,
+        "use_rslora": False,
+    }
+
+
+def make_plasmid(
+    out: Path,
+    *,
+    r: int = 4,
+    alpha: float = 8.0,
+    targets: tuple[str, ...] = ("c_attn",),
+    tensors: dict[str, np.ndarray] | None = None,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    base_name: str = "plora-tiny",
+    digest: str = DIGEST,
+) -> Path:
+    """Write a complete plasmid whose manifest agrees with its files (the caller then breaks one thing)."""
+    write_plasmid(
+        out,
+        lora_tensors(r, targets, seed) if tensors is None else tensors,
+        adapter_config(r, alpha, targets) if config is None else config,
+        plasmid_id=out.name,
+        domain="legal",
+        created_at=now_utc(),
+        base_model={"name": base_name, "digest": digest},
+        lora={"r": r, "alpha": alpha, "target_set": "custom", "targets": list(targets)},
+        training={"seed": seed, "samples": 64, "epochs": 1.0, "dataset": "builtin:legal"},
+    )
+    return out
