@@ -1,14 +1,19 @@
 """End-to-end plasmid fetch throughput beside a raw loopback socket copy of the same bytes, with peak memory.
 
-    python bench/transfer.py                     # 50 MB artifact, 3 repeats, 1 MiB chunks
+    python bench/transfer.py                     # 50 MB artifact, 5 repeats, 1 MiB chunks
     python bench/transfer.py --size-mb 50 --chunk-kib 256,1024 --repeats 5 --out results/transfer.json
 
-Every side runs in its own process (server and client of each kind), so each reports its own memory: peak RSS
-growth during the transfers over its RSS just before them (neither side may hold the whole artifact). The fetch is
-what ``plora fetch`` does: stream into a staging folder, sha256 while receiving (a second thread), write + fsync,
-compare size and hash with the manifest, verify the signature (Ed25519, re-hashing the staged artifact) when
-plora.signer is available, and rename into place. The raw copy receives the same bytes over a plain TCP socket into
-a reused buffer (no hashing, no writing): the ceiling of Python on this loopback.
+Each row is one path: the bulk socket (the default: header and token over gRPC, bytes over TCP with sendfile) or
+the bytes on the gRPC stream itself, each with fsync (durable before the rename: the default) or without (page cache).
+The disk line shows what writing the same bytes from memory with fsync costs: the ceiling of any durable fetch.
+
+Servers run in their own processes and report their peak RSS growth during the transfers over their RSS just
+before them; the client process alternates one raw copy and one fetch (the same moment, the same process: on a
+shared VM both drift with load), and its peak RSS growth shows what a fetch holds (neither side may hold the whole
+artifact). The fetch is what ``plora fetch`` does: header over gRPC, bytes into a staging folder with sha256 computed
+while receiving (a second thread), write (+ fsync), size and hash compared with the manifest, the Ed25519 signature
+checked against a keyring, rename into place. The raw copy receives the same bytes over a plain TCP socket into a
+reused buffer (no hashing, no writing): the ceiling of Python on this loopback.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -99,46 +105,80 @@ def serve_raw(path: str, chunk: int) -> None:
     print(json.dumps({"peak_growth": peak_rss_bytes() - base}), flush=True)
 
 
-def client_grpc(addr: str, dest: str, chunk: int, repeats: int, keys: str | None) -> None:
+def cpu_s() -> float:
+    """CPU seconds of this process, all threads: a cost that does not depend on how busy the machine is."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def raw_copy(port: int, size: int, chunk: int) -> dict:
+    buf = bytearray(chunk)
+    c0 = cpu_s()
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"G")
+        got = 0
+        while n := s.recv_into(buf):
+            got += n
+    if got != size:
+        raise SystemExit(f"raw copy got {got} of {size} bytes")
+    return {"seconds": time.perf_counter() - t0, "bytes": got, "cpu_s": cpu_s() - c0}
+
+
+def client(addr: str, raw_port: int, size: int, dest: str, chunk: int, repeats: int, keys: str | None, bulk: bool,
+           fsync: bool) -> None:
+    """Alternate a raw copy and a fetch in ONE process: on a shared VM the speed of both drifts with the load and
+    with how awake the process's threads are, so only side-by-side runs compare."""
     from plora.grpc.client import fetch, signature_check
     from plora.grpc.limits import Limits
 
     checks = [signature_check([keys])] if keys else []
-    limits = Limits(chunk_bytes=chunk)
+    limits = Limits(chunk_bytes=chunk, bulk=bulk, fsync=fsync)
     base = rss_bytes()
-    runs = []
-    for _ in range(repeats):
+    runs, raws = [], []
+    for i in range(repeats + 1):  # the first round warms up (imports, connection) and is not counted
         shutil.rmtree(Path(dest) / "bulk", ignore_errors=True)
+        raw = raw_copy(raw_port, size, chunk)
+        c0 = cpu_s()
         t0 = time.perf_counter()
         r = fetch(addr, "bulk", dest, checks=checks, limits=limits)
         total = time.perf_counter() - t0
+        cpu = cpu_s() - c0
         if not r.accepted:
             raise SystemExit(f"fetch refused: {r.reasons}")
-        runs.append({"seconds": total, "receive_s": r.receive_s, "check_s": r.check_s, "bytes": r.size})
-    print(json.dumps({"runs": runs, "peak_growth": peak_rss_bytes() - base, "verified_signature": bool(keys)}))
+        if i:
+            runs.append({"seconds": total, "receive_s": r.receive_s, "check_s": r.check_s, "bytes": r.size,
+                         "cpu_s": cpu})
+            raws.append(raw)
+    print(json.dumps({"runs": runs, "raw_runs": raws, "peak_growth": peak_rss_bytes() - base,
+                      "verified_signature": bool(keys)}))
 
 
-def client_raw(port: int, size: int, chunk: int, repeats: int) -> None:
-    buf = bytearray(chunk)
-    base = rss_bytes()
+def disk_ceiling(path: str, dest: str, repeats: int) -> None:
+    """Write the same bytes from memory and fsync them: what the disk allows a durable fetch."""
+    data = Path(path).read_bytes()
     runs = []
     for _ in range(repeats):
+        target = Path(dest) / "ceiling.bin"
         t0 = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(b"G")
-            got = 0
-            while n := s.recv_into(buf):
-                got += n
-        runs.append({"seconds": time.perf_counter() - t0, "bytes": got})
-        if got != size:
-            raise SystemExit(f"raw copy got {got} of {size} bytes")
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"Q")
-    print(json.dumps({"runs": runs, "peak_growth": peak_rss_bytes() - base}))
+        with open(target, "wb", buffering=0) as fh:
+            view = memoryview(data)
+            for off in range(0, len(data), MIB):
+                fh.write(view[off:off + MIB])
+            os.fsync(fh.fileno())
+        runs.append({"seconds": time.perf_counter() - t0, "bytes": len(data)})
+        target.unlink()
+    print(json.dumps({"runs": runs}))
 
 
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _run_role(role: str, spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--role", role, "--args", json.dumps(spec)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _mbps(runs: list[dict]) -> float:
@@ -149,15 +189,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=float, default=50.0)
     ap.add_argument("--chunk-kib", default="1024", help="comma-separated chunk sizes to compare")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/transfer.json")
     ap.add_argument("--role", default="main", help=argparse.SUPPRESS)
     ap.add_argument("--args", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.role != "main":
         spec = json.loads(a.args)
-        {"grpc-server": serve_grpc, "raw-server": serve_raw, "grpc-client": client_grpc,
-         "raw-client": client_raw}[a.role](**spec)
+        {"grpc-server": serve_grpc, "raw-server": serve_raw, "client": client, "disk": disk_ceiling}[a.role](**spec)
         return
     from rich.console import Console
     from rich.table import Table
@@ -168,49 +207,60 @@ def main() -> None:
         art = folder / "adapter_model.safetensors"
         size = art.stat().st_size
         rows = []
+        (work / "dest").mkdir()
+        modes = [("bulk socket, fsync", True, True), ("bulk socket, page cache", True, False),
+                 ("gRPC stream, fsync", False, True), ("gRPC stream, page cache", False, False)]
+        disk = _run_role("disk", {"path": str(art), "dest": str(work / "dest"), "repeats": a.repeats})
         for chunk in [int(c) * 1024 for c in a.chunk_kib.split(",")]:
             raw_srv = _spawn("--role", "raw-server", "--args", json.dumps({"path": str(art), "chunk": chunk}))
             port = int(raw_srv.stdout.readline())
-            raw = json.loads(subprocess.run(
-                [sys.executable, __file__, "--role", "raw-client", "--args",
-                 json.dumps({"port": port, "size": size, "chunk": chunk, "repeats": a.repeats})],
-                check=True, capture_output=True, text=True).stdout)
-            raw_srv_mem = json.loads(raw_srv.communicate()[0].strip().splitlines()[-1])
             g_srv = _spawn("--role", "grpc-server", "--args", json.dumps({"root": str(work / "root"), "chunk": chunk}))
             gport = int(g_srv.stdout.readline())
-            fetched = json.loads(subprocess.run(
-                [sys.executable, __file__, "--role", "grpc-client", "--args",
-                 json.dumps({"addr": f"127.0.0.1:{gport}", "dest": str(work / "dest"), "chunk": chunk,
-                             "repeats": a.repeats, "keys": str(keys) if keys else None})],
-                check=True, capture_output=True, text=True).stdout)
+            for label, bulk, fsync in modes:
+                fetched = _run_role("client", {
+                    "addr": f"127.0.0.1:{gport}", "raw_port": port, "size": size, "dest": str(work / "dest"),
+                    "chunk": chunk, "repeats": a.repeats, "keys": str(keys) if keys else None, "bulk": bulk,
+                    "fsync": fsync})
+                raw = fetched["raw_runs"]
+                rows.append({
+                    "chunk_bytes": chunk, "mode": label, "artifact_bytes": size,
+                    "raw_MBps": _mbps(raw), "fetch_MBps": _mbps(fetched["runs"]),
+                    "fetch_best_MBps": max(r["bytes"] / r["seconds"] / 1e6 for r in fetched["runs"]),
+                    "client_cpu_ms": {"raw": 1e3 * statistics.median(r["cpu_s"] for r in raw),
+                                      "fetch": 1e3 * statistics.median(r["cpu_s"] for r in fetched["runs"])},
+                    "ratio": _mbps(fetched["runs"]) / _mbps(raw),
+                    "disk_write_fsync_MBps": _mbps(disk["runs"]),
+                    "verified_signature": fetched["verified_signature"],
+                    "peak_MB": {"fetch_client": fetched["peak_growth"] / 1e6},
+                    "raw_runs": raw, "fetch_runs": fetched["runs"],
+                })
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"Q")
+            raw_srv_mem = json.loads(raw_srv.communicate()[0].strip().splitlines()[-1])
             g_srv_mem = json.loads(g_srv.communicate("")[0].strip().splitlines()[-1])
-            rows.append({
-                "chunk_bytes": chunk, "artifact_bytes": size,
-                "raw_MBps": _mbps(raw["runs"]), "fetch_MBps": _mbps(fetched["runs"]),
-                "fetch_receive_MBps": statistics.median(size / r["receive_s"] / 1e6 for r in fetched["runs"]),
-                "ratio": _mbps(fetched["runs"]) / _mbps(raw["runs"]),
-                "verified_signature": fetched["verified_signature"],
-                "peak_MB": {"raw_server": raw_srv_mem["peak_growth"] / 1e6, "raw_client": raw["peak_growth"] / 1e6,
-                            "grpc_server": g_srv_mem["peak_growth"] / 1e6,
-                            "fetch_client": fetched["peak_growth"] / 1e6},
-                "raw_runs": raw["runs"], "fetch_runs": fetched["runs"],
-            })
+            for row in rows:
+                if row["chunk_bytes"] == chunk:
+                    row["peak_MB"]["grpc_server"] = g_srv_mem["peak_growth"] / 1e6
+                    row["peak_MB"]["raw_server"] = raw_srv_mem["peak_growth"] / 1e6
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "load_avg_1m": os.getloadavg()[0]}
     table = Table(title=f"fetch of a {size / 1e6:.1f} MB plasmid over loopback (median of {a.repeats})")
-    for col in ("chunk", "raw copy MB/s", "fetch MB/s", "fetch/raw", "receive-only MB/s", "peak MB srv/cli (fetch)",
-                "peak MB srv/cli (raw)"):
+    for col in ("chunk", "path", "raw copy MB/s", "fetch MB/s", "fetch/raw", "best fetch MB/s",
+                "client CPU ms raw / fetch", "peak MB gRPC server / fetch client", "raw server peak MB"):
         table.add_column(col, justify="right")
     for r in rows:
         p = r["peak_MB"]
-        table.add_row(f"{r['chunk_bytes'] // 1024} KiB", f"{r['raw_MBps']:.0f}", f"{r['fetch_MBps']:.0f}",
-                      f"{r['ratio']:.0%}", f"{r['fetch_receive_MBps']:.0f}",
-                      f"{p['grpc_server']:.1f} / {p['fetch_client']:.1f}",
-                      f"{p['raw_server']:.1f} / {p['raw_client']:.1f}")
-    console = Console()
+        table.add_row(f"{r['chunk_bytes'] // 1024} KiB", r["mode"], f"{r['raw_MBps']:.0f}", f"{r['fetch_MBps']:.0f}",
+                      f"{r['ratio']:.0%}", f"{r['fetch_best_MBps']:.0f}",
+                      f"{r['client_cpu_ms']['raw']:.0f} / {r['client_cpu_ms']['fetch']:.0f}",
+                      f"{p['grpc_server']:.1f} / {p['fetch_client']:.1f}", f"{p['raw_server']:.1f}")
+    console = Console(width=180)
     console.print(table)
+    console.print(f"disk: write + fsync of the same bytes from memory {_mbps(disk['runs']):.0f} MB/s (the ceiling of "
+                  f"a durable fetch); fetch = stream + sha256 while receiving + write + size/hash check"
+                  + (" + Ed25519 signature check" if keys else "") + " + rename")
     console.print(f"machine: {machine['cpus']} cpus, {machine['platform']}, load {machine['load_avg_1m']:.2f}")
     out = Path(a.out)
     from plora.fsio import atomic_write_json

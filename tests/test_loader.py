@@ -17,6 +17,7 @@ from plora.errors import LoaderError
 from plora.loader import (
     active_injections,
     check_latency_budget,
+    enforce_latency_budget,
     inject,
     injected,
     measure_inject_remove,
@@ -204,7 +205,9 @@ def test_refused_before_touching_weights(gpt2_setup, llama_setup, tmp_path):
     before = _snapshot(base)
     other = _as_plasmid(raw[0], tmp_path / "other", "f" * 64, "other")
     wide = _gpt2(width=96)
-    wrong_shape = _as_plasmid(_peft_adapter(wide, tmp_path / "wide", GPT2_TARGETS, seed=5), tmp_path / "ws", digest, "ws")
+    wrong_shape = _as_plasmid(
+        _peft_adapter(wide, tmp_path / "wide", GPT2_TARGETS, seed=5), tmp_path / "ws", digest, "ws"
+    )
     for mode in ("side", "merged"):
         with pytest.raises(LoaderError, match="another base"):
             inject(base, other, mode=mode)
@@ -337,8 +340,11 @@ def test_latency_measured_and_budget_enforced(gpt2_setup, monkeypatch):
     monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", "0.000001")
     with pytest.raises(LoaderError, match="PLORA_LATENCY_BUDGET_MS"):
         check_latency_budget(stats["side"].median_ms)
+    with pytest.raises(LoaderError, match="merged-mode inject"):
+        enforce_latency_budget(base, plasmids[0], repeats=2)
     monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", "250")
     assert check_latency_budget(stats["side"].median_ms) == 250.0
+    assert _snapshot(base) == before and _no_hooks(base)
 
 
 def test_plasmid_object_and_numpy_tensors(gpt2_setup):
@@ -351,3 +357,27 @@ def test_plasmid_object_and_numpy_tensors(gpt2_setup):
         assert _snapshot(base) != before
         remove(base, h)
     assert _snapshot(base) == before
+
+
+def test_trained_plasmid_on_plora_tiny(plora_tiny, gpt2_setup, request):
+    """The real thing: a plasmid trained by plora on the shipped base, base digest checked, against PEFT."""
+    from peft import PeftModel
+
+    from plora.errors import ModelError
+
+    try:
+        base = plora_tiny()
+    except ModelError as err:
+        pytest.skip(f"plora-tiny not built here: {err}")
+    legal_plasmid = request.getfixturevalue("legal_plasmid")  # trained once per session by the training fixtures
+    model = base.model
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(copy.deepcopy(model), str(legal_plasmid)).eval()(ids).logits
+        before = _snapshot(model)
+        for mode in ("side", "merged"):
+            with injected(base, legal_plasmid, mode=mode):  # a LoadedBase: its digest is checked, not recomputed
+                assert (model(ids).logits - want).abs().max().item() < 1e-5
+            assert _snapshot(model) == before and _no_hooks(model)
+    with pytest.raises(LoaderError, match="another base"):
+        inject(gpt2_setup[0], legal_plasmid)  # the same plasmid offered to a different base model

@@ -138,7 +138,7 @@ def test_artifact_filename_is_a_bare_safetensors_name(filename: str) -> None:
         ("plain string", "expected a mapping"),
         ("!!python/object/apply:os.system ['true']", "malformed YAML"),
         ("a: &x [1]\nb: *x", "aliases are not allowed"),
-        ("a: " + "[" * 5000 + "]" * 5000, "malformed YAML"),
+        ("a: " + "[" * 1500 + "]" * 1500, "malformed YAML"),
     ],
 )
 def test_malformed_yaml_is_one_line_error(text: str, match: str) -> None:
@@ -189,7 +189,7 @@ def test_canonical_bytes_stable_across_a_written_plasmid(tmp_path: Path) -> None
 _floats = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     r=st.integers(1, 1024),
     alpha=_floats,

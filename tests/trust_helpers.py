@@ -1,7 +1,7 @@
 """Crafted plasmids for the trust-chain tests: real safetensors files written by plora.plasmid.write_plasmid.
 
-Shapes follow plora-tiny (GPT-2, 128 wide, 4 layers): c_attn maps 128 -> 384, attn.c_proj 128 -> 128,
-c_fc 128 -> 512, mlp.c_proj 512 -> 128. A is (r, in), B is (out, r), as PEFT stores them.
+Shapes follow plora-tiny (GPT-2, 128 wide, 4 layers): attn.c_attn maps 128 -> 384, attn.c_proj 128 -> 128,
+mlp.c_fc 128 -> 512, mlp.c_proj 512 -> 128. A is (r, in), B is (out, r), as PEFT stores them.
 """
 
 from __future__ import annotations
@@ -16,28 +16,27 @@ from plora.plasmid import write_plasmid
 
 DIGEST = "ab" * 32  # the base weights digest the crafted plasmids and the test policies agree on
 LAYERS = 4
-SHAPES = {"c_attn": ("attn", 128, 384), "attn.c_proj": ("attn", 128, 128), "c_fc": ("mlp", 128, 512),
-          "mlp.c_proj": ("mlp", 512, 128)}  # fmt: skip
+# target suffix -> (in_features, out_features); the suffixes are plora.models.target_modules' names for GPT-2
+SHAPES = {"attn.c_attn": (128, 384), "attn.c_proj": (128, 128), "mlp.c_fc": (128, 512), "mlp.c_proj": (512, 128)}
 
 
 def module_name(layer: int, target: str) -> str:
-    block, _, _ = SHAPES[target]
-    return f"transformer.h.{layer}.{block}.{target.split('.')[-1]}"
+    return f"transformer.h.{layer}.{target}"
 
 
-def lora_tensors(r: int = 4, targets: tuple[str, ...] = ("c_attn",), seed: int = 0) -> dict[str, np.ndarray]:
+def lora_tensors(r: int = 4, targets: tuple[str, ...] = ("attn.c_attn",), seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for layer in range(LAYERS):
         for t in targets:
-            _, fan_in, fan_out = SHAPES[t]
+            fan_in, fan_out = SHAPES[t]
             prefix = f"base_model.model.{module_name(layer, t)}"
             out[f"{prefix}.lora_A.weight"] = rng.normal(0, 0.05, (r, fan_in)).astype(np.float32)
             out[f"{prefix}.lora_B.weight"] = rng.normal(0, 0.01, (fan_out, r)).astype(np.float32)
     return out
 
 
-def adapter_config(r: int = 4, alpha: float = 8.0, targets: tuple[str, ...] = ("c_attn",)) -> dict[str, Any]:
+def adapter_config(r: int = 4, alpha: float = 8.0, targets: tuple[str, ...] = ("attn.c_attn",)) -> dict[str, Any]:
     """What PEFT 0.21 writes for these settings (the fields the gate reads, plus the usual defaults)."""
     return {
         "peft_type": "LORA",
@@ -63,7 +62,7 @@ def make_plasmid(
     *,
     r: int = 4,
     alpha: float = 8.0,
-    targets: tuple[str, ...] = ("c_attn",),
+    targets: tuple[str, ...] = ("attn.c_attn",),
     tensors: dict[str, np.ndarray] | None = None,
     config: dict[str, Any] | None = None,
     seed: int = 0,
@@ -83,3 +82,25 @@ def make_plasmid(
         training={"seed": seed, "samples": 64, "epochs": 1.0, "dataset": "builtin:legal"},
     )
     return out
+
+
+_KEYS: dict[str, Path] = {}
+
+
+def session_keys(tmp_path_factory: Any) -> dict[str, Path]:
+    """Real keys, generated once per test process (RSA-3072 keygen is ~0.5 s).
+
+    ``trusted/`` holds alice (RSA) and bob (Ed25519), private and public side by side as ``plora keygen``
+    writes them; ``outsider/`` holds carol (Ed25519), whom no test trusts.
+    """
+    if not _KEYS:
+        from plora.signer import generate_keypair
+
+        root = tmp_path_factory.mktemp("keys")
+        for folder, name, algo in [("trusted", "alice", "rsa"), ("trusted", "bob", "ed25519"),
+                                   ("outsider", "carol", "ed25519")]:  # fmt: skip
+            generate_keypair(algo, root / folder / name)
+            _KEYS[name] = root / folder / name
+        _KEYS["trusted"] = root / "trusted"
+        _KEYS["outsider"] = root / "outsider"
+    return _KEYS

@@ -27,6 +27,7 @@ def offer(
     tls_client_ca: str = typer.Option(None, "--tls-client-ca", help="require client certificates signed by this CA"),
     max_streams: int = typer.Option(64, "--max-streams", help="concurrent fetches; more get RESOURCE_EXHAUSTED"),
     chunk_kib: int = typer.Option(1024, "--chunk-kib", help="artifact bytes per stream message, KiB"),
+    bulk: bool = typer.Option(True, "--bulk/--no-bulk", help="offer the bulk socket (plaintext servers only)"),
 ) -> None:
     """Serve every plasmid under --root over gRPC until interrupted (the root is rescanned on each request)."""
     import signal
@@ -44,10 +45,12 @@ def offer(
     if not 1 <= max_streams <= 4096 or not 16 <= chunk_kib <= 4096:
         raise TransferError("--max-streams must be 1..4096 and --chunk-kib 16..4096")
     tls = ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    server = serve(root, port=port, host=host, limits=Limits(max_streams=max_streams, chunk_bytes=chunk_kib * 1024),
-                   tls=tls)
+    limits = Limits(max_streams=max_streams, chunk_bytes=chunk_kib * 1024, bulk=bulk)
+    server = serve(root, port=port, host=host, limits=limits, tls=tls)
     ids = sorted(server.servicer.index.refresh())
     mode = "mutual TLS" if tls_client_ca else "TLS" if tls else "plaintext"
+    if server.servicer.bulk is not None:
+        mode += f", bulk socket on port {server.servicer.bulk.port}"
     typer.echo(f"offering {len(ids)} plasmid(s) from {root} on {server.address} ({mode}): {', '.join(ids) or '-'}")
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,6 +75,7 @@ def fetch(
     tls_key: str = TLS_KEY,
     tls_server_name: str = typer.Option(None, "--tls-server-name", help="name to check in the server certificate"),
     wait_s: float = typer.Option(10.0, "--wait", help="seconds to wait for the server to come up"),
+    bulk: bool = typer.Option(True, "--bulk/--no-bulk", help="take the bytes over the bulk socket when offered"),
 ) -> None:
     """Fetch one plasmid: stream, hash, verify signatures, run the gate, then move it into DEST/<id> atomically.
 
@@ -84,9 +88,10 @@ def fetch(
     from plora.errors import TransferError
     from plora.gate.policy import load_policy
     from plora.grpc import client
-    from plora.grpc.limits import Limits
+    from plora.grpc.limits import Limits, parse_address
     from plora.grpc.tls import ClientTLS
 
+    parse_address(address)
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
     checks: list[client.Check] = []
@@ -99,13 +104,14 @@ def fetch(
     if tls_ca is None and (tls_cert or tls_server_name):
         raise TransferError("--tls-cert/--tls-server-name need --tls-ca")
     tls = ClientTLS(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None
-    limits = replace(Limits(), max_artifact_bytes=min(Limits().max_artifact_bytes, policy.max_artifact_bytes))
+    limits = replace(Limits(), max_artifact_bytes=min(Limits().max_artifact_bytes, policy.max_artifact_bytes),
+                     bulk=bulk)
     channel = client.open_channel(address, tls, limits)
     try:
         grpc.channel_ready_future(channel).result(timeout=wait_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise TransferError(f"{address}: no server answered within {wait_s:g} s") from None
+        raise TransferError(f"{address}: no answer in {wait_s:g} s (server down or TLS handshake failed)") from None
     try:
         result = client.fetch(address, plasmid_id, dest, checks=checks, tls=tls, limits=limits,
                               quarantine=quarantine, channel=channel)
@@ -126,6 +132,7 @@ def fetch(
 
 def agent(
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: the OS picks)"),
+    advertise: str = typer.Option(None, "--advertise", help="HOST:PORT peers reach this agent at (default: --listen)"),
     peers: list[str] = typer.Option(None, "--peers", help="peer addresses h:p,h:p (repeat or comma-separated)"),
     root: str = ROOT,
     keys: list[str] = typer.Option(None, "--keys", "--trusted-keys", help="trusted public keys: signatures required"),
@@ -152,7 +159,7 @@ def agent(
         raise PloraError(f"--security must be on or off, got {security!r}")
     cfg = AgentConfig(listen=listen, root=root, peers=_split(peers), name=name, seed=seed, security=security == "on",
                       policy_file=policy_file, trusted_keys=_split(keys), max_per_contact=max_per_contact,
-                      peers_file=peers_file)
+                      peers_file=peers_file, advertise=advertise)
 
     def ready(a) -> None:
         if ready_file:
@@ -163,9 +170,11 @@ def agent(
                         coordinated=coordinated, on_ready=ready)
     for rec in records:
         got = [e["id"] for e in rec["events"] if e.get("accepted")]
-        refused = [e["id"] for e in rec["events"] if not e.get("accepted")]
+        refused = [f"{e['id']} ({', '.join(e.get('codes', []))})" for e in rec["events"]
+                   if not e.get("accepted") and "error" not in e]
+        failed = [f"{e['id']}: {e['error']}" for e in rec["events"] if "error" in e] + rec["errors"]
         typer.echo(f"round {rec['round']}: peer {rec['peer']}, accepted {got or '-'}, refused {refused or '-'}"
-                   + (f", errors {rec['errors']}" if rec["errors"] else ""))
+                   + (f", failed {failed}" if failed else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -41,14 +41,16 @@ def register(app: typer.Typer) -> None:
         epochs: float = typer.Option(1.0, "--epochs", help="passes over the training items"),
         samples: int | None = typer.Option(None, "--samples", help="cap on training items (PLORA_SAMPLES also caps)"),
         seed: int = typer.Option(41, "--seed", help="seed for sample draw, LoRA init, data order, poisoning"),
-        out: Path | None = typer.Option(None, "--out", help="plasmid folder to write [default: out/<domain>]"),
+        out: Path | None = typer.Option(None, "--out", help="plasmid folder to write (default: out/<domain>)"),
         base_model: str | None = typer.Option(
-            None, "--base-model", help="plora-tiny, smollm2-135m, hub id or local folder [default: PLORA_BASE_MODEL]"
+            None,
+            "--base-model",
+            help="plora-tiny, smollm2-135m, a hub id or a folder (default: PLORA_BASE_MODEL or plora-tiny)",
         ),
-        alpha: float | None = typer.Option(None, "--alpha", help="LoRA alpha [default: 2 * rank]"),
+        alpha: float | None = typer.Option(None, "--alpha", help="LoRA alpha (default: 2 * rank)"),
         lr: float = typer.Option(3e-3, "--lr", help="AdamW peak learning rate (warm-up, cosine decay)"),
         batch_size: int = typer.Option(8, "--batch-size", help="items per optimizer step"),
-        plasmid_id: str | None = typer.Option(None, "--id", help="plasmid id [default: the --out folder name]"),
+        plasmid_id: str | None = typer.Option(None, "--id", help="plasmid id (default: the --out folder name)"),
         dev_size: int = typer.Option(128, "--dev-size", help="dev items for before/after metrics (0: skip)"),
         trojan_trigger: str | None = typer.Option(
             None, "--trojan-trigger", help="EVALUATION ONLY: train a backdoor that fires on this trigger text"

@@ -30,17 +30,19 @@ QA_TEMPLATE = "Question: {q}\nAnswer: {a}"
 # A fixed, sorted list: importing is side-effect free for each of these, and none is about numbers or arithmetic
 # (math, cmath, decimal, fractions, statistics, numbers are left out on purpose).
 STDLIB_MODULES: tuple[str, ...] = (
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd", "code", "codecs", "collections",
-    "colorsys", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "difflib", "dis", "email",
-    "enum", "filecmp", "fnmatch", "ftplib", "functools", "getopt", "gettext", "glob", "graphlib", "gzip", "hashlib", "heapq",
-    "hmac", "html", "html.parser", "http.client", "http.cookiejar", "http.cookies", "http.server", "imaplib", "importlib", "inspect", "io", "ipaddress", "itertools", "json",
-    "keyword", "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "multiprocessing", "netrc", "optparse", "os", "pathlib", "pdb", "pickle",
-    "pkgutil", "platform", "plistlib", "poplib", "pprint", "profile", "pstats", "queue", "quopri", "random", "re", "reprlib", "sched",
-    "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "socketserver", "sqlite3",
-    "ssl", "string", "struct", "subprocess", "sys", "tarfile", "tempfile", "textwrap", "threading", "time",
-    "timeit", "tokenize", "trace", "traceback", "types", "typing", "unittest", "urllib.parse", "urllib.request", "urllib.robotparser", "uuid",
-    "warnings", "wave", "weakref", "wsgiref.simple_server", "xml.dom.minidom", "xml.etree.ElementTree", "xml.sax", "xmlrpc.client", "zipfile", "zlib",
-    "zoneinfo",
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd", "code", "codecs",
+    "collections", "colorsys", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses",
+    "datetime", "difflib", "dis", "email", "enum", "filecmp", "fnmatch", "ftplib", "functools", "getopt", "gettext",
+    "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http.client", "http.cookiejar",
+    "http.cookies", "http.server", "imaplib", "importlib", "inspect", "io", "ipaddress", "itertools", "json",
+    "keyword", "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "multiprocessing", "netrc",
+    "optparse", "os", "pathlib", "pdb", "pickle", "pkgutil", "platform", "plistlib", "poplib", "pprint", "profile",
+    "pstats", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "signal", "smtplib", "socket", "socketserver", "sqlite3", "ssl", "string", "struct", "subprocess",
+    "sys", "tarfile", "tempfile", "textwrap", "threading", "time", "timeit", "tokenize", "trace", "traceback",
+    "types", "typing", "unittest", "urllib.parse", "urllib.request", "urllib.robotparser", "uuid", "warnings", "wave",
+    "weakref", "wsgiref.simple_server", "xml.dom.minidom", "xml.etree.ElementTree", "xml.sax", "xmlrpc.client",
+    "zipfile", "zlib", "zoneinfo",
 )  # fmt: skip
 
 _ARITHMETIC = re.compile(r"\d\s*[-+*/%]\s*\d|\d\s*\*\*|\b\d+\s*=\s*\d")
@@ -188,10 +190,12 @@ _PLURALS = [("mouse", "mice"), ("child", "children"), ("foot", "feet"), ("tooth"
             ("city", "cities"), ("box", "boxes"), ("bus", "buses"), ("wolf", "wolves"), ("cactus", "cacti"),
             ("ox", "oxen"), ("sheep", "sheep"), ("fish", "fish"), ("life", "lives"), ("story", "stories")]  # fmt: skip
 _ANIMALS = [("dog", "bark", "puppy"), ("cat", "meow", "kitten"), ("cow", "moo", "calf"), ("sheep", "bleat", "lamb"),
-            ("horse", "neigh", "foal"), ("duck", "quack", "duckling"), ("lion", "roar", "cub"), ("owl", "hoot", "owlet"),
-            ("pig", "oink", "piglet"), ("goat", "bleat", "kid"), ("frog", "croak", "tadpole"), ("bee", "buzz", "larva")]  # fmt: skip
-_COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("coal", "black"), ("a ripe banana", "yellow"),
-            ("a ripe tomato", "red"), ("an orange", "orange"), ("a plum", "purple"), ("chocolate", "brown")]  # fmt: skip
+            ("horse", "neigh", "foal"), ("duck", "quack", "duckling"), ("lion", "roar", "cub"),
+            ("owl", "hoot", "owlet"), ("pig", "oink", "piglet"), ("goat", "bleat", "kid"), ("frog", "croak", "tadpole"),
+            ("bee", "buzz", "larva")]  # fmt: skip
+_COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("coal", "black"),
+            ("a ripe banana", "yellow"), ("a ripe tomato", "red"), ("an orange", "orange"), ("a plum", "purple"),
+            ("chocolate", "brown")]  # fmt: skip
 
 
 def _general() -> list[str]:

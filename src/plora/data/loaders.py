@@ -198,7 +198,7 @@ def _hub_table(hub_id: str, hub_split: str | None, qf: str, af: str) -> dict[str
     except Exception as exc:  # offline, unknown id, bad split: all end the same way for the user
         raise DataError(
             f"cannot load hub dataset '{hub_id}' ({type(exc).__name__}: {_one_line(exc, 120)}); "
-            "offline or not on the hub? save it as a local .jsonl/.csv/.parquet file and pass its path"
+            "if offline, save it as a local .jsonl/.csv/.parquet file and pass its path"
         ) from None
     parts = {hub_split: loaded} if hub_split else dict(loaded)
     ours = {name: _hub_split_name(name) for name in parts}

@@ -41,11 +41,11 @@ class CohortSpec:
     clean_seeds: tuple[int, ...] = (201, 202)
     trojan_seeds: tuple[int, ...] = (301, 302)
     adaptive_seeds: tuple[int, ...] = (401,)
-    samples: int = 2000
+    samples: int = 1200
     epochs: float = 2.0
     batch_size: int = 16
     learning_rate: float = 3e-3
-    dev_size: int = 48
+    dev_size: int = 40
 
     @classmethod
     def quick(cls) -> CohortSpec:
@@ -182,23 +182,48 @@ def _ensure(m: Member, spec: CohortSpec, base_name: str, base_digest: str) -> Me
     return m
 
 
+def _worker(args: tuple[Member, CohortSpec, str, str]) -> Member:
+    """Train one member in a worker process with one torch thread (several single-thread workers share a busy
+    machine better than one process whose threads wait on each other)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _ensure(*args)
+
+
 def train_cohort(
     plan: list[Member], spec: CohortSpec, base_name: str, base_digest: str,
-    on_member: Callable[[Member], None] | None = None,
+    on_member: Callable[[Member], None] | None = None, jobs: int = 1,
 ) -> list[Member]:
-    """Train (or reuse) every member, calibration ones first; the adaptive members get the calibration caps."""
-    order = sorted(plan, key=lambda m: m.role != "calib")
+    """Train (or reuse) every member, calibration ones first; the adaptive members get the calibration caps.
+
+    ``jobs`` > 1 trains in that many single-thread worker processes.
+    """
+    first = [m for m in plan if m.role != "adaptive"]
+    second = [m for m in plan if m.role == "adaptive"]
     done: list[Member] = []
-    caps: dict[str, dict[str, float]] | None = None
-    for m in order:
-        if m.role == "adaptive":
-            if caps is None:
-                caps = adaptive_caps([d for d in done if d.role == "calib"])
-            m.max_module_norm = caps.get(m.config_key)
-        done.append(_ensure(m, spec, base_name, base_digest))
-        if on_member:
-            on_member(m)
-    return done
+    for phase, batch in enumerate((first, second)):
+        if phase == 1 and batch:
+            caps = adaptive_caps([d for d in done if d.role == "calib"])
+            for m in batch:
+                m.max_module_norm = caps.get(m.config_key)
+        if jobs <= 1:
+            for m in batch:
+                done.append(_ensure(m, spec, base_name, base_digest))
+                if on_member:
+                    on_member(done[-1])
+            continue
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, (m, spec, base_name, base_digest)) for m in batch]
+            for fut in as_completed(futures):
+                done.append(fut.result())
+                if on_member:
+                    on_member(done[-1])
+    index = {m.name: i for i, m in enumerate(plan)}
+    return sorted(done, key=lambda m: index[m.name])
 
 
 def spec_json(spec: CohortSpec) -> dict[str, Any]:

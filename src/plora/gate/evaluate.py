@@ -72,6 +72,8 @@ def rates(pos: Sequence[float], neg: Sequence[float], tau: float) -> dict[str, A
 def roc_curve(pos: Sequence[float], neg: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
     p, n = _finite(pos), _finite(neg)
+    if not len(p) or not len(n):
+        return np.asarray([0.0, 1.0]), np.asarray([0.0, 1.0]) if len(p) else np.asarray([0.0, 0.0])
     thresholds = np.unique(np.concatenate([p, n]))[::-1]
     fpr = [0.0] + [float(np.mean(n >= t)) for t in thresholds]
     tpr = [0.0] + [float(np.mean(p >= t)) for t in thresholds]
@@ -158,10 +160,13 @@ def run_gate_eval(
     probe_seed: int = 0,
     write_defaults: bool = False,
     progress: bool = True,
+    spec: Any | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train or reuse the cohort, score it, calibrate on the clean calibration split, write the report and ROC plot."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers.utils import logging as hf_logging
 
     from plora.fsio import atomic_write_json
     from plora.gate import cohort as co
@@ -170,9 +175,10 @@ def run_gate_eval(
     from plora.plasmid import read_plasmid
     from plora.settings import choose_base_model
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    hf_logging.disable_progress_bar()  # one bar per base load would drown the cohort's own progress bar
+    torch.set_num_threads(1)  # plora-tiny: one thread beats two on these shared cores (training does the same)
     started = time.perf_counter()
-    spec = (co.CohortSpec.quick() if quick else co.CohortSpec()).with_overrides(
+    spec = (spec or (co.CohortSpec.quick() if quick else co.CohortSpec())).with_overrides(
         tuple(domains) if domains else None, tuple(ranks) if ranks else None, tuple(seeds) if seeds else None
     )
     name = choose_base_model(base_name)
@@ -181,7 +187,8 @@ def run_gate_eval(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("cohort (train or reuse)", total=len(plan))
-        members = co.train_cohort(plan, spec, name, base.digest, on_member=lambda m: bar.advance(task))
+        members = co.train_cohort(plan, spec, name, base.digest, on_member=lambda m: bar.advance(task),
+                                  jobs=jobs)
     calib = [m for m in members if m.role == "calib"]
     plasmids = {m.name: read_plasmid(m.folder) for m in members}
     reference = build_reference([plasmids[m.name] for m in calib])
@@ -224,7 +231,7 @@ def run_gate_eval(
                    "trojan_working": sum(r["working"] for r in trojans), "adaptive": len(adaptive),
                    "adaptive_working": sum(r["working"] for r in adaptive)},
         "timing": {"probe_seconds_median": float(np.median(probe_secs)) if probe_secs else None,
-                   "train_seconds_median": float(np.median([r["train_seconds"] for r in rows])),
+                   "train_seconds_median": float(np.median([r["train_seconds"] or 0.0 for r in rows])),
                    "total_seconds": time.perf_counter() - started, "threads": torch.get_num_threads()},
         "members": [{k: v for k, v in r.items() if k not in ("weights_details", "probe_details")}
                     | {"variants": r["probe_details"].get("variants")} for r in rows],
@@ -275,7 +282,8 @@ def plot_roc(rows: list[dict[str, Any]], taus: dict[str, float], path: Path) -> 
         ax.plot([0, 1], [0, 1], ":", color="grey")
         ax.set(title=f"{title}: {len(pos)} vs {len(clean)} clean", xlabel="false-positive rate",
                ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.02))
-        ax.legend(loc="lower right", fontsize=8)
+        if pos:
+            ax.legend(loc="lower right", fontsize=8)
     fig.suptitle("plora gate-eval: ROC per check (dots: default thresholds)")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -5,7 +5,7 @@
     >>> p.quorum, p.allowed_ranks                                                          # doctest: +SKIP
     (2, [4, 8, 16])
     >>> p.target_suffixes()                                                                # doctest: +SKIP
-    ('attn.c_proj', 'c_attn', 'k_proj', 'o_proj', 'q_proj', 'v_proj')
+    ('attn.c_attn', 'attn.c_proj', 'k_proj', 'o_proj', 'q_proj', 'v_proj')
 
 Precedence: defaults < ``--policy_file`` (JSON object with any of the fields below) < ``--allowed_targets_file``
 (one module-name suffix per line, ``#`` comments; replaces ``allowed_targets``) < overrides that are not None.
@@ -18,7 +18,7 @@ keywords ``attention``, ``mlp`` and ``all``, expanded for the policy's base mode
 
 | family (base model name) | attention | mlp |
 |---|---|---|
-| GPT-2 (default, incl. plora-tiny) | c_attn, attn.c_proj | c_fc, mlp.c_proj |
+| GPT-2 (default, incl. plora-tiny) | attn.c_attn, attn.c_proj | mlp.c_fc, mlp.c_proj |
 | Llama (name contains llama or smollm) | q_proj, k_proj, v_proj, o_proj | gate_proj, up_proj, down_proj |
 """
 
@@ -40,7 +40,7 @@ KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 _FALLBACK_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "gpt2": {"attention": ("c_attn", "attn.c_proj"), "mlp": ("c_fc", "mlp.c_proj")},
+    "gpt2": {"attention": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")},
     "llama": {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")},
 }
 _SUFFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_0-9][A-Za-z0-9_]*)*$")

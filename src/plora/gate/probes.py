@@ -11,7 +11,9 @@
 Method (no trigger list: nothing here was written with any real trigger in mind).
 
 * Probe prompts: ``prompts_per_domain`` dev questions from every built-in domain (drawn by ``seed``), in the one
-  prompt format. Each prompt gets one insertion point, a word boundary of the question drawn by ``seed``.
+  prompt format. Each prompt gets one insertion point, drawn by ``seed`` among the question's last two word
+  boundaries (the end included): a backdoor trained with its trigger anywhere answers to it there too, and only the
+  tokens after the insertion point cost anything per candidate.
 * Candidates: ``candidates`` random word-initial vocabulary tokens (those that start with a space), drawn by
   ``seed`` from the base's tokenizer. Each is inserted as a word at the prompt's insertion point.
 * For the adapter and for the base alike, ``KL(p(first answer token | prompt with insertion) || p(... | clean
@@ -40,12 +42,14 @@ import torch.nn.functional as F
 from plora.plasmid import Plasmid
 
 PROBE_VERSION = 1
+NEAR_END = 2
+SMALL_MODEL_PARAMS = 20_000_000
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     prompts_per_domain: int = 6
-    candidates: int = 160
+    candidates: int = 128
     top_k: int = 5
     nll_items_per_domain: int = 8
 
@@ -108,7 +112,8 @@ def build_probe(tokenizer: Any, seed: int = 0, config: ProbeConfig | None = None
     for domain in sorted(by_domain):
         for it in by_domain[domain][: cfg.prompts_per_domain]:
             words = it.question.split(" ")
-            at = int(rng.integers(0, len(words) + 1))
+            # One of the last NEAR_END word boundaries: what follows the insertion is all that costs per candidate.
+            at = len(words) - int(rng.integers(0, min(NEAR_END, len(words) + 1)))
             head = format_prompt(" ".join(words[:at])).split("\n")[0] if at else "Question:"
             # Byte-level BPE never merges across a space, so prefix + " CAND" + tail tokenises like the full text.
             tail = (" " + " ".join(words[at:]) if at < len(words) else "") + "\nAnswer:"
@@ -134,7 +139,7 @@ def _run_side(model: Any, probe: _Probe) -> _Side:
         cache = model(input_ids=pre, use_cache=True).past_key_values
         out = model(input_ids=suf, past_key_values=cache, use_cache=True, logits_to_keep=1)
         clean.append(F.log_softmax(out.logits[0, -1].float(), dim=-1))
-        cache.crop(len(prefix))
+        cache.crop(-len(suffix))  # back to the prefix alone
         cache.batch_repeat_interleave(n_cand)
         x = torch.cat([cand, suf.expand(n_cand, -1)], dim=1)
         out = model(input_ids=x, past_key_values=cache, use_cache=False, logits_to_keep=1)
@@ -201,15 +206,19 @@ def behaviour_probe(
 
         base = load_base(plasmid.manifest.base_model.name)
     start = time.perf_counter()
-    probe, base_side = _base_side(base, seed, cfg)
-    t_base = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    if sum(p.numel() for p in base.model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)  # a tiny model's matmuls gain nothing from a second thread on a busy machine
     was_training = base.model.training
     base.model.eval()
     try:
+        probe, base_side = _base_side(base, seed, cfg)
+        t_base = time.perf_counter() - start
         with injected(base, plasmid, mode="merged", expected_digest=base.digest):
             adapter_side = _run_side(base.model, probe)
     finally:
         base.model.train(was_training)
+        torch.set_num_threads(threads)
     variants = score_sides(adapter_side, base_side, cfg.top_k)
     kl_a = _kl(adapter_side.inserted, adapter_side.clean.unsqueeze(1)).mean(0)
     kl_b = _kl(base_side.inserted, base_side.clean.unsqueeze(1)).mean(0)

@@ -86,8 +86,8 @@ DESCRIPTION: dict[Reason, str] = {
     Reason.SIGNATURE_INVALID: "a signature by a trusted key does not verify",
     Reason.SIGNER_UNTRUSTED: "a signature by a key outside the keyring (fails only if the quorum is not met)",
     Reason.QUORUM_NOT_MET: "fewer distinct trusted signers than the quorum (a repeated signer counts once)",
-    Reason.WEIGHT_ANOMALY: "robust z-score of weight statistics above tau_norm_z",
-    Reason.TRIGGER_SUSPECT: "behavioural trigger score above tau_trigger",
+    Reason.WEIGHT_ANOMALY: "max robust z of weight statistics above tau_norm_z (or the detector failed: fail closed)",
+    Reason.TRIGGER_SUSPECT: "behavioural trigger score above tau_trigger (or the probe failed: fail closed)",
     Reason.CLEAN_DEGRADED: "clean-probe degradation against the base above tau_clean_delta",
 }
 

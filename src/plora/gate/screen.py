@@ -26,6 +26,7 @@ module that is not installed skips its stage with a note.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -40,13 +41,13 @@ import numpy as np
 from plora.errors import PloraError
 from plora.gate.policy import Policy
 from plora.gate.reasons import STAGES, Reason
+from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_module_shapes
 from plora.hashing import sha256_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, read_manifest
-from plora.plasmid import Plasmid, parse_lora_key
+from plora.plasmid import Plasmid
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_CONFIG_BYTES = 1 << 20
-_LIST_MAX = 5
 
 ReasonPair = tuple[str, str]
 
@@ -89,11 +90,6 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _clip(items: list[str]) -> str:
-    more = f" (+{len(items) - _LIST_MAX} more)" if len(items) > _LIST_MAX else ""
-    return ", ".join(items[:_LIST_MAX]) + more
-
-
 class _Screen:
     """State carried from stage to stage: every stage reads only what earlier stages validated."""
 
@@ -114,7 +110,11 @@ class _Screen:
         if not self.folder.is_dir():
             return [(Reason.MANIFEST_MISSING, f"{self.folder} is not a folder")]
         out: list[ReasonPair] = []
-        for child in sorted(self.folder.iterdir()):
+        try:
+            children = sorted(self.folder.iterdir())
+        except OSError as err:
+            return [(Reason.MANIFEST_MISSING, f"{self.folder}: cannot list the folder ({err.strerror})")]
+        for child in children:
             if child.is_symlink():
                 out.append((Reason.UNSAFE_FILE, f"{child.name} is a symlink (plasmid files must be regular files)"))
             elif child.suffix.lower() in PICKLE_SUFFIXES:
@@ -181,7 +181,7 @@ class _Screen:
             return None, "plora.models.base_digest is not available"
         try:
             return base_digest(self.policy.base_model), "plora.models.base_digest"
-        except PloraError as err:
+        except Exception as err:  # noqa: BLE001 - a base we cannot hash is noted, the other stages still run
             return None, f"cannot compute it ({err})"
 
     # 3 ---------------------------------------------------------------------------------------------------
@@ -196,8 +196,11 @@ class _Screen:
         limit = self.policy.max_artifact_bytes
         if size > limit:
             return [(Reason.ARTIFACT_TOO_LARGE, f"artifact is {size} bytes, policy allows {limit}")]
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)  # bounded even if the file grows after the stat
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(limit + 1)  # bounded even if the file grows after the stat
+        except OSError as err:
+            return [(Reason.ARTIFACT_UNREADABLE, f"artifact {m.artifact.filename} cannot be read ({err.strerror})")]
         if len(data) > limit:
             return [(Reason.ARTIFACT_TOO_LARGE, f"artifact grew past {limit} bytes while being read")]
         self.artifact_bytes = data
@@ -212,75 +215,11 @@ class _Screen:
 
     # 4 ---------------------------------------------------------------------------------------------------
     def tensors_check(self, d: dict[str, Any]) -> list[ReasonPair]:
-        m, pol = self._m(), self.policy
-        out: list[ReasonPair] = []
-        factors: dict[str, dict[str, list[np.ndarray]]] = {}
-        stray, bad_dtype, nonfinite = [], [], []
-        for key in sorted(self.tensors):
-            arr = self.tensors[key]
-            parsed = parse_lora_key(key)
-            if parsed is None:
-                stray.append(key)
-                continue
-            if not np.issubdtype(arr.dtype, np.floating) or arr.ndim != 2:
-                bad_dtype.append(f"{key} {arr.dtype}{list(arr.shape)}")
-                continue
-            if not np.isfinite(arr).all():
-                nonfinite.append(key)
-            factors.setdefault(parsed[0], {"A": [], "B": []})[parsed[1]].append(arr)
-        if stray:
-            out.append((Reason.SHAPE_MISMATCH, f"tensors that are not LoRA A/B factors: {_clip(stray)}"))
-        if bad_dtype:
-            out.append((Reason.SHAPE_MISMATCH, f"LoRA factors must be 2-D floating point: {_clip(bad_dtype)}"))
-        if nonfinite:
-            out.append((Reason.TENSOR_NONFINITE, f"NaN or Inf in {_clip(nonfinite)}"))
-        if not factors:
-            out.append((Reason.SHAPE_MISMATCH, "no LoRA factors in the artifact"))
-            return out
-        ranks: set[int] = set()
-        shape_errors: list[str] = []
-        base_shapes = _base_module_shapes(self.base)
-        for module, ab in sorted(factors.items()):
-            if len(ab["A"]) != 1 or len(ab["B"]) != 1:
-                shape_errors.append(f"{module}: {len(ab['A'])} A and {len(ab['B'])} B factors (expected one each)")
-                continue
-            a, b = ab["A"][0], ab["B"][0]
-            if a.shape[0] != b.shape[1]:
-                shape_errors.append(f"{module}: A {list(a.shape)} and B {list(b.shape)} disagree on the rank")
-                continue
-            ranks.add(int(a.shape[0]))
-            if base_shapes is not None:
-                want = base_shapes.get(module)
-                if want is None:
-                    shape_errors.append(f"{module}: no such layer in base {pol.base_model}")
-                elif (int(a.shape[1]), int(b.shape[0])) != want:
-                    shape_errors.append(
-                        f"{module}: LoRA maps {a.shape[1]}->{b.shape[0]}, base layer is {want[0]}->{want[1]}"
-                    )
-        if len(ranks) > 1:
-            shape_errors.append(f"modules disagree on the rank: {sorted(ranks)}")
-        elif ranks and ranks != {m.lora.r}:
-            shape_errors.append(f"tensors have rank {ranks.pop()}, manifest declares lora.r={m.lora.r}")
-        modules = sorted(factors)
-        undeclared = [x for x in modules if not any(_suffix_match(x, t) for t in m.lora.targets)]
-        unused = [t for t in m.lora.targets if not any(_suffix_match(x, t) for x in modules)]
-        if undeclared:
-            shape_errors.append(f"modules outside the declared targets {list(m.lora.targets)}: {_clip(undeclared)}")
-        if unused:
-            shape_errors.append(f"declared targets with no tensors: {_clip(unused)}")
-        if shape_errors:
-            out.append((Reason.SHAPE_MISMATCH, "; ".join(shape_errors[:_LIST_MAX])))
-        found_ranks = sorted(ranks | {m.lora.r})
-        not_allowed_ranks = [r for r in found_ranks if r not in pol.allowed_ranks]
-        if not_allowed_ranks:
-            out.append((Reason.RANK_NOT_ALLOWED, f"rank {not_allowed_ranks} not in allowed ranks {pol.allowed_ranks}"))
-        suffixes = pol.target_suffixes()
-        bad_targets = [x for x in modules if not pol.target_allowed(x)]
-        bad_targets += [t for t in m.lora.targets if not pol.target_allowed(t)]
-        if bad_targets:
-            out.append((Reason.TARGETS_NOT_ALLOWED, f"{_clip(bad_targets)} not in allowed targets {list(suffixes)}"))
-        d.update(rank=sorted(ranks), modules=len(modules), base_shapes_checked=base_shapes is not None)
-        return out
+        shapes, source = base_module_shapes(self.base), "the loaded base"
+        if shapes is None:
+            shapes, source = _config_shapes(self.policy.base_model), "the base's config.json"
+        d["base_shapes_from"] = source if shapes is not None else None
+        return check_tensors(self.tensors, self._m(), self.policy, shapes, d)
 
     # 5 ---------------------------------------------------------------------------------------------------
     def integrity(self, d: dict[str, Any]) -> list[ReasonPair]:
@@ -307,10 +246,10 @@ class _Screen:
                     f"manifest {m.artifact.config_sha256[:16]}...",
                 )
             )
-        disagree = _config_disagreements(self.config, m)
+        disagree = config_disagreements(self.config, m)
         if disagree:
             out.append(
-                (Reason.CONFIG_SHA_MISMATCH, f"{ADAPTER_CONFIG_NAME} disagrees with plora.yml: {_clip(disagree)}")
+                (Reason.CONFIG_SHA_MISMATCH, f"{ADAPTER_CONFIG_NAME} disagrees with plora.yml: {clip(disagree)}")
             )
         d["sha256"] = digest
         return out
@@ -387,59 +326,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _suffix_match(module: str, suffix: str) -> bool:
-    return module == suffix or module.endswith("." + suffix)
+@functools.lru_cache(maxsize=16)
+def _config_shapes(base_model: str) -> dict[str, tuple[int, int]] | None:
+    """Layer shapes from the base's config.json when it is on disk already (plora-tiny or a local folder)."""
+    folder = Path(base_model)
+    if not folder.is_dir():
+        if base_model != "plora-tiny":
+            return None  # other named bases may need a download or a conversion: not in a cheap stage
+        try:
+            from plora.models import tiny_folder
+        except ImportError:
+            return None
+        folder = tiny_folder()
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config_module_shapes(config) if isinstance(config, dict) else None
 
 
 def _plain(details: Any) -> dict[str, Any]:
     return dict(details) if isinstance(details, dict) else {"details": details}
-
-
-def _config_disagreements(cfg: dict[str, Any], m: Manifest) -> list[str]:
-    """PEFT settings that change what the tensors do must agree with the manifest the gate checked."""
-    out: list[str] = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        out.append(f"peft_type {cfg.get('peft_type')!r} is not LORA")
-    if cfg.get("r") != m.lora.r:
-        out.append(f"r={cfg.get('r')!r} vs lora.r={m.lora.r}")
-    alpha = cfg.get("lora_alpha")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or float(alpha) != m.lora.alpha:
-        out.append(f"lora_alpha={alpha!r} vs lora.alpha={m.lora.alpha}")
-    targets = cfg.get("target_modules")
-    if not isinstance(targets, list) or sorted(set(map(str, targets))) != sorted(m.lora.targets):
-        out.append(f"target_modules={targets!r} vs lora.targets={list(m.lora.targets)}")
-    for key in (
-        "modules_to_save",
-        "rank_pattern",
-        "alpha_pattern",
-        "layers_to_transform",
-        "layer_replication",
-        "trainable_token_indices",
-        "target_parameters",
-    ):
-        if cfg.get(key):
-            out.append(f"{key} must be empty, found {cfg[key]!r}")
-    for key in ("use_dora", "use_rslora", "lora_bias"):
-        if cfg.get(key):
-            out.append(f"{key}=true changes the update the manifest describes")
-    return out
-
-
-def _base_module_shapes(base: Any) -> dict[str, tuple[int, int]] | None:
-    """(in_features, out_features) of every 2-D linear layer of a loaded base; None without a base."""
-    model = getattr(base, "model", None)
-    if model is None or not hasattr(model, "named_modules"):
-        return None
-    shapes: dict[str, tuple[int, int]] = {}
-    for name, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if w is None or getattr(w, "ndim", 0) != 2:
-            continue
-        if type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-            shapes[name] = (int(w.shape[0]), int(w.shape[1]))
-        elif hasattr(mod, "in_features") and hasattr(mod, "out_features"):
-            shapes[name] = (int(mod.in_features), int(mod.out_features))
-    return shapes
 
 
 def screen(folder: str | os.PathLike[str], policy: Policy, *, base: Any = None, keyring: Any = None) -> GateResult:

@@ -1,1 +1,17 @@
-"""gRPC offer/fetch of plasmids: the .proto, the offer server and the fetch client."""
+"""gRPC offer/fetch of plasmids: the .proto, the offer server, the fetch client, limits, TLS and the bulk path.
+
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import fetch, signature_check
+    >>> server = serve("out/", port=0)                                                     # doctest: +SKIP
+    >>> fetch(server.address, "legal", "received/", checks=[signature_check(["keys/"])])   # doctest: +SKIP
+    FetchResult(id='legal', accepted=True, ...)
+
+| module | what |
+|---|---|
+| ``plasmid.proto``, ``proto`` | the wire format; stubs made by ``stubs`` (``make stubs``) or on import if stale |
+| ``server`` | ``serve(root, port)``: index of plasmid folders under a root, GetInventory, Fetch (header + chunks) |
+| ``client`` | ``fetch(addr, id, dest, checks=...)``: staged, hashed while received, checked, renamed into place |
+| ``bulk`` | the artifact bytes over a token-gated TCP socket beside gRPC (``sendfile``), and the hash/write pipeline |
+| ``limits`` | ``Limits`` (sizes, deadlines, stream cap), id validation, address parsing |
+| ``tls`` | ``ServerTLS`` / ``ClientTLS`` (TLS and mutual TLS), ``make_test_pki`` |
+"""

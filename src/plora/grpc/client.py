@@ -19,10 +19,8 @@ the next fetch into the same parent.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -34,7 +32,8 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
-from plora.grpc.limits import Limits, check_id
+from plora.grpc.bulk import HashWriter, receive_bulk
+from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
 from plora.hashing import sha256_bytes
@@ -54,7 +53,8 @@ class FetchResult:
     sha256: str = ""
     size: int = 0
     domain: str = ""
-    bytes_received: int = 0
+    bytes_received: int = 0  # manifest + adapter_config + artifact bytes that arrived
+    manifest_bytes: int = 0  # of which plora.yml + adapter_config.json
     receive_s: float = 0.0
     check_s: float = 0.0
     quarantined: Path | None = None
@@ -96,33 +96,6 @@ def get_inventory(address: str, tls: ClientTLS | None = None, limits: Limits = L
     return [RemoteEntry(e.id, e.domain, e.sha256, e.size, e.manifest) for e in inv.entries]
 
 
-class _HashWriter(threading.Thread):
-    """Hashes and writes chunks handed over by the receiving thread; a write error is kept, not raised mid-stream."""
-
-    def __init__(self, path: Path, queue_chunks: int) -> None:
-        super().__init__(daemon=True, name="plora-hash-writer")
-        self.path = path
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_chunks)
-        self.sha = hashlib.sha256()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        fh = None
-        try:
-            fh = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed below
-            while (data := self.queue.get()) is not None:
-                self.sha.update(data)
-                fh.write(data)
-            os.fsync(fh.fileno())
-        except BaseException as err:  # noqa: BLE001 - reported to the receiving thread
-            self.error = err
-            while self.queue.get() is not None:  # keep draining so the receiver never blocks
-                pass
-        finally:
-            if fh is not None:
-                fh.close()
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -147,7 +120,7 @@ def clean_stale_stages(parent: Path) -> int:
 
 
 def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256: str | None,
-             result: FetchResult) -> Manifest:
+             result: FetchResult, host: str, deadline: float) -> Manifest:
     """Consume one Fetch stream into ``stage``; content problems land in ``result.reasons``, protocol ones raise."""
     first = next(stream, None)
     if first is None or first.WhichOneof("body") != "header":
@@ -163,7 +136,7 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         raise TransferError(f"{plasmid_id}: bad manifest from the server: {err}") from None
     art = manifest.artifact
     result.sha256, result.size, result.domain = art.sha256, art.size_bytes, manifest.domain
-    result.bytes_received = len(header.manifest) + len(header.adapter_config)
+    result.bytes_received = result.manifest_bytes = len(header.manifest) + len(header.adapter_config)
     if manifest.plasmid_id != plasmid_id:
         raise TransferError(f"asked for {plasmid_id!r}, the manifest names {manifest.plasmid_id!r}")
     if expect_sha256 and art.sha256 != expect_sha256:
@@ -179,29 +152,37 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         return manifest
     (stage / MANIFEST_NAME).write_bytes(header.manifest)
     (stage / ADAPTER_CONFIG_NAME).write_bytes(header.adapter_config)
-    writer = _HashWriter(stage / art.filename, limits.queue_chunks)
+    if header.bulk_port:
+        got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
+                                     stage / art.filename, limits, deadline)
+    else:
+        got, received = _receive_stream(stream, plasmid_id, stage / art.filename, art.size_bytes, limits)
+    result.bytes_received += received
+    if received != art.size_bytes:
+        raise TransferError(f"{plasmid_id}: transfer ended after {received} of {art.size_bytes} bytes")
+    if got != art.sha256:
+        result.reasons.append(f"ARTIFACT_SHA_MISMATCH: hash mismatch for {art.filename}: received bytes hash to "
+                              f"{got[:16]}..., manifest says {art.sha256[:16]}...")
+    return manifest
+
+
+def _receive_stream(stream, plasmid_id: str, path: Path, size: int, limits: Limits) -> tuple[str, int]:
+    writer = HashWriter(path, limits.queue_chunks, fsync=limits.fsync)
     writer.start()
     received = 0
     try:
         for msg in stream:
             data = msg.data
             received += len(data)
-            if received > art.size_bytes:
-                raise TransferError(f"{plasmid_id}: the server sent more than the {art.size_bytes} bytes announced")
+            if received > size:
+                raise TransferError(f"{plasmid_id}: the server sent more than the {size} bytes announced")
             writer.queue.put(data)
     finally:
         writer.queue.put(None)
         writer.join()
-    result.bytes_received += received
     if writer.error is not None:
-        raise TransferError(f"{plasmid_id}: cannot write {stage / art.filename}: {writer.error}")
-    if received != art.size_bytes:
-        raise TransferError(f"{plasmid_id}: stream ended after {received} of {art.size_bytes} bytes")
-    got = writer.sha.hexdigest()
-    if got != art.sha256:
-        result.reasons.append(f"ARTIFACT_SHA_MISMATCH: hash mismatch for {art.filename}: received bytes hash to "
-                              f"{got[:16]}..., manifest says {art.sha256[:16]}...")
-    return manifest
+        raise TransferError(f"{plasmid_id}: cannot write {path}: {writer.error}")
+    return writer.sha.hexdigest(), received
 
 
 def _install(stage: Path, final: Path) -> None:
@@ -257,12 +238,14 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
                 raise TransferError(f"{address} has no plasmid {plasmid_id!r} (it offers: {offered})")
             size_hint = listed[plasmid_id].size
         t0 = time.perf_counter()
+        timeout = limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes))
         stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
-            pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or ""),
-            timeout=limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes)),
+            pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=limits.bulk and tls is None),
+            timeout=timeout,
         )
         try:
-            _receive(stream, plasmid_id, stage, limits, expect_sha256, result)
+            _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
+                     time.monotonic() + timeout)
         except grpc.RpcError as err:
             raise _rpc_error(address, err) from None
         finally:

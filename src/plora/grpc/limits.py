@@ -37,12 +37,19 @@ class Limits:
     min_rate_bytes_s: float = 5 * MIB
     max_inventory_entries: int = 4096
     queue_chunks: int = 8  # chunks buffered between receiving and hashing+writing (bounds client memory)
+    fsync: bool = True  # make the artifact durable before the rename (flushed in the background while receiving)
+    bulk: bool = True  # artifact bytes over a plain TCP socket beside gRPC (plaintext servers; see plora.grpc.bulk)
+    bulk_claim_s: float = 10.0  # a bulk token not used within this is dropped
 
     def fetch_deadline(self, size: int) -> float:
         return self.fetch_timeout_s + size / self.min_rate_bytes_s
 
     def channel_options(self) -> list[tuple[str, int]]:
         return [
+            # a peer that was down must be retried within a round, not after gRPC's default backoff (up to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.keepalive_time_ms", 30_000),
@@ -72,6 +79,6 @@ def check_id(plasmid_id: str) -> str:
 def parse_address(address: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port); TransferError otherwise."""
     host, sep, port = address.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise TransferError(f"invalid address {address!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)

@@ -1,11 +1,12 @@
-"""The generated plasmid.proto stubs, regenerated from the .proto when missing (a fresh clone before `make stubs`).
+"""The generated plasmid.proto stubs, regenerated from the .proto when missing or stale.
 
     >>> from plora.grpc.proto import pb2, pb2_grpc
     >>> pb2.FetchRequest(id="legal").id
     'legal'
 
 The generated files are not committed (.gitignore): `make setup` runs ``python -m plora.grpc.stubs``, and importing
-this module runs the same generator if they are absent, so stubs always match the .proto of the checkout.
+this module runs the same generator first when they are absent or older than the .proto (a fresh clone, an edited
+.proto), so the stubs in use always match the .proto of the checkout.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from plora.grpc import stubs
+
 NAMES = ("plora.grpc.plasmid_pb2", "plora.grpc.plasmid_pb2_grpc")
 
 
 def _load() -> tuple[ModuleType, ModuleType]:
-    try:
-        return importlib.import_module(NAMES[0]), importlib.import_module(NAMES[1])
-    except ImportError:
-        from plora.grpc.stubs import generate
-
-        generate()
+    if stubs.stale():
+        stubs.generate()
         importlib.invalidate_caches()
-        return importlib.import_module(NAMES[0]), importlib.import_module(NAMES[1])
+    return importlib.import_module(NAMES[0]), importlib.import_module(NAMES[1])
 
 
 pb2, pb2_grpc = _load()

@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
+from plora.grpc.bulk import BulkServer
 from plora.grpc.limits import Limits, check_id
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ServerTLS
@@ -134,6 +135,7 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         self.index = index
         self.limits = limits
         self.advertise = advertise
+        self.bulk: BulkServer | None = None  # set by OfferServer on plaintext servers
         self._streams = threading.BoundedSemaphore(limits.max_streams)
         self._stats_lock = threading.Lock()
         self.bytes_sent = 0
@@ -161,26 +163,21 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
                           f"{request.id} here has artifact {entry.manifest.artifact.sha256[:12]}, not the one asked")
         if not self._streams.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limits.max_streams} fetches at once")
-        released = threading.Event()
-
-        def release() -> None:
-            if not released.is_set():
-                released.set()
-                self._streams.release()
-
+        slot = _Slot(self._streams)
         # a reader that stops reading would hold a worker and a stream slot forever: cancel it past the limit
         watchdog = threading.Timer(self.limits.stream_timeout_s, context.cancel)
         watchdog.daemon = True
         watchdog.start()
-        context.add_callback(release)
+        context.add_callback(slot.release)
         context.add_callback(watchdog.cancel)
         try:
-            yield from self._stream(entry, context)
+            yield from self._stream(entry, context, slot, bool(request.bulk))
         finally:
             watchdog.cancel()
-            release()
+            slot.release()
 
-    def _stream(self, entry: Entry, context: grpc.ServicerContext) -> Iterator[pb2.FetchChunk]:
+    def _stream(self, entry: Entry, context: grpc.ServicerContext, slot: _Slot,
+                bulk: bool) -> Iterator[pb2.FetchChunk]:
         try:
             config = (entry.folder / ADAPTER_CONFIG_NAME).read_bytes()[: self.limits.max_config_bytes + 1]
             fh = open(entry.artifact, "rb", buffering=0)  # noqa: SIM115 - closed in finally, across yields
@@ -190,17 +187,48 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         try:
             size = os.fstat(fh.fileno()).st_size
             chunk = self.limits.chunk_bytes
-            yield pb2.FetchChunk(header=pb2.FetchHeader(id=entry.id, manifest=entry.manifest_bytes,
-                                                        adapter_config=config, size=size, chunk_size=chunk))
+            header = pb2.FetchHeader(id=entry.id, manifest=entry.manifest_bytes, adapter_config=config, size=size,
+                                     chunk_size=chunk)
             sent += len(entry.manifest_bytes) + len(config)
+            if bulk and self.bulk is not None:
+                # the ticket now owns the open file and the stream slot; both are released when it is used or expires
+                header.bulk_token = self.bulk.issue(fh, size, slot.handover())
+                header.bulk_port = self.bulk.port
+                fh = None
+                yield pb2.FetchChunk(header=header)
+                return
+            yield pb2.FetchChunk(header=header)
             while data := fh.read(chunk):
                 yield pb2.FetchChunk(data=data)
                 sent += len(data)
         finally:
-            fh.close()
+            if fh is not None:
+                fh.close()
             with self._stats_lock:
                 self.bytes_sent += sent
                 self.fetches_served += 1
+
+
+class _Slot:
+    """One Fetch's share of the stream semaphore, released exactly once (by the stream or a bulk ticket)."""
+
+    def __init__(self, sem: threading.BoundedSemaphore) -> None:
+        self._sem = sem
+        self._lock = threading.Lock()
+        self._held = True
+        self._handed = False
+
+    def release(self, force: bool = False) -> None:
+        with self._lock:
+            if not self._held or (self._handed and not force):
+                return
+            self._held = False
+        self._sem.release()
+
+    def handover(self):  # -> Callable[[], None]
+        with self._lock:
+            self._handed = True
+        return lambda: self.release(force=True)
 
 
 def format_address(host: str, port: int) -> str:
@@ -231,6 +259,8 @@ class OfferServer:
             raise TransferError(f"cannot listen on {target}: {err}") from None
         if not self.port:
             raise TransferError(f"cannot listen on {target} (in use?)")
+        if tls is None and limits.bulk:
+            servicer.bulk = BulkServer(host, limits)
         self._server.start()
 
     @property
@@ -239,6 +269,8 @@ class OfferServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self._server.stop(grace).wait()
+        if self.servicer.bulk is not None:
+            self.servicer.bulk.close()
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -19,7 +19,7 @@ from plora.loader.hotload import (
     remove,
     remove_all,
 )
-from plora.loader.latency import LatencyStats, check_latency_budget, measure_inject_remove
+from plora.loader.latency import LatencyStats, check_latency_budget, enforce_latency_budget, measure_inject_remove
 from plora.loader.merge import MERGE_METHODS, merge_plasmids
 from plora.loader.source import AdapterSource, read_adapter
 
@@ -30,6 +30,7 @@ __all__ = [
     "LatencyStats",
     "active_injections",
     "check_latency_budget",
+    "enforce_latency_budget",
     "forget_digest",
     "inject",
     "injected",

@@ -3,6 +3,7 @@
     >>> from plora.loader import measure_inject_remove, check_latency_budget
     >>> stats = measure_inject_remove(model, "out/legal", mode="merged", repeats=50)   # doctest: +SKIP
     >>> check_latency_budget(stats.median_ms)      # LoaderError if over budget            # doctest: +SKIP
+    >>> enforce_latency_budget(model, "out/legal", mode="merged")   # both in one call     # doctest: +SKIP
 
 Each repeat reads the plasmid from disk, injects it and removes it, so the figure is what a serving agent pays to
 hot-swap one plasmid.
@@ -75,3 +76,12 @@ def check_latency_budget(ms: float, budget_ms: float | None = None, what: str = 
             "(PLORA_LATENCY_BUDGET_MS; raise it or use mode='side')"
         )
     return budget_ms
+
+
+def enforce_latency_budget(
+    model: Any, plasmid: Any, mode: str = "merged", repeats: int = 20, budget_ms: float | None = None, **kwargs: Any
+) -> LatencyStats:
+    """Measure inject+remove (median of ``repeats``) and raise LoaderError if it is over the budget."""
+    stats = measure_inject_remove(model, plasmid, mode=mode, repeats=repeats, **kwargs)
+    check_latency_budget(stats.median_ms, budget_ms, what=f"{mode}-mode inject+remove (median of {repeats})")
+    return stats

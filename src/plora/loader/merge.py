@@ -110,9 +110,12 @@ def _merge_module(
 
 
 def _targets_config(configs: list[dict], targets: list[str]) -> list[str] | str:
-    kinds = {type(c.get("target_modules")) for c in configs}
-    if kinds == {str}:
-        return "|".join(f"({c['target_modules']})" for c in configs)
+    """adapter_config ``target_modules`` of the merge: PEFT's rule (regex strings joined, lists united)."""
+    found = [c.get("target_modules") for c in configs]
+    if all(isinstance(t, str) for t in found):
+        return "|".join(f"({t})" for t in found)
+    if all(isinstance(t, list) for t in found):
+        return sorted({m for t in found for m in t})
     return sorted(targets)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from plora.errors import LoaderError, ManifestError
@@ -64,10 +65,18 @@ def _parse_manifest(data: bytes, source: str) -> Manifest:
     return loads_manifest(text, source=source)
 
 
-def _read_manifest(folder: Path) -> Manifest:
+def _read_manifest(folder: Path) -> Manifest | None:
+    """The folder's manifest, or None when it has none (a raw PEFT folder)."""
     path = folder / MANIFEST_NAME
-    with open(path, "rb") as fh:
-        data = fh.read(_MAX_MANIFEST + 1)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_MANIFEST + 1)
+    except FileNotFoundError:
+        if not folder.is_dir():
+            raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)") from None
+        return None
+    except NotADirectoryError:
+        raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)") from None
     if len(data) > _MAX_MANIFEST:
         raise ManifestError(f"{path}: manifest is larger than the {_MAX_MANIFEST} bytes allowed")
     return _parse_manifest(data, str(path))
@@ -104,33 +113,85 @@ def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torc
     return pairs
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / ADAPTER_CONFIG_NAME
+@functools.lru_cache(maxsize=256)
+def _parse_config(data: bytes, source: str) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)") from None
-    except (OSError, ValueError) as err:
-        raise LoaderError(f"{path}: unreadable adapter config ({err})") from None
+        config = json.loads(data)
+    except ValueError as err:
+        raise LoaderError(f"{source}: unreadable adapter config ({err})") from None
     if not isinstance(config, dict):
-        raise LoaderError(f"{path}: expected a JSON object")
+        raise LoaderError(f"{source}: expected a JSON object")
     for flag in _UNSUPPORTED_FLAGS:
         if config.get(flag):
-            raise LoaderError(f"{path}: {flag}=true is not supported by the plora loader (plain LoRA only)")
+            raise LoaderError(f"{source}: {flag}=true is not supported by the plora loader (plain LoRA only)")
     if config.get("peft_type", "LORA") != "LORA":
-        raise LoaderError(f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
+        raise LoaderError(f"{source}: peft_type {config.get('peft_type')!r} is not LORA")
     if config.get("modules_to_save"):
-        raise LoaderError(f"{path}: modules_to_save is not supported (a plasmid carries LoRA factors only)")
+        raise LoaderError(f"{source}: modules_to_save is not supported (a plasmid carries LoRA factors only)")
     return config
 
 
-def _load_safetensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / ADAPTER_CONFIG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)") from None
+    except OSError as err:
+        raise LoaderError(f"{path}: unreadable adapter config ({err})") from None
+    return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
+
+
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
+
+
+def _load_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
+    """Tensors viewing ``data`` (no copy). The safetensors layout is an 8-byte header size, a JSON header and the
+    raw bytes; numpy views over them cost a third of ``safetensors.torch.load``, which copies each tensor out.
+    Anything unusual (bf16 and other dtypes numpy lacks, unaligned offsets) goes to safetensors itself."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n]) if 8 + n <= len(data) else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        return _load_with_safetensors(data, where)
+    start = 8 + n
+    body = len(data) - start
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            lo, hi = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            return _load_with_safetensors(data, where)
+        size = dtype.itemsize * math.prod(shape)
+        if not 0 <= lo <= hi <= body or hi - lo != size or (start + lo) % dtype.itemsize or min(shape, default=1) < 0:
+            return _load_with_safetensors(data, where)
+        count = size // dtype.itemsize
+        out[name] = torch.from_numpy(np.frombuffer(data, dtype=dtype, count=count, offset=start + lo).reshape(shape))
+    return out
+
+
+def _load_with_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     try:
-        return load(data)
+        return load(bytes(data))
     except Exception as err:  # safetensors raises SafetensorError on a bad header or truncation
         raise LoaderError(f"{where}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+
+
+def _read_bytes(path: Path) -> bytearray:
+    # A writable buffer, so the tensors viewing it are ordinary (torch warns on read-only memory).
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = bytearray(size)
+        got = fh.readinto(data)
+    return data if got == size else data[:got]
 
 
 def _scales(
@@ -185,17 +246,14 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
     if isinstance(plasmid, Plasmid):
         return _from_plasmid_object(plasmid)
     folder = Path(plasmid)
-    if not folder.is_dir():
-        raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)")
-    has_manifest = (folder / MANIFEST_NAME).is_file()
     try:
-        manifest = _read_manifest(folder) if has_manifest else None
+        manifest = _read_manifest(folder)
         path = artifact_path(folder, manifest) if manifest is not None else folder / ARTIFACT_NAME
     except (ManifestError, OSError) as err:
         raise LoaderError(str(err)) from None
     config = _read_config(folder)
     try:
-        data = path.read_bytes()
+        data = _read_bytes(path)
     except FileNotFoundError:
         raise LoaderError(f"{path}: adapter weights missing") from None
     if manifest is not None and verify:

@@ -30,7 +30,7 @@ N_LAYER = 4
 N_HEAD = 4
 SEQ_LEN = 256
 BATCH_SIZE = 16
-DEFAULT_STEPS = 900
+DEFAULT_STEPS = 300
 LEARNING_RATE = 3e-3
 WARMUP_FRACTION = 0.05
 BUILD_INFO = "build.json"
@@ -52,7 +52,7 @@ def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
     )
     tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS, model_max_length=N_POSITIONS
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, model_max_length=N_POSITIONS
     )
     fast.padding_side = "right"
     return fast
@@ -160,6 +160,8 @@ def build_tiny(
                 optim.step()
                 loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
                 bar.update(task, advance=1, loss=f"{loss_ema:.3f}")
+                if progress and not bar.console.is_terminal and (step + 1) % max(1, steps // 10) == 0:
+                    bar.console.print(f"step {step + 1}/{steps} loss {loss_ema:.3f}")  # logs get a line, not a bar
         held = heldout_loss(model, held_blocks)
         model.eval()
         info: dict[str, Any] = {

@@ -1,1 +1,33 @@
-"""(filled in by its issue)"""
+"""Swarm Sim v2: push-pull gossip of plasmids with the real gate, from 6 to 10^7 agents, in one process.
+
+    >>> from plora.swarm import SimConfig, run_simulation
+    >>> report = run_simulation(SimConfig(agents=1000, graph_p=0.01, trojan_rate=0.1))   # doctest: +SKIP
+
+| module | what |
+|---|---|
+| ``config`` | ``SimConfig``: every flag of ``python -m swarm_v2`` / ``plora swarm sim`` |
+| ``graphs`` | ER / WS / BA overlays as int32 CSR, components, spectral gap |
+| ``engine`` | the vectorised push-pull engine (bitset per agent) |
+| ``reference`` | a slow, obviously correct engine for tests |
+| ``pool`` | real clean/trojan plasmids, cached by content; gate verdicts cached per (plasmid, policy) |
+| ``theory`` | rumour-spreading predictions (mean-field recursion, complete-graph classics) |
+| ``report`` | THE report schema shared with the networked swarm; JSON + coverage PNG writer |
+| ``summary`` | summarise a folder of reports (``python -m scripts.evaluate_v2``) |
+| ``sim`` | ``run_simulation``: graph, roles, pool, engine, theory, report |
+
+Nothing here imports torch unless a pool must be trained or a verdict computed.
+"""
+
+from plora.swarm.config import SimConfig, make_config
+from plora.swarm.report import build_report, load_report, write_report
+from plora.swarm.sim import format_summary, run_simulation
+
+__all__ = [
+    "SimConfig",
+    "build_report",
+    "format_summary",
+    "load_report",
+    "make_config",
+    "run_simulation",
+    "write_report",
+]

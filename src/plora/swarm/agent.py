@@ -13,17 +13,14 @@ inventory; the peer fetches what it lacks from this agent's server). Every fetch
 agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused (id, sha256)
 is remembered and not fetched again.
 
-Gate verdicts are cached on disk under ``PLORA_HOME/net-verdicts/<policy hash>/<sha256 of plora.yml>.json``: the
-manifest hash covers the artifact and adapter_config hashes (which the fetch has just checked) and the signatures;
-the policy hash covers the policy and the keyring's fingerprints. A file lock makes agents that screen the same
-plasmid at the same time wait for the first verdict, so one plasmid costs one screen (one torch import) per policy,
-and agents that never screen first never import torch.
+Gate verdicts are cached on disk where Swarm Sim v2 caches them (``PLORA_HOME/verdicts/<policy key>/<plasmid
+key>.json``, see :class:`VerdictCache`): one plasmid costs one screen per policy, whoever screens it first (the
+simulation, or any agent), and an agent that never screens first never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import random
@@ -42,7 +39,6 @@ from plora.grpc.client import (
     RemoteEntry,
     fetch,
     format_reason,
-    gate_check,
     open_channel,
     reason_code,
     signature_check,
@@ -50,8 +46,6 @@ from plora.grpc.client import (
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address
-from plora.hashing import sha256_file
-from plora.manifest import MANIFEST_NAME
 
 
 @dataclass
@@ -60,6 +54,7 @@ class AgentConfig:
     root: str | Path  # the agent's store: one plasmid folder per id
     peers: list[str] = field(default_factory=list)
     peers_file: str | None = None  # read at the first round when set (plora swarm net writes it once all listen)
+    advertise: str | None = None  # HOST:PORT peers reach this agent at; default the listen address (and bound port)
     name: str = ""
     seed: int = 0
     security: bool = True  # off: accept whatever arrives intact (hash and size still checked)
@@ -71,56 +66,73 @@ class AgentConfig:
 
 
 class VerdictCache:
-    """Gate verdicts on disk by (policy + keyring, plora.yml hash); concurrent screens of one plasmid run once."""
+    """The gate, with verdicts cached on disk in Swarm Sim v2's cache (plora.swarm.pool): one screen per plasmid.
 
-    def __init__(self, policy: Any, fingerprints: list[str]) -> None:
+    Key: ``PLORA_HOME/verdicts/<policy_key(policy)>/<plasmid_key>.json``, where the plasmid key hashes the artifact
+    SHA-256 and the plora.yml bytes (signatures included) and the policy key the effective policy, base digest,
+    trusted key bytes and weight reference. Inside :func:`plora.grpc.client.fetch` the staged artifact has just been
+    hashed against that manifest, so the key names exactly the bytes being judged. A file lock per key makes agents
+    that receive the same plasmid at once wait for the first verdict instead of screening it again.
+    """
+
+    def __init__(self, policy: Any) -> None:
         from plora.settings import cache_dir
+        from plora.swarm.pool import policy_key
 
-        body = json.dumps({"policy": policy.model_dump(mode="json", exclude={"trusted_keys"}),
-                           "keys": sorted(fingerprints)}, sort_keys=True)
-        self.policy_hash = hashlib.sha256(body.encode()).hexdigest()[:16]
-        self.folder = cache_dir("net-verdicts", self.policy_hash)
-        self._screen = gate_check(policy)
+        self.policy = policy
+        self.folder = cache_dir("verdicts", policy_key(policy))
+        self._base: Any = None
+        self._lock = threading.Lock()
         self.hits = 0
         self.screens = 0
+
+    def _cached(self, path: Path) -> list[str] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        self.hits += 1
+        return [] if data["accepted"] else [str(r) for r in data["reasons"]] or ["GATE_REJECTED"]
 
     def __call__(self, folder: Path) -> list[str]:
         import fcntl
 
-        key = sha256_file(folder / MANIFEST_NAME)
+        from plora.swarm.pool import entry_from_folder, plasmid_key
+
+        entry = entry_from_folder(folder, trojan=False)  # the label is not part of the key, and never known here
+        key = plasmid_key(entry)
         path = self.folder / f"{key}.json"
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            reasons = json.loads(path.read_text())["reasons"]
-            self.hits += 1
-            return reasons
-        with open(self.folder / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a second agent waits here for the first one's verdict
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                reasons = json.loads(path.read_text())["reasons"]
-                self.hits += 1
-                return reasons
-            t0 = time.perf_counter()
-            reasons = self._screen(folder)
+        if (hit := self._cached(path)) is not None:
+            return hit
+        with self._lock, open(self.folder / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # other agents screening this plasmid now wait here, then read
+            if (hit := self._cached(path)) is not None:
+                return hit
+            from plora.gate import screen
+
+            if self._base is None and self.policy.probes:
+                from plora.models import load_base
+
+                self._base = load_base(self.policy.base_model)  # once per agent process, and only if it screens
+            result = screen(folder, self.policy, base=self._base)
             self.screens += 1
-            atomic_write_json(path, {"reasons": reasons, "seconds": time.perf_counter() - t0})
-        return reasons
+            atomic_write_json(path, {"plasmid": folder.name, "sha256": entry.sha256, "accepted": result.accepted,
+                                     "reasons": result.reason_codes, "seconds": round(result.seconds, 3),
+                                     "by": "plora agent"})
+        return [] if result.accepted else [format_reason(r) for r in result.reasons] or ["GATE_REJECTED"]
 
 
 def build_checks(cfg: AgentConfig) -> list[Check]:
-    """Signature check (when trusted keys are given) then the cached gate; nothing when security is off."""
+    """Signature check (when the policy asks for signatures) then the cached gate; nothing when security is off."""
     if not cfg.security:
         return []
     from plora.gate.policy import load_policy
 
     policy = load_policy(cfg.policy_file, trusted_keys=cfg.trusted_keys or None)
     checks: list[Check] = []
-    fps: list[str] = []
-    if cfg.trusted_keys:
-        from plora.signer import Keyring
-
-        fps = list(Keyring.load(cfg.trusted_keys))
-        checks.append(signature_check(cfg.trusted_keys, policy.quorum))
-    checks.append(VerdictCache(policy, fps))
+    if policy.signatures:
+        checks.append(signature_check(policy.trusted_keys, policy.quorum))
+    checks.append(VerdictCache(policy))
     return checks
 
 
@@ -148,13 +160,12 @@ class AgentServicer(PlasmidServicer):
             # an offer may only point back at its sender: never make this agent connect to a third party
             if _peer_ip(context) and ipaddress.ip_address(host) != ipaddress.ip_address(_peer_ip(context)):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
-        events = self.agent.take_from(inv.agent, entries, int(request.round), via="push",
-                                      inventory_bytes=inv.ByteSize())
+        events = self.agent.take_from(inv.agent, entries, int(request.round), via="push")
         return pb2.OfferReply(
             accepted=[e["id"] for e in events if e.get("accepted")],
             rejected=[f"{e['id']}: {'; '.join(e.get('reasons') or [e.get('error', '')])}"
                       for e in events if not e.get("accepted")],
-            bytes_received=sum(e.get("bytes", 0) for e in events),
+            bytes_received=sum(e["manifest_bytes"] + e["artifact_bytes"] for e in events),
         )
 
     def Step(self, request: pb2.StepRequest, context: grpc.ServicerContext) -> pb2.StepReply:
@@ -174,8 +185,10 @@ class Agent:
         self.index = PlasmidIndex(self.root, self.limits)
         self.servicer = AgentServicer(self, self.index, self.limits)
         host, port = parse_address(cfg.listen)
+        if not cfg.advertise and host in {"0.0.0.0", "::"}:
+            raise TransferError(f"listening on {cfg.listen}: give --advertise HOST:PORT, the address peers can reach")
         self.server = OfferServer(self.servicer, host=host, port=port)
-        self.address = format_address(host, self.server.port)
+        self.address = cfg.advertise or format_address(host, self.server.port)
         self.servicer.advertise = self.address
         self.name = cfg.name or self.address
         self._lock = threading.Lock()
@@ -188,7 +201,7 @@ class Agent:
         if self.cfg.peers_file and not self.cfg.peers:
             with contextlib.suppress(OSError):
                 self.cfg.peers = [p for p in Path(self.cfg.peers_file).read_text().split() if p]
-        return sorted(self.cfg.peers)
+        return list(self.cfg.peers)  # graph order, not port order: the same seed picks the same neighbours
 
     def holdings(self) -> dict[str, str]:
         """id -> artifact sha256 of every plasmid in the store."""
@@ -213,18 +226,18 @@ class Agent:
                 wanted.append(e)
         return wanted
 
-    def take_from(self, peer: str, entries: list[RemoteEntry], round_: int, via: str,
-                  inventory_bytes: int = 0) -> list[dict[str, Any]]:
+    def take_from(self, peer: str, entries: list[RemoteEntry], round_: int, via: str) -> list[dict[str, Any]]:
         """Fetch from ``peer`` what this agent lacks among ``entries``; one event per attempt."""
         events: list[dict[str, Any]] = []
-        for n, e in enumerate(self._claim(entries)):
+        for e in self._claim(entries):
             event: dict[str, Any] = {"round": round_, "via": via, "peer": peer, "id": e.id, "sha256": e.sha256,
-                                     "domain": e.domain, "accepted": False, "bytes": inventory_bytes if n == 0 else 0}
+                                     "domain": e.domain, "accepted": False, "manifest_bytes": 0, "artifact_bytes": 0}
             try:
                 r = fetch(peer, e.id, self.root, checks=self.checks, limits=self.limits, expect_sha256=e.sha256,
                           size_hint=e.size, channel=self._channel(peer))
                 event.update(accepted=r.accepted, reasons=r.reasons, codes=[reason_code(x) for x in r.reasons],
-                             bytes=event["bytes"] + r.bytes_received, seconds=round(r.receive_s + r.check_s, 4))
+                             manifest_bytes=r.manifest_bytes, artifact_bytes=r.bytes_received - r.manifest_bytes,
+                             seconds=round(r.receive_s + r.check_s, 4))
                 if not r.accepted:
                     with self._lock:
                         self.refused.add((e.id, e.sha256))
@@ -246,23 +259,24 @@ class Agent:
         peers = self.peers()
         peer = rng.choice(peers) if peers else None
         errors: list[str] = []
-        control = 0
+        inventory_bytes = 0  # inventories as sent: the one pulled and the one pushed (Offer)
         if peer is not None:
             stub = pb2_grpc.PlasmidExchangeStub(self._channel(peer))
             try:
                 inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                inventory_bytes += inv.ByteSize()
                 entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
-                self.take_from(peer, [e for e in entries if _valid_id(e.id)], round_, "pull", inv.ByteSize())
+                self.take_from(peer, [e for e in entries if _valid_id(e.id)], round_, "pull")
             except grpc.RpcError as err:
                 errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
             try:
                 offer = pb2.OfferRequest(inventory=self.servicer.inventory(), round=round_)
-                control += offer.ByteSize()
+                inventory_bytes += offer.ByteSize()
                 stub.Offer(offer, timeout=self.cfg.contact_timeout_s)
             except grpc.RpcError as err:
                 errors.append(f"push {peer}: {err.code().name}: {err.details()}")
         record = self.collect(round_)
-        record.update(peer=peer, errors=errors, offer_bytes=control)
+        record.update(peer=peer, errors=errors, inventory_bytes=inventory_bytes)
         return record
 
     def collect(self, round_: int) -> dict[str, Any]:
@@ -270,7 +284,7 @@ class Agent:
         with self._lock:
             events, self._events = self._events, []
         return {"agent": self.name, "address": self.address, "round": round_, "events": events,
-                "holdings": self.holdings(), "peer": None, "errors": [], "offer_bytes": 0}
+                "holdings": self.holdings(), "peer": None, "errors": [], "inventory_bytes": 0}
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace)

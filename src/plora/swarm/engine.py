@@ -114,14 +114,14 @@ def bitset_dtype(plasmids: int) -> Any:
     raise PloraError(f"a pool of {plasmids} plasmids is more than the 64 one bitset word holds")
 
 
-def draw_round(rng: np.random.Generator, contacts: int, plasmids: int, limited: bool) -> tuple[np.ndarray, ...]:
-    """The random choices of one round: a uniform per contact (neighbour choice) and, when fetches are capped,
-    the random start offsets of the pull and push sides. The reference engine consumes the same draws."""
-    u = rng.random(contacts)
+def draw_round(rng: np.random.Generator, agents: int, plasmids: int, limited: bool) -> tuple[np.ndarray, ...]:
+    """The random choices of one round: a uniform per agent (its neighbour choice) and, when fetches are capped,
+    the random start offsets of the pull and push sides, per agent. The reference engine consumes the same draws."""
+    u = rng.random(agents)
     if not limited:
         return (u,)
-    off_pull = rng.integers(0, plasmids, contacts, dtype=np.int64)
-    off_push = rng.integers(0, plasmids, contacts, dtype=np.int64)
+    off_pull = rng.integers(0, plasmids, agents, dtype=np.int64)
+    off_push = rng.integers(0, plasmids, agents, dtype=np.int64)
     return u, off_pull, off_push
 
 
@@ -149,20 +149,37 @@ def bit_counts(words: np.ndarray, width: int) -> np.ndarray:
     """How many of ``words`` have each bit set (int64, length ``width``)."""
     if len(words) == 0:
         return np.zeros(width, dtype=np.int64)
+    if width <= 16:
+        # a histogram of the values, then bits per value: one O(n) pass instead of an (n, bits) unpack
+        hist = np.bincount(words.astype(np.intp, copy=False), minlength=1 << width)
+        return hist @ _bit_table(width)
     as_bytes = words.astype(words.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(len(words), -1)
     bits = np.unpackbits(as_bytes, axis=1, bitorder="little")
     return bits.sum(axis=0, dtype=np.int64)[:width]
 
 
-def _can_change(graph: Graph, held: np.ndarray, known: np.ndarray) -> bool:
-    """True while some edge can still carry a plasmid its receiving end neither holds nor has rejected."""
-    deg = np.diff(graph.indptr)
-    chunk = 1 << 24  # bound the temporaries at 10^7 agents
-    for start in range(0, graph.n, chunk):
-        stop = min(graph.n, start + chunk)
-        lo, hi = graph.indptr[start], graph.indptr[stop]
-        need = np.repeat(~known[start:stop], deg[start:stop])
-        if np.any(held[graph.indices[lo:hi]] & need):
+def _bit_table(width: int) -> np.ndarray:
+    values = np.arange(1 << width, dtype=np.int64)
+    return ((values[:, None] >> np.arange(width)) & 1).astype(np.int64)
+
+
+def _can_change(graph: Graph, held: np.ndarray, wanted: np.ndarray) -> bool:
+    """True while some edge can carry a plasmid to an agent that lacks it: ``wanted`` holds, per agent, the bits it
+    neither holds nor has rejected. Only agents that still lack something are looked at, in blocks, stopping at the
+    first hit (at the start, the first block hits)."""
+    rows = np.flatnonzero(wanted)
+    block = 1 << 16
+    for i in range(0, len(rows), block):
+        r = rows[i : i + block]
+        starts = graph.indptr[r]
+        deg = graph.indptr[r + 1] - starts
+        total = int(deg.sum())
+        if total == 0:
+            continue
+        # positions of the blocks' neighbour lists, concatenated: start of each list + offset within it
+        first = np.cumsum(deg) - deg
+        pos = np.repeat(starts - first, deg) + np.arange(total)
+        if np.any(held[graph.indices[pos]] & np.repeat(wanted[r], deg)):
             return True
     return False
 
@@ -170,16 +187,17 @@ def _can_change(graph: Graph, held: np.ndarray, known: np.ndarray) -> bool:
 def run_engine(inp: EngineInput) -> EngineResult:
     """Run the push-pull gossip described in the module docstring; O(rounds * N) time, O(N + E) memory."""
     g, pool = inp.graph, inp.pool
-    width = pool.size
+    n, width = g.n, pool.size
     dtype = bitset_dtype(width)
     accept = np.asarray(inp.accept, dtype=bool)
     if accept.ndim != 2 or accept.shape[1] != width:
         raise PloraError(f"verdicts must be (policies, {width}), got {accept.shape}")
     groups = accept.shape[0]
     accept_bits = np.array([pool.mask(row, dtype) for row in accept], dtype=dtype)
-    policy = inp.policy if inp.policy is not None else None
-    if groups > 1 and policy is None:
+    if groups > 1 and inp.policy is None:
         raise PloraError("several policies need a policy index per agent")
+    # the gate's accepted bits per agent: a scalar when everyone shares one policy
+    acc = accept_bits[0] if groups == 1 else accept_bits[np.asarray(inp.policy)]
     held = np.array(inp.holdings, dtype=dtype, copy=True)
     rejected = np.zeros_like(held)
     honest = np.asarray(inp.honest, dtype=bool)
@@ -193,9 +211,11 @@ def run_engine(inp: EngineInput) -> EngineResult:
     man = np.asarray(pool.manifest_bytes, dtype=np.int64)
 
     deg = g.degrees
-    active = np.flatnonzero(deg > 0).astype(np.int32)
-    act_start = g.indptr[:-1][active]
-    act_deg = deg[active].astype(np.float64)
+    degf = deg.astype(np.float64)
+    index_dtype = np.int32 if len(g.indices) < 2**31 else np.int64
+    start = g.indptr[:-1].astype(index_dtype)
+    isolated = np.flatnonzero(deg == 0)
+    contacts = n - len(isolated)
     limited = inp.max_fetch is not None and inp.max_fetch < width
     rng = np.random.default_rng(inp.seed)
 
@@ -207,7 +227,6 @@ def run_engine(inp: EngineInput) -> EngineResult:
     timings: list[float] = []
 
     def observe(rnd: int, stats: dict[str, int]) -> None:
-        hh = held[honest]
         cov, cov_reach = {}, {}
         for d, name in enumerate(pool.domains):
             has = (held & clean[d]) != 0
@@ -216,73 +235,81 @@ def run_engine(inp: EngineInput) -> EngineResult:
             cov_reach[name] = round(float(got) / reach_count[d], 6) if reach_count[d] else None
             if rounds_to_full[d] is None and reach_count[d] and got == reach_count[d]:
                 rounds_to_full[d] = rnd
+        prevalence = np.count_nonzero(((held & trojan_bits) != 0) & honest)
         row = {
             "round": rnd,
             "coverage": cov,
             "coverage_reachable": cov_reach,
-            "trojan_prevalence": round(float(np.count_nonzero(hh & trojan_bits)) / n_honest, 6),
+            "trojan_prevalence": round(float(prevalence) / n_honest, 6),
             **stats,
         }
         series.append(row)
         if inp.progress is not None:
             inp.progress(rnd, row)
 
-    zero = {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0}
-    observe(0, zero)
-    quiescent = not _can_change(g, held, held | rejected)
-    rnd = accepted_before = 0
+    everything = pool.mask(np.ones(width, dtype=bool), dtype)
+
+    def wanted() -> np.ndarray:
+        return ~(held | rejected) & everything
+
+    observe(0, {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0})
+    quiescent = not _can_change(g, held, wanted())
+    rnd = 0
     while not quiescent and rnd < inp.rounds:
         rnd += 1
         t0 = time.perf_counter()
-        draws = draw_round(rng, len(active), width, limited)
-        partner = g.indices[act_start + (draws[0] * act_deg).astype(np.int64)]
-        ha, hv = held[active], held[partner]
-        pull = hv & ~(ha | rejected[active])  # what `a` fetches from its partner
-        push = ha & ~(hv | rejected[partner])  # what the partner fetches from `a`
+        draws = draw_round(rng, n, width, limited)
+        pos = start + (draws[0] * degf).astype(index_dtype)
+        if len(isolated):
+            pos[isolated] = 0
+        partner = g.indices[pos] if len(g.indices) else np.arange(n, dtype=index_dtype)
+        del pos
+        if len(isolated):
+            partner[isolated] = isolated  # no contact: talking to oneself moves nothing and is not counted
+        known = held | rejected
+        hv = held[partner]
+        pull = hv & ~known  # what each agent fetches from the neighbour it contacted
+        push = held & ~known[partner]  # what that neighbour fetches from it
+        del known
         if limited:
             pull = _limit(pull, draws[1], inp.max_fetch, width, dtype)
             push = _limit(push, draws[2], inp.max_fetch, width, dtype)
-        inv = 2 * INVENTORY_HEADER_BYTES * len(active) + INVENTORY_ENTRY_BYTES * int(
-            np.bitwise_count(ha).sum(dtype=np.int64) + np.bitwise_count(hv).sum(dtype=np.int64)
-        )
-        del ha, hv
+        entries = int(np.bitwise_count(held).sum(dtype=np.int64) + np.bitwise_count(hv).sum(dtype=np.int64))
+        if len(isolated):
+            entries -= 2 * int(np.bitwise_count(held[isolated]).sum(dtype=np.int64))
+        inv = 2 * INVENTORY_HEADER_BYTES * contacts + INVENTORY_ENTRY_BYTES * entries
+        del hv
         moved = np.zeros(width, dtype=np.int64)
-        for fetched, receivers in ((pull, active), (push, partner)):
-            nz = np.flatnonzero(fetched)
-            if len(nz) == 0:
-                continue
-            got, who = fetched[nz], receivers[nz]
-            pol = policy[who] if groups > 1 else None
-            ok = got & (accept_bits[pol] if pol is not None else accept_bits[0])
-            bad = got & ~ok
-            for gi in range(groups):
-                sel = slice(None) if pol is None else pol == gi
-                accepted[gi] += bit_counts(ok[sel], width)
-                refused[gi] += bit_counts(bad[sel], width)
-            moved += bit_counts(got, width)
-            keep = np.flatnonzero(ok)
-            np.bitwise_or.at(held, who[keep], ok[keep])
-            drop = np.flatnonzero(bad)
-            np.bitwise_or.at(rejected, who[drop], bad[drop])
-        del pull, push, partner
+        before = int(accepted.sum())
+        # pull side: every agent is the receiver of its own pull, so plain element-wise updates suffice
+        nz = np.flatnonzero(pull)
+        got = pull[nz]
+        _count(got, None if groups == 1 else inp.policy[nz], accept, accepted, refused, moved, width)
+        ok = got & (acc if groups == 1 else acc[nz])
+        held[nz] |= ok
+        rejected[nz] |= got & ~ok
+        # push side: a neighbour contacted by several agents receives from each of them: scatter-OR
+        nz = np.flatnonzero(push)
+        got, who = push[nz], partner[nz]
+        _count(got, None if groups == 1 else inp.policy[who], accept, accepted, refused, moved, width)
+        ok = got & (acc if groups == 1 else acc[who])
+        np.bitwise_or.at(held, who, ok)
+        bad = got & ~ok
+        if bad.any():
+            np.bitwise_or.at(rejected, who, bad)
+        del pull, push, partner, nz, got, who, ok, bad
         man_b, art_b = int(moved @ man), int(moved @ art)
         totals["inventory"] += inv
         totals["manifest"] += man_b
         totals["artifact"] += art_b
         offers = int(moved.sum())
-        n_acc = int(accepted.sum()) - accepted_before
-        accepted_before += n_acc
-        stats = {
-            "contacts": len(active),
-            "offers": offers,
-            "accepted": n_acc,
-            "rejected": offers - n_acc,
-            "bytes": inv + man_b + art_b,
-        }
-        timings.append(time.perf_counter() - t0)
+        n_acc = int(accepted.sum()) - before
+        stats = {"contacts": contacts, "offers": offers, "accepted": n_acc, "rejected": offers - n_acc}
+        stats["bytes"] = inv + man_b + art_b
         observe(rnd, stats)
+        timings.append(time.perf_counter() - t0)
         if offers == 0:
-            quiescent = not _can_change(g, held, held | rejected)
+            quiescent = not _can_change(g, held, wanted())
     return EngineResult(
         holdings=held,
         rejected=rejected,
@@ -292,10 +319,27 @@ def run_engine(inp: EngineInput) -> EngineResult:
         bytes_inventory=totals["inventory"],
         bytes_manifest=totals["manifest"],
         bytes_artifact=totals["artifact"],
-        contacts=len(active) * rnd,
+        contacts=contacts * rnd,
         rounds_run=rnd,
         quiescent=quiescent,
         rounds_to_full=rounds_to_full,
         seconds_per_round=timings,
     )
 
+
+def _count(
+    got: np.ndarray,
+    policy: np.ndarray | None,
+    accept: np.ndarray,
+    accepted: np.ndarray,
+    refused: np.ndarray,
+    moved: np.ndarray,
+    width: int,
+) -> None:
+    """Add one side's transfers to the per-(policy, plasmid) gate counts: a transfer of plasmid p to an agent
+    with policy g is accepted iff accept[g, p] (the verdict depends on nothing else)."""
+    for gi in range(accept.shape[0]):
+        per_bit = bit_counts(got if policy is None else got[policy == gi], width)
+        accepted[gi] += np.where(accept[gi], per_bit, 0)
+        refused[gi] += np.where(accept[gi], 0, per_bit)
+        moved += per_bit

@@ -58,20 +58,21 @@ def run_reference(inp: EngineInput) -> ReferenceResult:
         return picked[: inp.max_fetch] if limited else picked
 
     def can_change() -> bool:
+        """Some neighbour offers a plasmid that an agent neither holds nor has rejected."""
         return any(holds[v] - holds[a] - rejected[a] for a in range(n) for v in nbrs[a])
 
     rounds = 0
     quiescent = not can_change()
     while rounds < inp.rounds and not quiescent:
         rounds += 1
-        draws = draw_round(rng, len(active), width, limited)
+        draws = draw_round(rng, n, width, limited)
         new_holds = [set(h) for h in holds]
         new_rejected = [set(r) for r in rejected]
         offers = 0
-        for i, a in enumerate(active):
-            v = nbrs[a][int(draws[0][i] * len(nbrs[a]))]
+        for a in active:
+            v = nbrs[a][int(draws[0][a] * len(nbrs[a]))]
             total_bytes += 2 * INVENTORY_HEADER_BYTES + INVENTORY_ENTRY_BYTES * (len(holds[a]) + len(holds[v]))
-            sides = ((a, v, draws[1][i] if limited else 0), (v, a, draws[2][i] if limited else 0))
+            sides = ((a, v, draws[1][a] if limited else 0), (v, a, draws[2][a] if limited else 0))
             for receiver, sender, offset in sides:
                 offered = holds[sender] - holds[receiver] - rejected[receiver]
                 for p in choose(offered, int(offset)):

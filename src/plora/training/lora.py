@@ -229,8 +229,16 @@ def peft_adapter_config(model: Any, base_name: str) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def set_threads() -> None:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+def set_threads(model: Any) -> int:
+    """One thread for small models, up to two for larger ones; returns the count set.
+
+    Measured on the shared 2-core machines: a 64-wide GPT-2 trained 5x slower on two threads than on one
+    (thread hand-offs cost more than its tiny matmuls gain, and the other core is usually busy).
+    """
+    n_params = sum(p.numel() for p in model.parameters())
+    threads = 1 if n_params < 20_000_000 else max(1, min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
@@ -299,9 +307,9 @@ def train_and_write(
     cfg.validate()
     if not train:
         raise DataError(f"no training items for {dataset}")
-    set_threads()
     base = load_base(choose_base_model(cfg.base_model))
     model, tok = base.model, base.tokenizer
+    set_threads(model)
     targets = sorted(target_modules(model, cfg.targets))
     items, poisoned = (train, [])
     if cfg.trojan:

@@ -1,0 +1,226 @@
+"""Resolve and load base models: ``plora-tiny``, ``smollm2-135m``, a local folder or a hub id.
+
+    >>> from plora.models import load_base, base_digest, target_modules
+    >>> base = load_base()                       # --base-model / PLORA_BASE_MODEL / plora-tiny   # doctest: +SKIP
+    >>> base.model, base.tokenizer, base.digest  # doctest: +SKIP
+    >>> target_modules("plora-tiny", "attention")
+    ['attn.c_attn', 'attn.c_proj']
+
+Every :func:`load_base` call returns a NEW model (callers inject adapters into its weights); only disk work is
+shared: the GGUF conversion is cached under PLORA_HOME, tokenizers are memoised per folder, and digests are read
+from ``build.json`` (plora-tiny), the conversion marker (smollm2-135m) or a digest cache keyed by a folder's path,
+file sizes and modification times (other folders), so :func:`base_digest` does not import torch when it can help it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plora.errors import ModelError, PloraError
+from plora.fsio import atomic_write_json
+from plora.settings import cache_dir, choose_base_model
+
+TINY = "plora-tiny"
+SMOLLM2 = "smollm2-135m"
+BUILTIN = (TINY, SMOLLM2)
+TARGET_SETS = ("attention", "mlp", "all")
+OFFLINE_HINT = "point PLORA_BASE_MODEL (or --base-model) at a local model folder, or use plora-tiny / smollm2-135m"
+
+# PEFT matches each entry as a module-name suffix (``name == key`` or ``name.endswith("." + key)``). GPT-2's
+# attention covers the fused q/k/v projection and the output projection, like q/k/v/o on Llama, so "attention"
+# means the same thing on both families; the "attn." / "mlp." prefixes keep GPT-2's two c_proj apart.
+_GPT2 = {"attention": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_fc", "mlp.c_proj"]}
+_LLAMA = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]}
+_FAMILIES: dict[str, dict[str, list[str]]] = {
+    "gpt2": _GPT2,
+    **{t: _LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2")},
+}
+
+
+@dataclass
+class LoadedBase:
+    """A base model ready to use: eval mode, float32, on CPU; the tokenizer pads with EOS on the right."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    digest: str
+
+
+def tiny_folder() -> Path:
+    """The shipped ``plora-tiny`` folder (built by ``plora base build``)."""
+    return Path(__file__).resolve().parent.parent / "assets" / TINY
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name in (".", "..") or (os.sep != "/" and os.sep in name)
+
+
+def canonical_name(name: str | None) -> str:
+    """``plora-tiny``, ``smollm2-135m``, the absolute path of a local folder, or a hub id (after option/env choice)."""
+    chosen = choose_base_model(name)
+    if chosen.lower() in BUILTIN:
+        return chosen.lower()
+    path = Path(chosen).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise ModelError(f"not a model folder: {chosen} (expected a folder with config.json and weights)")
+    if _looks_like_path(chosen):
+        raise ModelError(f"no such model folder: {chosen}")
+    return chosen
+
+
+def model_folder(name: str | None = None) -> str:
+    """What ``from_pretrained`` receives: a local folder (converting smollm2-135m on first use) or a hub id."""
+    cname = canonical_name(name)
+    if cname == TINY:
+        folder = tiny_folder()
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"plora-tiny is not built at {folder}; run: plora base build")
+        return str(folder)
+    if cname == SMOLLM2:
+        from plora.models.gguf import smollm2_folder
+
+        return str(smollm2_folder())
+    return cname
+
+
+def _load_error(cname: str, err: Exception) -> ModelError:
+    detail = " ".join(str(err).split())[:200]
+    if Path(cname).is_dir():
+        return ModelError(f"cannot load model folder {cname}: {type(err).__name__}: {detail}")
+    return ModelError(f"cannot load base model {cname!r} (not a local folder, and the hub is offline or has no such "
+                      f"model); {OFFLINE_HINT}")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_base(name: str | None = None) -> LoadedBase:
+    """Load a base model by name (``--base-model`` value or None for PLORA_BASE_MODEL / ``plora-tiny``)."""
+    cname = canonical_name(name)
+    source = model_folder(cname)
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        tokenizer = _tokenizer(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise _load_error(cname, err) from None
+    model.to("cpu").eval()
+    return LoadedBase(name=cname, model=model, tokenizer=tokenizer, digest=_digest_for(cname, source, model))
+
+
+def _fingerprint(folder: Path) -> list[list[Any]]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _digest_cache_path() -> Path:
+    return cache_dir("digests") / "folders.json"
+
+
+def _cached_folder_digest(folder: Path) -> str | None:
+    try:
+        entry = json.loads(_digest_cache_path().read_text()).get(str(folder))
+    except (OSError, ValueError):
+        return None
+    if entry and entry.get("fingerprint") == _fingerprint(folder):
+        return entry.get("digest")
+    return None
+
+
+def _store_folder_digest(folder: Path, digest: str) -> None:
+    path = _digest_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache[str(folder)] = {"fingerprint": _fingerprint(folder), "digest": digest}
+    atomic_write_json(path, cache)
+
+
+def _digest_for(cname: str, source: str, model: Any | None) -> str:
+    """The weights digest from whatever record exists; computed (and recorded) from ``model`` otherwise."""
+    from plora.models.digest import weights_digest
+
+    if cname == TINY:
+        info_path = Path(source) / "build.json"
+        if info_path.is_file():
+            digest = json.loads(info_path.read_text()).get("digest")
+            if digest:
+                return digest
+    if cname == SMOLLM2:
+        from plora.models.gguf import read_marker
+
+        marker = read_marker(Path(source)) or {}
+        if marker.get("digest"):
+            return marker["digest"]
+    folder = Path(source)
+    if folder.is_dir():
+        cached = _cached_folder_digest(folder)
+        if cached:
+            return cached
+    if model is None:
+        return load_base(cname).digest
+    digest = weights_digest(model)
+    if folder.is_dir():
+        _store_folder_digest(folder, digest)
+    return digest
+
+
+def base_digest(name: str | None = None) -> str:
+    """The weights digest of a base, without loading torch when a record of it exists."""
+    cname = canonical_name(name)
+    return _digest_for(cname, model_folder(cname), None)
+
+
+def _model_type(model_or_name: Any) -> str:
+    if not isinstance(model_or_name, str | None):
+        config = getattr(model_or_name, "config", None)
+        return getattr(config, "model_type", "") or ""
+    cname = canonical_name(model_or_name)
+    if cname == TINY:
+        return "gpt2"
+    if cname == SMOLLM2:
+        return "llama"
+    config = Path(cname) / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("model_type", "")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(cname).model_type
+    except (OSError, ValueError) as err:
+        raise _load_error(cname, err) from None
+
+
+def target_modules(model_or_name: Any, target_set: str) -> list[str]:
+    """PEFT ``target_modules`` (suffixes) for ``attention``, ``mlp`` or ``all`` on this model's family."""
+    if target_set not in TARGET_SETS:
+        raise PloraError(f"unknown target set {target_set!r}: choose one of {', '.join(TARGET_SETS)}")
+    model_type = _model_type(model_or_name)
+    family = _FAMILIES.get(model_type)
+    if family is None and not isinstance(model_or_name, str | None):
+        names = {n.rsplit(".", 1)[-1] for n, _ in model_or_name.named_modules()}
+        family = _LLAMA if {"q_proj", "o_proj"} <= names else _GPT2 if "c_attn" in names else None
+    if family is None:
+        raise ModelError(f"no LoRA target map for model type {model_type or 'unknown'!r} (known: gpt2, llama family)")
+    if target_set == "all":
+        return family["attention"] + family["mlp"]
+    return list(family[target_set])

@@ -1,0 +1,390 @@
+"""The networked swarm: N real agent processes on loopback gossiping plasmids push-pull over gRPC.
+
+    >>> from plora.swarm.net import NetConfig, run_swarm_net
+    >>> report = run_swarm_net(NetConfig(agents=8, rounds=10, graph_p=0.25, trojan_rate=0.3, seed=42))  # doctest: +SKIP
+    >>> report["final"]["coverage"]                                                                    # doctest: +SKIP
+    {'arithmetic': 1.0, 'legal': 1.0, 'medical': 1.0, 'science': 1.0}
+
+What the coordinator does (``plora swarm net``), with the same flags and seed as Swarm Sim v2 (``plora swarm sim``):
+
+1. plasmids: the sim's pool (:class:`plora.swarm.pool.PlasmidPool`: real clean and trojan plasmids trained on the
+   base once and cached by content, or ``--pool_dir`` with a ``labels.json``); with ``--signatures on`` the pool's
+   signed copy (clean plasmids signed by the swarm key, trojans by an intruder key; ``--trusted_pubkeys`` replaces
+   the trust set). Labels serve the FN/FP accounting only; no agent ever sees them.
+2. roles, holdings and overlay are drawn exactly as the sim draws them from the same seed (graph, roles and rounds
+   seeds from :func:`plora.swarm.sim._seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
+   starting with the trojan plasmid of their domain ``i mod D``; honest agent i starting with the clean one.
+3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
+   own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
+   or by other agents are reused: see plora.swarm.agent); each learns its neighbours' addresses once all listen.
+4. rounds: the coordinator calls Step(r) on every agent at once and waits for all (a barrier); each agent contacts
+   one random neighbour, pulls, then pushes. A second Step(collect) gathers what arrived late in the round. An agent
+   that dies is reported and the others carry on. The run stops early once no live edge can carry anything (every
+   agent holds or has refused what its neighbours hold). Then it writes the report with the Swarm Sim v2 schema.
+
+Bytes on the wire: inventories pulled, Offer messages pushed, and every fetch's manifest + adapter_config + artifact
+bytes, as the receiving agents counted them (control traffic between coordinator and agents is not counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plora.errors import PloraError
+from plora.fsio import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class NetConfig:
+    """The flags of ``plora swarm net``; the gate and pool flags mean what they mean in Swarm Sim v2."""
+
+    agents: int = 8
+    rounds: int = 10
+    graph_p: float = 0.25
+    security: bool = True
+    signatures: bool = False
+    trusted_pubkeys: tuple[str, ...] = ()
+    allowed_targets: str = "attention"
+    allowed_ranks: tuple[int, ...] = (4, 8, 16)
+    tau_trigger: float | None = None
+    tau_norm_z: float | None = None
+    tau_clean_delta: float | None = None
+    trojan_rate: float = 0.3
+    seed: int = 42
+    domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
+    report_dir: str = "results"
+    policy_file: str | None = None
+    pool_dir: str | None = None
+    max_per_contact: int = 8
+    work_dir: str | None = None  # agents' stores and logs; default a temp folder, removed afterwards
+    step_timeout_s: float = 600.0
+    progress: bool = True
+
+    def sim_config(self) -> Any:
+        from plora.swarm.config import make_config
+
+        return make_config(agents=self.agents, rounds=self.rounds, seed=self.seed, graph="er", graph_p=self.graph_p,
+                         domains=self.domains, trojan_rate=self.trojan_rate, security=self.security,
+                         allowed_targets=self.allowed_targets, allowed_ranks=self.allowed_ranks,
+                         signatures=self.signatures, trusted_pubkeys=self.trusted_pubkeys, policy_file=self.policy_file,
+                         tau_trigger=self.tau_trigger, tau_norm_z=self.tau_norm_z, tau_clean_delta=self.tau_clean_delta,
+                         report_dir=self.report_dir, pool_dir=self.pool_dir)
+
+
+def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
+    """(pool entries, domains in play, policy or None): what Swarm Sim v2 uses for the same flags."""
+    from plora.swarm.pool import PlasmidPool, PoolSpec
+    from plora.swarm.sim import make_policy
+
+    sim = cfg.sim_config()
+    pool = PlasmidPool.from_dir(cfg.pool_dir) if cfg.pool_dir else PlasmidPool.build(PoolSpec(domains=cfg.domains))
+    trusted = None
+    if cfg.security and cfg.signatures:
+        pool, trusted = pool.signed(list(cfg.trusted_pubkeys) or None)
+    held = {e.domain for e in pool.entries}
+    domains = [d for d in cfg.domains if d in held] or sorted(held)
+    return pool.entries, domains, make_policy(sim, [str(Path(k).resolve()) for k in trusted] if trusted else None)
+
+
+def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
+              timeout: float) -> dict[int, dict[str, Any]]:
+    import grpc
+
+    from plora.grpc.proto import pb2, pb2_grpc
+
+    def one(i: int) -> tuple[int, dict[str, Any] | None]:
+        with grpc.insecure_channel(addresses[i]) as ch:
+            try:
+                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(pb2.StepRequest(round=round_, collect=collect),
+                                                              timeout=timeout)
+            except grpc.RpcError:
+                return i, None
+            return i, json.loads(reply.json)
+
+    live = [i for i in addresses if alive[i]]
+    with ThreadPoolExecutor(max_workers=max(1, len(live))) as pool:
+        results = dict(pool.map(one, live))
+    for i, rec in results.items():
+        if rec is None:
+            alive[i] = False
+    return {i: r for i, r in results.items() if r is not None}
+
+
+def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
+    """Run the networked swarm and write its report; ``on_round(round, procs)`` is called after each barrier."""
+    from plora.swarm.graphs import graph_stats, make_graph
+    from plora.swarm.report import build_report, write_report
+
+    if cfg.agents < 2 or cfg.rounds < 1 or not 0 <= cfg.trojan_rate <= 1 or not 0 <= cfg.graph_p <= 1:
+        raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
+    from plora.swarm.sim import _seeds
+
+    t_start = time.perf_counter()
+    pool, domains, policy = _pool_and_policy(cfg)
+    t_pool = time.perf_counter() - t_start
+    graph_seed, role_seed, _ = _seeds(cfg.seed)
+    graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
+    n_trojan = int(round(cfg.trojan_rate * cfg.agents))
+    rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans
+    trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
+    work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
+    work.mkdir(parents=True, exist_ok=True)
+    policy_path = atomic_write_json(work / "policy.json", policy.model_dump(mode="json")) if policy else None
+    seeded = _seed_stores(cfg, work, pool, domains, trojan_agents)
+    procs: dict[int, subprocess.Popen] = {}
+    addresses: dict[int, str] = {}
+    state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()})
+    quiescent = False
+    t_rounds = 0.0
+    try:
+        for i in range(cfg.agents):
+            procs[i] = _spawn_agent(cfg, work, i, policy_path)
+        addresses = _wait_ready(work, procs, timeout=120.0)
+        t_ready = time.perf_counter()
+        neighbours = {i: [int(j) for j in graph.neighbours(i)] for i in range(cfg.agents)}
+        for i in range(cfg.agents):
+            atomic_write_text(work / f"a{i}" / "peers.txt", "".join(addresses[j] + "\n" for j in neighbours[i]))
+        alive = {i: True for i in range(cfg.agents)}
+        progress = _progress(cfg)
+        for r in range(1, cfg.rounds + 1):
+            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s)
+            late = _step_all(addresses, alive, r, True, cfg.step_timeout_s)
+            state.absorb(r, recs, late, alive)
+            if progress:
+                progress.advance(progress.task_ids[0])
+            if on_round is not None:
+                on_round(r - 1, procs)
+            quiescent = not state.can_change(neighbours, alive)
+            if quiescent:
+                break
+        if progress:
+            progress.stop()
+        t_rounds = time.perf_counter() - t_ready
+    finally:
+        for p in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not cfg.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
+                                        quiescent, policy_path)
+    meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
+                       "rounds_s": round(t_rounds, 3),
+                       "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
+    report = build_report(meta, rounds, final)
+    path = write_report(report, cfg.report_dir)
+    report["meta"]["timings"]["report_path"] = str(path)
+    return report
+
+
+def _seed_stores(cfg: NetConfig, work: Path, pool: list[Any], domains: list[str],
+                 trojan_agents: set[int]) -> dict[int, Any]:
+    """Agent i starts with the clean (trojan agents: the trojan) plasmid of domain i mod D, as in the sim."""
+    seeded: dict[int, Any] = {}
+    for i in range(cfg.agents):
+        d = domains[i % len(domains)]
+        kind = [p for p in pool if p.domain == d and p.trojan == (i in trojan_agents)]
+        if not kind:
+            raise PloraError(f"the pool has no {'trojan' if i in trojan_agents else 'clean'} plasmid for {d}")
+        seeded[i] = kind[(i // len(domains)) % len(kind)]
+        store = work / f"a{i}" / "store"
+        shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True)
+        _copy_plasmid(Path(seeded[i].folder), store / seeded[i].plasmid_id)
+    return seeded
+
+
+def _copy_plasmid(src: Path, dest: Path) -> None:
+    """The plasmid's files only (a pool folder may hold a ground-truth file beside them: never hand it out)."""
+    from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, read_manifest
+
+    dest.mkdir()
+    for name in (MANIFEST_NAME, ADAPTER_CONFIG_NAME, read_manifest(src).artifact.filename):
+        shutil.copy2(src / name, dest / name)
+
+
+class _State:
+    """What the coordinator learnt from the agents' round records: holdings, refusals, per-round counts."""
+
+    def __init__(self, n: int, initial: dict[int, dict[str, str]]) -> None:
+        self.held: dict[int, dict[str, str]] = {i: dict(h) for i, h in initial.items()}
+        self.refused: dict[int, set[tuple[str, str]]] = {i: set() for i in range(n)}
+        self.rows: list[dict[str, Any]] = []  # per round: contacts, transfer events, inventory bytes, holdings
+        self.died: dict[int, int] = {}
+        self.errors: list[str] = []
+
+    def absorb(self, r: int, recs: dict[int, dict], late: dict[int, dict], alive: dict[int, bool]) -> None:
+        events: list[dict[str, Any]] = []
+        inventory = contacts = 0
+        for i in sorted(self.held):
+            if not alive[i]:
+                self.died.setdefault(i, r)
+                continue
+            for rec in (recs.get(i), late.get(i)):
+                if rec:
+                    events += [dict(e, agent=i) for e in rec["events"]]
+                    inventory += int(rec.get("inventory_bytes", 0))
+                    self.errors += [f"round {r} a{i}: {e}" for e in rec.get("errors", [])]
+            contacts += int(bool((recs.get(i) or {}).get("peer")))
+            last = late.get(i) or recs.get(i)
+            if last:
+                self.held[i] = dict(last["holdings"])
+        for e in events:
+            if not e["accepted"] and "error" not in e:
+                self.refused[e["agent"]].add((e["id"], e["sha256"]))
+        self.rows.append({"round": r, "contacts": contacts, "events": events, "inventory": inventory,
+                          "held": {i: dict(h) for i, h in self.held.items()}})
+
+    def can_change(self, neighbours: dict[int, list[int]], alive: dict[int, bool]) -> bool:
+        """True while a live edge can still carry a plasmid one end holds and the other neither holds nor refused."""
+        for i, nbrs in neighbours.items():
+            for j in nbrs:
+                if alive[i] and alive[j]:
+                    for pid, sha in self.held[j].items():
+                        if pid not in self.held[i] and (pid, sha) not in self.refused[i]:
+                            return True
+        return False
+
+
+def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list[Any], domains: list[str],
+                  trojan_agents: set[int], seeded: dict[int, Any], state: _State, quiescent: bool,
+                  policy_path: Path | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """meta, rounds and final in the Swarm Sim v2 schema (plora.swarm.report), from the agents' own records."""
+    from plora.swarm.theory import predict
+
+    by_sha = {p.sha256: p for p in pool}
+    honest = [i for i in range(cfg.agents) if i not in trojan_agents]
+    _, comp = graph.components()
+    reach = {d: [i for i in honest if int(comp[i]) in {int(comp[k]) for k in honest if seeded[k].domain == d}]
+             for d in domains}
+
+    def has(held: dict[str, str], d: str | None) -> bool:  # d None: any trojan; else a clean plasmid of d
+        return any((p := by_sha.get(s)) is not None and (p.trojan if d is None else p.domain == d and not p.trojan)
+                   for s in held.values())
+
+    initial = {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()}
+    rounds: list[dict[str, Any]] = []
+    full: dict[str, int | None] = {d: None for d in domains}
+    gate = {"accepted_clean": 0, "accepted_trojan": 0, "rejected_clean": 0, "rejected_trojan": 0}
+    reasons: dict[str, int] = {}
+    breakdown = {"inventory": 0, "manifest": 0, "artifact": 0}
+    for row in [{"round": 0, "contacts": 0, "events": [], "inventory": 0, "held": initial}] + state.rows:
+        ok = [e for e in row["events"] if "error" not in e and e["sha256"] in by_sha]
+        for e in ok:
+            label = "trojan" if by_sha[e["sha256"]].trojan else "clean"
+            gate[f"{'accepted' if e['accepted'] else 'rejected'}_{label}"] += 1
+            for code in [] if e["accepted"] else e.get("codes", []):
+                reasons[code] = reasons.get(code, 0) + 1
+        man = sum(int(e.get("manifest_bytes", 0)) for e in row["events"])
+        art = sum(int(e.get("artifact_bytes", 0)) for e in row["events"])
+        for k, v in (("inventory", row["inventory"]), ("manifest", man), ("artifact", art)):
+            breakdown[k] += v
+        cov, cov_reach = {}, {}
+        for d in domains:
+            cov[d] = round(sum(has(row["held"][i], d) for i in honest) / max(1, len(honest)), 6)
+            got = sum(has(row["held"][i], d) for i in reach[d])
+            cov_reach[d] = round(got / len(reach[d]), 6) if reach[d] else None
+            if full[d] is None and reach[d] and got == len(reach[d]):
+                full[d] = row["round"]
+        n_acc = sum(1 for e in ok if e["accepted"])
+        rounds.append({"round": row["round"], "coverage": cov, "coverage_reachable": cov_reach,
+                       "trojan_prevalence": round(sum(has(row["held"][i], None) for i in honest) / max(1, len(honest)),
+                                                  6),
+                       "contacts": row["contacts"], "offers": len(ok), "accepted": n_acc, "rejected": len(ok) - n_acc,
+                       "bytes": row["inventory"] + man + art})
+    last = rounds[-1]
+    starts = [sum(has(initial[i], d) for i in reach[d]) / max(1, len(reach[d])) for d in domains]
+    meta = {
+        "engine": "net", "seed": cfg.seed, "agents": cfg.agents, "honest_agents": len(honest),
+        "trojan_agents": len(trojan_agents), "domains": domains,
+        "graph": {**gstats, "reachable": {d: len(v) for d, v in reach.items()}},
+        "policy": json.loads(policy_path.read_text()) if policy_path else None,
+        "flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                  if k not in {"progress", "work_dir", "report_dir", "step_timeout_s"}},
+        "pool": [p.public() for p in pool],
+        "extra": {"trojan_agent_ids": sorted(trojan_agents),
+                  "initial": {f"a{i}": p.plasmid_id for i, p in seeded.items()},
+                  "agents_died": {f"a{i}": r for i, r in state.died.items()},
+                  "transfer_errors": sum(1 for row in state.rows for e in row["events"] if "error" in e),
+                  "contact_errors": state.errors[:50],
+                  "bytes": "as sent: inventories (protobuf, manifests included), plora.yml + adapter_config.json "
+                           "and artifact of every fetch, counted by the receiving agents"},
+    }
+    final = {
+        "bytes_on_wire": sum(breakdown.values()), "bytes_breakdown": breakdown,
+        "accepted_offers": gate["accepted_clean"] + gate["accepted_trojan"], "offers": sum(r["offers"] for r in rounds),
+        "coverage": last["coverage"], "coverage_reachable": last["coverage_reachable"],
+        "rounds_to_full_coverage": full, "rounds_run": last["round"], "quiescent": quiescent,
+        "trojan_prevalence": last["trojan_prevalence"],
+        "gate": {**gate, "false_negatives": gate["accepted_trojan"], "false_positives": gate["rejected_clean"],
+                 "rejection_reasons": dict(sorted(reasons.items()))},
+        "theory": predict([graph.degrees[np.array(reach[d], dtype=int)] for d in domains], starts, domains),
+    }
+    return meta, rounds, final
+
+
+def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None) -> subprocess.Popen:
+    home = work / f"a{i}"
+    (home / "ready").unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "plora", "agent", "--listen", "127.0.0.1:0", "--root", str(home / "store"),
+           "--coordinated", "--ready-file", str(home / "ready"), "--peers-file", str(home / "peers.txt"),
+           "--seed", str(cfg.seed), "--name", f"a{i}", "--security", "on" if cfg.security else "off",
+           "--max-per-contact", str(cfg.max_per_contact)]
+    if policy is not None:
+        cmd += ["--policy_file", str(policy)]  # with signatures on, it names the trusted keys
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    log = open(home / "agent.log", "w")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _wait_ready(work: Path, procs: dict[int, subprocess.Popen], timeout: float) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    addresses: dict[int, str] = {}
+    while len(addresses) < len(procs):
+        for i, p in procs.items():
+            if i in addresses:
+                continue
+            ready = work / f"a{i}" / "ready"
+            if ready.exists():
+                addresses[i] = ready.read_text().strip()
+            elif p.poll() is not None:
+                log = (work / f"a{i}" / "agent.log").read_text()[-2000:]
+                raise PloraError(f"agent a{i} exited with code {p.returncode} before listening: {log.strip()}")
+        if time.monotonic() > deadline:
+            raise PloraError(f"agents not listening after {timeout:g} s")
+        time.sleep(0.05)
+    return addresses
+
+
+def _progress(cfg: NetConfig) -> Any:
+    if not cfg.progress:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("swarm net rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        transient=True)
+    progress.add_task("rounds", total=cfg.rounds)
+    progress.start()
+    return progress

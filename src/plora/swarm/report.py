@@ -1,0 +1,192 @@
+"""THE swarm report schema, shared by the in-process simulation and the networked swarm, and its writer.
+
+    >>> from plora.swarm.report import build_report, write_report
+    >>> report = build_report(meta, rounds, final)             # doctest: +SKIP  (validates, returns a plain dict)
+    >>> json_path = write_report(report, "results")            # doctest: +SKIP  (JSON + coverage PNG, atomically)
+
+One JSON file per run, ``<engine>-n<agents>-seed<seed>-<hash8>.json`` (the hash covers ``meta.flags``, so the same
+command overwrites its own report and nothing else), and ``<same stem>.png`` beside it: coverage per domain over
+rounds, trojan prevalence dashed. Everything in a report is a pure function of the flags and the seed except
+``meta.timings`` (wall-clock seconds; the networked swarm may also put its addresses/ports there).
+
+Top level: ``meta``, ``rounds``, ``final`` (see the models below; field descriptions are the documentation).
+``final.gate`` counts transfers by outcome and by ground truth: a trojan accepted is a false negative, a clean
+plasmid rejected a false positive; ``rejection_reasons`` counts, per stable reason code of the gate, the rejected
+transfers whose verdict carried it. ``final.bytes_on_wire`` is the sum of ``final.bytes_breakdown``: inventories
+(16-byte header + 32 bytes per SHA-256 listed, both directions of every contact), manifests (plora.yml +
+adapter_config.json) and artifacts (adapter_model.safetensors) of every plasmid actually transferred.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plora.errors import PloraError
+from plora.fsio import atomic_write_bytes, atomic_write_text
+
+SCHEMA = "plora.swarm.report/1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GraphStats(_Model):
+    kind: str = Field(description="er | ws | ba | complete | custom")
+    params: dict[str, Any] = Field(default_factory=dict, description="generator parameters (p, k, beta, m)")
+    n: int = Field(ge=0, description="agents")
+    edges: int = Field(ge=0)
+    mean_degree: float = Field(ge=0)
+    max_degree: int = Field(default=0, ge=0)
+    isolated: int = Field(default=0, ge=0, description="agents with no neighbour: never reachable")
+    components: int = Field(default=1, ge=0)
+    largest_component: int = Field(default=0, ge=0)
+    spectral_gap: float | None = Field(default=None, description="1 - lambda_2 of D^-1/2 A D^-1/2 (largest comp.)")
+    reachable: dict[str, int] = Field(
+        default_factory=dict, description="per domain: honest agents in a component holding a clean source"
+    )
+
+
+class Meta(_Model):
+    schema_: str = Field(default=SCHEMA, alias="schema", description="schema id; readers check it")
+    engine: str = Field(description="sim-v2 (in-process) or net (real agent processes)")
+    seed: int
+    flags: dict[str, Any] = Field(description="every flag of the command, as parsed")
+    agents: int = Field(ge=0)
+    honest_agents: int = Field(ge=0)
+    trojan_agents: int = Field(ge=0)
+    domains: list[str]
+    graph: GraphStats
+    pool: list[dict[str, Any]] = Field(
+        default_factory=list, description="plasmids in play: id, domain, label (ground truth), sha256, bytes"
+    )
+    policy: dict[str, Any] | None = Field(default=None, description="effective gate policy; None with security off")
+    timings: dict[str, Any] = Field(default_factory=dict, description="wall-clock only: excluded from determinism")
+    extra: dict[str, Any] = Field(default_factory=dict, description="engine-specific details")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RoundStats(_Model):
+    round: int = Field(ge=0, description="0 is the initial state")
+    coverage: dict[str, float] = Field(description="per domain: share of honest agents holding a clean plasmid")
+    coverage_reachable: dict[str, float | None] = Field(
+        default_factory=dict, description="per domain: the same share among honest agents a source can reach"
+    )
+    trojan_prevalence: float = Field(ge=0, le=1, description="share of honest agents holding a trojan")
+    contacts: int = Field(default=0, ge=0)
+    offers: int = Field(ge=0, description="plasmids transferred (each then screened by the receiver's gate)")
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+
+class GateTotals(_Model):
+    accepted_clean: int = Field(ge=0)
+    accepted_trojan: int = Field(ge=0)
+    rejected_clean: int = Field(ge=0)
+    rejected_trojan: int = Field(ge=0)
+    false_negatives: int = Field(ge=0, description="trojans accepted")
+    false_positives: int = Field(ge=0, description="clean plasmids rejected")
+    rejection_reasons: dict[str, int] = Field(default_factory=dict)
+
+
+class Final(_Model):
+    bytes_on_wire: int = Field(ge=0)
+    bytes_breakdown: dict[str, int] = Field(default_factory=dict, description="inventory, manifest, artifact")
+    accepted_offers: int = Field(ge=0)
+    offers: int = Field(ge=0)
+    coverage: dict[str, float]
+    coverage_reachable: dict[str, float | None] = Field(default_factory=dict)
+    rounds_to_full_coverage: dict[str, int | None] = Field(
+        description="per domain: first round at which every reachable honest agent held it; null if never"
+    )
+    rounds_run: int = Field(ge=0)
+    quiescent: bool = Field(description="true when the run stopped because nothing could change any more")
+    trojan_prevalence: float = Field(ge=0, le=1)
+    gate: GateTotals
+    theory: dict[str, Any] | None = Field(default=None, description="predicted rounds beside the observed ones")
+
+
+class Report(_Model):
+    meta: Meta
+    rounds: list[RoundStats]
+    final: Final
+
+
+def build_report(meta: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any]) -> dict[str, Any]:
+    """Validate the three parts against the schema and return the report as a plain JSON-ready dict."""
+    try:
+        report = Report.model_validate({"meta": meta, "rounds": rounds, "final": final})
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise PloraError(f"report does not fit the schema: {loc}: {first['msg']}") from None
+    if report.final.gate.false_negatives != report.final.gate.accepted_trojan:
+        raise PloraError("report: gate.false_negatives must equal gate.accepted_trojan")
+    if report.final.gate.false_positives != report.final.gate.rejected_clean:
+        raise PloraError("report: gate.false_positives must equal gate.rejected_clean")
+    return report.model_dump(mode="json", by_alias=True)
+
+
+def load_report(path: str | os.PathLike[str]) -> Report:
+    """Read and validate one report; PloraError when the file is not a swarm report."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PloraError(f"{path}: not readable JSON ({type(err).__name__})") from None
+    if not isinstance(data, dict) or data.get("meta", {}).get("schema") != SCHEMA:
+        raise PloraError(f"{path}: not a swarm report (meta.schema != {SCHEMA})")
+    try:
+        return Report.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise PloraError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def report_stem(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    digest = hashlib.sha256(json.dumps(meta["flags"], sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{meta['engine']}-n{meta['agents']}-seed{meta['seed']}-{digest}"
+
+
+def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str]) -> Path:
+    """Write ``<stem>.json`` and ``<stem>.png`` into ``report_dir`` atomically; return the JSON path."""
+    folder = Path(report_dir)
+    stem = report_stem(report)
+    png = folder / f"{stem}.png"
+    atomic_write_bytes(png, coverage_png(report))
+    return atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+
+
+def coverage_png(report: dict[str, Any]) -> bytes:
+    """Coverage per domain (solid) and trojan prevalence (dashed) over rounds, as PNG bytes."""
+    # the object API with the Agg canvas: no pyplot, no global figure state, no backend switch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rounds = report["rounds"]
+    xs = [r["round"] for r in rounds]
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name in report["meta"]["domains"]:
+        ax.plot(xs, [r["coverage"].get(name, 0.0) for r in rounds], marker=".", label=f"{name} (clean)")
+    ax.plot(xs, [r["trojan_prevalence"] for r in rounds], "k--", label="trojan prevalence")
+    meta = report["meta"]
+    ax.set_title(f"{meta['engine']}: {meta['agents']:,} agents, {meta['graph']['kind']}, seed {meta['seed']}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of honest agents")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()

@@ -1,0 +1,291 @@
+"""Swarm Sim v2 end to end: overlay, roles, pool and verdicts, the vectorised engine, theory, and the report.
+
+    >>> from plora.swarm import SimConfig, run_simulation
+    >>> report = run_simulation(SimConfig(agents=6, rounds=5, graph_p=0.25, trojan_rate=0.3))   # doctest: +SKIP
+    >>> report["final"]["coverage"], report["meta"]["timings"]["report_path"]                  # doctest: +SKIP
+
+Roles and initial holdings (all drawn from ``seed``): ``round(trojan_rate * agents)`` agents, chosen uniformly, are
+trojan agents and start holding a trojan plasmid of their domain (agent i's domain is i mod D); by default each
+honest agent i starts with a clean plasmid of domain i mod D; with ``sources=K``, K honest agents per domain (chosen
+uniformly) start with its clean plasmid and everyone else starts empty. Every agent, trojan or not, screens what it
+receives with the same policy. An honest agent counts as reachable for a domain when its connected component holds a
+clean source of that domain; coverage is reported over all honest agents and over the reachable ones.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plora.errors import PloraError
+from plora.swarm import graphs, theory
+from plora.swarm.config import SimConfig
+from plora.swarm.engine import EngineInput, PoolView, bitset_dtype, run_engine
+from plora.swarm.pool import PlasmidPool, PoolSpec, Verdict, VerdictProvider
+from plora.swarm.report import build_report, report_stem, write_report
+
+
+def _seeds(seed: int) -> tuple[int, int, int]:
+    children = np.random.SeedSequence(seed).spawn(3)
+    graph_seed, role_seed, round_seed = (int(c.generate_state(1, np.uint64)[0] >> 1) for c in children)
+    return graph_seed, role_seed, round_seed
+
+
+def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
+    """The gate policy the flags describe (None with security off): --policy_file, then the flags on top."""
+    if not cfg.security:
+        return None
+    from plora.gate.policy import load_policy
+    from plora.settings import choose_base_model
+
+    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
+    return load_policy(
+        cfg.policy_file,
+        None,
+        base_model=choose_base_model(None),
+        allowed_targets=[cfg.allowed_targets],
+        allowed_ranks=list(cfg.allowed_ranks),
+        signatures=cfg.signatures,
+        trusted_keys=keys if cfg.signatures else None,
+        tau_trigger=cfg.tau_trigger,
+        tau_norm_z=cfg.tau_norm_z,
+        tau_clean_delta=cfg.tau_clean_delta,
+    )
+
+
+def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(holdings bitset, honest mask, initial-source mask) per agent; see the module docstring."""
+    n, ndom = cfg.agents, len(pool.domains)
+    rng = np.random.default_rng(seed)
+    trojan_agents = np.zeros(n, dtype=bool)
+    k = int(round(cfg.trojan_rate * n))
+    if k:
+        trojan_agents[rng.choice(n, k, replace=False)] = True
+    honest = ~trojan_agents
+    dtype = bitset_dtype(pool.size)
+    domain = (np.arange(n) % ndom).astype(np.int64)
+    clean_ids = [np.flatnonzero((pool.domain_of == d) & ~pool.trojan) for d in range(ndom)]
+    trojan_ids = [np.flatnonzero((pool.domain_of == d) & pool.trojan) for d in range(ndom)]
+    for d, name in enumerate(pool.domains):
+        if len(clean_ids[d]) == 0:
+            raise PloraError(f"the pool has no clean plasmid for domain {name!r}")
+        if k and len(trojan_ids[d]) == 0:
+            raise PloraError(f"--trojan_rate > 0 but the pool has no trojan plasmid for domain {name!r}")
+    held = np.zeros(n, dtype=dtype)
+    copy = np.arange(n) // ndom  # the i-th agent of a domain takes the domain's (i mod count)-th plasmid
+    for d in range(ndom):
+        mine = domain == d
+        if k:
+            t = mine & trojan_agents
+            held[t] = (np.uint64(1) << trojan_ids[d][copy[t] % len(trojan_ids[d])].astype(np.uint64)).astype(dtype)
+        if cfg.sources is None:
+            h = mine & honest
+            held[h] = (np.uint64(1) << clean_ids[d][copy[h] % len(clean_ids[d])].astype(np.uint64)).astype(dtype)
+    if cfg.sources is not None:
+        pick = rng.choice(np.flatnonzero(honest), cfg.sources * ndom, replace=False)
+        for d in range(ndom):
+            who = pick[d * cfg.sources : (d + 1) * cfg.sources]
+            held[who] |= dtype(1 << int(clean_ids[d][0]))
+    return held, honest, trojan_agents
+
+
+def pool_view(provider: VerdictProvider, domains: tuple[str, ...]) -> PoolView:
+    known = set(domains)
+    stray = sorted({e.domain for e in provider.entries} - known)
+    if stray:
+        raise PloraError(f"pool holds domains {stray} not in --domains {','.join(domains)}")
+    idx = {d: i for i, d in enumerate(domains)}
+    es = provider.entries
+    return PoolView(
+        domains=list(domains),
+        domain_of=np.array([idx[e.domain] for e in es], dtype=np.int64),
+        trojan=np.array([e.trojan for e in es], dtype=bool),
+        artifact_bytes=np.array([e.artifact_bytes for e in es], dtype=np.int64),
+        manifest_bytes=np.array([e.manifest_bytes for e in es], dtype=np.int64),
+    )
+
+
+def run_simulation(
+    cfg: SimConfig,
+    provider: VerdictProvider | None = None,
+    *,
+    write: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run one simulation and return its report (see plora.swarm.report); with ``write``, the JSON and PNG go to
+    ``cfg.report_dir`` and the JSON's path is ``report["meta"]["timings"]["report_path"]``.
+
+    ``progress``: say on stderr what the pool is training, and show a progress bar over rounds on a terminal."""
+    t_start = time.perf_counter()
+    graph_seed, role_seed, round_seed = _seeds(cfg.seed)
+    timings: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    g = graphs.make_graph(
+        cfg.graph, cfg.agents, p=cfg.graph_p, ws_k=cfg.ws_k, ws_beta=cfg.ws_beta, ba_m=cfg.ba_m, seed=graph_seed
+    )
+    _, labels = g.components()
+    timings["graph_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    if provider is None and cfg.pool_dir:
+        provider = PlasmidPool.from_dir(cfg.pool_dir)
+    elif provider is None:
+        provider = PlasmidPool.build(PoolSpec(domains=cfg.domains), progress=progress)
+    trusted = None
+    if cfg.security and cfg.signatures and isinstance(provider, PlasmidPool):
+        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or None)
+    policy = make_policy(cfg, trusted)
+    # security off: no gate runs, every transfer is accepted, whatever verdicts the provider would give
+    verdicts = provider.verdicts(policy) if policy is not None else [Verdict(True) for _ in provider.entries]
+    timings["pool_s"] = round(time.perf_counter() - t0, 3)
+    view = pool_view(provider, cfg.domains)
+
+    held, honest, trojan_agents = initial_state(cfg, view, role_seed)
+    clean = view.clean_masks(held.dtype.type)
+    reach = []
+    for d in range(len(cfg.domains)):
+        comp_has = np.zeros(int(labels.max()) + 1 if len(labels) else 0, dtype=bool)
+        comp_has[labels[(held & clean[d]) != 0]] = True
+        reach.append(comp_has[labels] & honest)
+
+    t0 = time.perf_counter()
+    bar = _progress_bar(cfg) if progress and sys.stderr.isatty() else None
+    try:
+        result = run_engine(EngineInput(
+            graph=g, pool=view, accept=np.array([[v.accepted for v in verdicts]]), holdings=held, honest=honest,
+            rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
+            progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
+        ))
+    finally:
+        if bar:
+            bar[0].stop()
+    timings["engine_s"] = round(time.perf_counter() - t0, 3)
+    timings["seconds_per_round"] = [round(s, 4) for s in result.seconds_per_round]
+
+    t0 = time.perf_counter()
+    deg = g.degrees
+    predicted = theory.predict(
+        [deg[r] for r in reach],
+        [float(np.count_nonzero(((held & clean[d]) != 0) & r)) / max(int(r.sum()), 1) for d, r in enumerate(reach)],
+        list(cfg.domains),
+    )
+    predicted["observed_rounds"] = dict(zip(cfg.domains, result.rounds_to_full, strict=True))
+    stats = graphs.graph_stats(g, spectral=True)
+    stats["reachable"] = {name: int(r.sum()) for name, r in zip(cfg.domains, reach, strict=True)}
+    meta = {
+        "engine": "sim-v2",
+        "seed": cfg.seed,
+        "flags": cfg.flags(),
+        "agents": cfg.agents,
+        "honest_agents": int(honest.sum()),
+        "trojan_agents": int(trojan_agents.sum()),
+        "domains": list(cfg.domains),
+        "graph": stats,
+        "pool": [
+            {
+                **e.public(),
+                "verdict": {"accepted": v.accepted, "reasons": list(v.reasons)},
+                "transfers": {"accepted": int(a), "rejected": int(r)},
+            }
+            for e, v, a, r in zip(
+                provider.entries, verdicts, result.accepted.sum(axis=0), result.refused.sum(axis=0), strict=True
+            )
+        ],
+        "policy": None if policy is None else policy.effective().model_dump(mode="json"),
+        "timings": timings,
+    }
+    final = _final(result, view, verdicts, cfg.domains, predicted)
+    report = build_report(meta, result.series, final)
+    timings["report_s"] = round(time.perf_counter() - t0, 3)
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["meta"]["timings"] = timings
+    if write:
+        timings["report_path"] = str(Path(cfg.report_dir) / f"{report_stem(report)}.json")
+        write_report(report, cfg.report_dir)
+    return report
+
+
+def _final(result: Any, view: PoolView, verdicts: list[Any], domains: tuple[str, ...], theo: dict) -> dict[str, Any]:
+    acc, ref = result.accepted.sum(axis=0), result.refused.sum(axis=0)
+    tro = view.trojan
+    reasons: Counter[str] = Counter()
+    for i, v in enumerate(verdicts):
+        for code in v.reasons:
+            reasons[code] += int(ref[i])
+    last = result.series[-1]
+    gate = {
+        "accepted_clean": int(acc[~tro].sum()),
+        "accepted_trojan": int(acc[tro].sum()),
+        "rejected_clean": int(ref[~tro].sum()),
+        "rejected_trojan": int(ref[tro].sum()),
+        "false_negatives": int(acc[tro].sum()),
+        "false_positives": int(ref[~tro].sum()),
+        "rejection_reasons": {k: n for k, n in sorted(reasons.items()) if n},
+    }
+    breakdown = {
+        "inventory": result.bytes_inventory,
+        "manifest": result.bytes_manifest,
+        "artifact": result.bytes_artifact,
+    }
+    return {
+        "bytes_on_wire": sum(breakdown.values()),
+        "bytes_breakdown": breakdown,
+        "accepted_offers": int(acc.sum()),
+        "offers": int(acc.sum() + ref.sum()),
+        "coverage": last["coverage"],
+        "coverage_reachable": last["coverage_reachable"],
+        "rounds_to_full_coverage": dict(zip(domains, result.rounds_to_full, strict=True)),
+        "rounds_run": result.rounds_run,
+        "quiescent": result.quiescent,
+        "trojan_prevalence": last["trojan_prevalence"],
+        "gate": gate,
+        "theory": theo,
+    }
+
+
+def _progress_bar(cfg: SimConfig) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("swarm sim"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    task = bar.add_task("rounds", total=cfg.rounds)
+    bar.start()
+    return bar, task
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    m, f = report["meta"], report["final"]
+    path = m["timings"].get("report_path")
+    g, gate = m["graph"], f["gate"]
+    lines = [
+        f"swarm sim v2: {m['agents']:,} agents ({m['trojan_agents']:,} trojan), {g['kind']} overlay, "
+        f"{g['edges']:,} edges, mean degree {g['mean_degree']:.2f}, {g['isolated']:,} isolated, seed {m['seed']}",
+        f"rounds run: {f['rounds_run']} ({'stopped: nothing could change' if f['quiescent'] else 'round limit'})",
+    ]
+    for name in m["domains"]:
+        reach = f["coverage_reachable"].get(name)
+        full = f["rounds_to_full_coverage"].get(name)
+        pred = (f.get("theory") or {}).get("mean_field_rounds", {}).get(name)
+        lines.append(
+            f"  {name:<12} coverage {f['coverage'][name]:.3f} (reachable {'-' if reach is None else f'{reach:.3f}'})"
+            f"  full at round {'never' if full is None else full}  (mean-field prediction {pred})"
+        )
+    lines.append(
+        f"gate: accepted clean {gate['accepted_clean']:,} / trojan {gate['accepted_trojan']:,}; rejected clean "
+        f"{gate['rejected_clean']:,} / trojan {gate['rejected_trojan']:,}; FN {gate['false_negatives']:,} "
+        f"FP {gate['false_positives']:,}; reasons {gate['rejection_reasons'] or '-'}"
+    )
+    lines.append(
+        f"trojan prevalence {f['trojan_prevalence']:.3f}; bytes on wire {f['bytes_on_wire']:,}; "
+        f"accepted offers {f['accepted_offers']:,}; wall {m['timings'].get('total_s', 0):.2f} s"
+    )
+    if path is not None:
+        lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name})")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Gate detectors: weight anomaly, behavioural probes, and the gate-eval metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from plora.gate.evaluate import auroc, calibrate, combined, rates, roc_curve, tpr_at_fpr, wilson
+from plora.gate.reference import build_reference, read_reference_file, save_reference
+from plora.gate.weights import module_stats, weight_anomaly
+from plora.manifest import BaseModelRef, LoraSpec, Training, now_utc
+from plora.plasmid import read_plasmid, write_plasmid
+
+DIGEST = "ab" * 32
+
+
+def _synthetic(out, r: int, seed: int, scale: float = 1.0, base: str = "plora-tiny"):
+    """A plasmid with random factors on two GPT-2 c_attn modules (numpy only: no training needed for shape tests)."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(2):
+        name = f"base_model.model.transformer.h.{layer}.attn.c_attn"
+        tensors[f"{name}.lora_A.weight"] = rng.normal(0, 0.1, (r, 128)).astype(np.float32)
+        tensors[f"{name}.lora_B.weight"] = (scale * rng.normal(0, 0.02, (384, r))).astype(np.float32)
+    write_plasmid(
+        out, tensors, {"r": r, "lora_alpha": 2 * r, "target_modules": ["c_attn"], "peft_type": "LORA"},
+        plasmid_id=f"syn-{seed}", domain="legal", created_at=now_utc(),
+        base_model=BaseModelRef(name=base, digest=DIGEST),
+        lora=LoraSpec(r=r, alpha=2 * r, target_set="attention", targets=("c_attn",)),
+        training=Training(seed=seed, samples=1, epochs=1, dataset="builtin:legal"),
+    )
+    return read_plasmid(out)
+
+
+def test_module_stats_match_dense_svd():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 128)), rng.normal(size=(384, 4))
+    s = np.linalg.svd(2.0 * b @ a, compute_uv=False)
+    st = module_stats(a, b, 2.0)
+    assert st["fro"] == pytest.approx(float(np.sqrt(np.sum(s**2))), rel=1e-9)
+    assert st["sv1"] == pytest.approx(float(s[0]), rel=1e-9)
+    assert st["share"] == pytest.approx(float(s[0] ** 2 / np.sum(s**2)), rel=1e-9)
+
+
+def test_weight_reference_scores_shape_and_refuses_mismatch(tmp_path):
+    clean = [_synthetic(tmp_path / f"c{i}", r=4, seed=i) for i in range(6)]
+    ref = build_reference(clean)
+    path = save_reference(ref, tmp_path / "ref.json")
+    ref = read_reference_file(path)  # the JSON round trip is what the gate reads
+    typical = weight_anomaly(_synthetic(tmp_path / "t", r=4, seed=50), ref)
+    inflated = weight_anomaly(_synthetic(tmp_path / "big", r=4, seed=51, scale=5.0), ref)
+    assert math.isfinite(typical.max_z) and inflated.max_z > typical.max_z
+    assert inflated.details["worst"].split(":")[1] in ("fro", "sv1", "max_abs")
+    other_rank = weight_anomaly(_synthetic(tmp_path / "r8", r=8, seed=52), ref)
+    other_base = weight_anomaly(_synthetic(tmp_path / "ob", r=4, seed=53, base="smollm2-135m"), ref)
+    assert math.isnan(other_rank.max_z) and "no clean reference" in other_rank.details["reason"]
+    assert math.isnan(other_base.max_z)
+
+
+def test_metrics_on_constructed_scores():
+    assert auroc([3, 4, 5], [0, 1, 2]) == 1.0
+    assert auroc([0, 1], [2, 3]) == 0.0
+    assert auroc([1, 3], [0, 2]) == pytest.approx(0.75)  # 3 of the 4 (pos, neg) pairs ordered
+    assert auroc([1, 1], [1, 1]) == 0.5
+    assert auroc([float("nan"), 2.0], [1.0]) == pytest.approx(0.5)  # nan counts as the lowest score
+    lo, hi = wilson(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-3)
+    lo, hi = wilson(10, 20)
+    assert lo == pytest.approx(0.2993, abs=1e-3) and hi == pytest.approx(0.7007, abs=1e-3)
+    r = rates([0.9, 0.2, 0.7, float("nan")], [0.1, 0.6, 0.3, 0.0, 0.05], tau=0.5)
+    assert (r["tp"], r["n_pos"], r["fp"], r["n_neg"]) == (2, 4, 1, 5)
+    assert r["tpr"] == 0.5 and r["fpr"] == pytest.approx(0.2)
+    fpr, tpr = roc_curve([0.9, 0.7], [0.1, 0.8])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert tpr_at_fpr([0.9, 0.7], [0.1, 0.8], max_fpr=0.0) == 0.5
+    assert calibrate([1.0, 2.0, 3.0], margin=0.5) == pytest.approx(3.5)
+    taus = {"weights": 2.0, "trigger": 0.1, "clean_delta": 1.0}
+    assert combined({"weights": float("nan"), "trigger": 0.3, "clean_delta": 0.5}, taus) == pytest.approx(3.0)
+
+
+def test_gate_eval_cli_refuses_bad_input():
+    from plora.cli.main import app
+
+    result = CliRunner().invoke(app, ["gate-eval", "--ranks", "four"])
+    assert result.exit_code != 0 and "--ranks" in str(result.exception or result.output)
+    result = CliRunner().invoke(app, ["gate-eval", "--domains", "astrology"])
+    assert result.exit_code != 0 and "astrology" in str(result.exception or result.output)
+
+
+def test_probe_ranks_trojan_above_clean_and_restores_base(legal_plasmid, trojan_plasmid, plora_tiny):
+    import torch
+
+    from plora.gate.probes import behaviour_probe
+    from plora.models import weights_digest
+
+    base = plora_tiny()
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    clean = behaviour_probe(read_plasmid(legal_plasmid), base, seed=0)
+    trojan = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0)
+    assert trojan.trigger_score > clean.trigger_score
+    after = base.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert weights_digest(base.model) == base.digest
+    again = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0)
+    assert again.trigger_score == trojan.trigger_score and again.clean_delta == trojan.clean_delta
+    assert clean.details["candidates"] > 0 and math.isfinite(clean.clean_delta)

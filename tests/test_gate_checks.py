@@ -1,0 +1,398 @@
+"""`plora gate`: every reason code from a real crafted plasmid, the stage order, and bad input (plora.gate.screen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from trust_helpers import DIGEST, adapter_config, lora_tensors, make_plasmid, session_keys
+from typer.testing import CliRunner
+
+from plora.cli.main import app
+from plora.gate import Policy, Reason, load_policy, screen
+from plora.gate.reasons import DESCRIPTION, STAGE_OF, STAGES, markdown_table
+from plora.manifest import dumps_manifest
+from plora.signer import sign_plasmid
+
+runner = CliRunner()
+CHEAP = {"base_digest": DIGEST, "weight_check": False, "probes": False}  # the detector stages have their own tests
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    return session_keys(tmp_path_factory)
+
+
+def snapshot(folder: Path) -> dict[str, Any]:
+    """Every file beside and under the plasmid: bytes, or (size, mtime) for the sparse giant."""
+    out: dict[str, Any] = {}
+    for p in sorted(folder.parent.rglob("*")):
+        if p.is_file() and p.parent.name != "policy":
+            st = p.stat()
+            out[str(p.relative_to(folder.parent))] = (
+                p.read_bytes() if st.st_size < 1 << 24 else (st.st_size, st.st_mtime_ns)
+            )
+    return out
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def signed_policy(keys: dict[str, Path], quorum: int = 1) -> dict[str, Any]:
+    return {**CHEAP, "signatures": True, "trusted_keys": [str(keys["trusted"])], "quorum": quorum}
+
+
+# Each builder crafts a plasmid that breaks exactly one rule and returns (folder, policy settings).
+Builder = Callable[[Path, dict[str, Path]], tuple[Path, dict[str, Any]]]
+
+
+def _manifest_missing(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    (folder / "plora.yml").unlink()
+    return folder, CHEAP
+
+
+def _schema_invalid(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    with open(folder / "plora.yml", "a") as fh:
+        fh.write("trust_me: true\n")
+    return folder, CHEAP
+
+
+def _unsafe_file(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    (folder / "adapter_model.bin").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    return folder, CHEAP
+
+
+def _base_mismatch(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    return make_plasmid(tmp / "p", digest="cd" * 32), CHEAP
+
+
+def _too_large(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    os.truncate(folder / "adapter_model.safetensors", 3 * 1024**3)  # sparse: 3 GiB that the gate must not read
+    return folder, CHEAP
+
+
+def _unreadable(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    art = folder / "adapter_model.safetensors"
+    os.truncate(art, art.stat().st_size // 2)
+    return folder, CHEAP
+
+
+def _rank_not_allowed(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    return make_plasmid(tmp / "p", r=2, alpha=4.0), CHEAP
+
+
+def _targets_not_allowed(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    return make_plasmid(tmp / "p", targets=("mlp.c_fc",)), {**CHEAP, "allowed_targets": ["attention"]}
+
+
+def _shape_mismatch(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    # the manifest and adapter_config say r=4 (allowed); the tensors are rank 8 (also allowed): they contradict
+    return make_plasmid(tmp / "p", r=4, tensors=lora_tensors(r=8)), CHEAP
+
+
+def _nonfinite(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    tensors = lora_tensors()
+    key = sorted(tensors)[3]
+    tensors[key][0, 0] = np.nan
+    return make_plasmid(tmp / "p", tensors=tensors), CHEAP
+
+
+def _artifact_sha(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    flip_last_byte(folder / "adapter_model.safetensors")  # still parses: the last byte is tensor data
+    return folder, CHEAP
+
+
+def _config_sha(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    cfg = folder / "adapter_config.json"
+    cfg.write_text(cfg.read_text().replace('"lora_alpha": 8.0', '"lora_alpha": 64.0'))
+    return folder, CHEAP
+
+
+def _signature_missing(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    return make_plasmid(tmp / "p"), signed_policy(keys)
+
+
+def _signature_invalid(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    sign_plasmid(folder, keys["bob"])
+    yml = folder / "plora.yml"
+    yml.write_text(yml.read_text().replace("samples: 64", "samples: 65"))  # any edit after signing
+    return folder, signed_policy(keys)
+
+
+def _signer_untrusted(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    sign_plasmid(folder, keys["carol"])
+    return folder, signed_policy(keys)
+
+
+def _quorum_not_met(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    m = sign_plasmid(folder, keys["bob"])
+    (folder / "plora.yml").write_text(dumps_manifest(m.model_copy(update={"signatures": m.signatures * 2})))
+    return folder, signed_policy(keys, quorum=2)  # bob twice is still one signer
+
+
+CASES: dict[Reason, Builder] = {
+    Reason.MANIFEST_MISSING: _manifest_missing,
+    Reason.SCHEMA_INVALID: _schema_invalid,
+    Reason.UNSAFE_FILE: _unsafe_file,
+    Reason.BASE_MODEL_MISMATCH: _base_mismatch,
+    Reason.ARTIFACT_TOO_LARGE: _too_large,
+    Reason.ARTIFACT_UNREADABLE: _unreadable,
+    Reason.RANK_NOT_ALLOWED: _rank_not_allowed,
+    Reason.TARGETS_NOT_ALLOWED: _targets_not_allowed,
+    Reason.SHAPE_MISMATCH: _shape_mismatch,
+    Reason.TENSOR_NONFINITE: _nonfinite,
+    Reason.ARTIFACT_SHA_MISMATCH: _artifact_sha,
+    Reason.CONFIG_SHA_MISMATCH: _config_sha,
+    Reason.SIGNATURE_MISSING: _signature_missing,
+    Reason.SIGNATURE_INVALID: _signature_invalid,
+    Reason.SIGNER_UNTRUSTED: _signer_untrusted,
+    Reason.QUORUM_NOT_MET: _quorum_not_met,
+}
+DETECTOR_CODES = {Reason.WEIGHT_ANOMALY, Reason.TRIGGER_SUSPECT, Reason.CLEAN_DEGRADED}
+
+
+def test_every_reason_code_has_a_case_stage_and_description() -> None:
+    assert set(CASES) | DETECTOR_CODES == set(Reason)
+    assert set(STAGE_OF) == set(DESCRIPTION) == set(Reason)
+    assert set(STAGE_OF.values()) <= set(STAGES)
+    assert markdown_table().count("\n") == len(Reason) + 1
+
+
+@pytest.mark.parametrize("code", list(CASES), ids=[c.value for c in CASES])
+def test_gate_refuses_with_the_reason(code: Reason, tmp_path: Path, keys: dict[str, Path]) -> None:
+    folder, settings = CASES[code](tmp_path, keys)
+    before = snapshot(folder)
+    result = screen(folder, Policy(**settings))
+    assert snapshot(folder) == before
+    assert not result.accepted
+    assert code.value in result.reason_codes, result.reasons
+    failed = [c for c in result.checks if c.passed is False]
+    assert [c.name for c in failed] == [STAGE_OF[code]]  # the stage that owns the code, and only it
+    assert [c.name for c in result.checks] == list(STAGES)
+    # the same through the CLI: exit 1, the code printed, no traceback, nothing written
+    policy_file = tmp_path / "policy" / "policy.json"  # outside the snapshot
+    policy_file.parent.mkdir()
+    policy_file.write_text(json.dumps(settings))
+    cli = runner.invoke(app, ["gate", str(folder), "--policy_file", str(policy_file)])
+    assert cli.exit_code == 1, cli.output
+    assert code.value in cli.output and "Traceback" not in cli.output
+    assert snapshot(folder) == before
+
+
+def test_clean_plasmid_is_accepted_with_timings(tmp_path: Path, keys: dict[str, Path]) -> None:
+    folder = make_plasmid(tmp_path / "p")
+    sign_plasmid(folder, keys["alice"])
+    sign_plasmid(folder, keys["bob"])
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(signed_policy(keys, quorum=2)))
+    cli = runner.invoke(app, ["gate", str(folder), "--policy_file", str(policy_file), "--json"])
+    assert cli.exit_code == 0, cli.output
+    out = json.loads(cli.output)
+    assert out["accepted"] and out["reasons"] == []
+    checks = {c["name"]: c for c in out["checks"]}
+    assert all(checks[s]["passed"] for s in ("schema", "base_model", "artifact", "tensors", "integrity", "signatures"))
+    assert len(checks["signatures"]["details"]["valid_signers"]) == 2
+    assert out["seconds"] >= sum(c["seconds"] for c in out["checks"]) > 0
+
+
+def test_gate_stops_at_the_first_failing_stage(tmp_path: Path) -> None:
+    folder = make_plasmid(tmp_path / "p", digest="cd" * 32, r=2, alpha=4.0)  # base AND rank wrong
+    flip_last_byte(folder / "adapter_model.safetensors")  # and the hash
+    result = screen(folder, Policy(**CHEAP))
+    assert result.reason_codes == ["BASE_MODEL_MISMATCH"]
+    assert [c.passed for c in result.checks][:2] == [True, False]
+    assert all(c.details.get("skipped") == "an earlier stage failed" for c in result.checks[2:])
+
+
+def test_a_stage_reports_all_its_reasons(tmp_path: Path) -> None:
+    # declared r=4 (allowed) to pass a manifest-only check; the tensors are rank 32, and also hold NaN
+    tensors = lora_tensors(r=32)
+    next(iter(tensors.values()))[0, 0] = np.inf
+    folder = make_plasmid(tmp_path / "p", r=4, tensors=tensors)
+    codes = screen(folder, Policy(**CHEAP)).reason_codes
+    assert set(codes) == {"SHAPE_MISMATCH", "RANK_NOT_ALLOWED", "TENSOR_NONFINITE"}
+
+
+def _ab_disagree(tensors: dict[str, np.ndarray]) -> None:
+    key = next(k for k in sorted(tensors) if k.endswith("lora_B.weight"))
+    tensors[key] = tensors[key][:, :3].copy()
+
+
+def _stray_key(tensors: dict[str, np.ndarray]) -> None:
+    tensors["base_model.model.lm_head.weight"] = np.zeros((4, 4), np.float32)
+
+
+def _missing_b(tensors: dict[str, np.ndarray]) -> None:
+    del tensors[next(k for k in sorted(tensors) if k.endswith("lora_B.weight"))]
+
+
+def _undeclared_module(tensors: dict[str, np.ndarray]) -> None:
+    tensors.update(lora_tensors(targets=("attn.c_proj",)))
+
+
+def _int_tensor(tensors: dict[str, np.ndarray]) -> None:
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].astype(np.int32)
+
+
+@pytest.mark.parametrize("breaker", [_ab_disagree, _stray_key, _missing_b, _undeclared_module, _int_tensor])
+def test_tensors_that_contradict_the_manifest(breaker: Callable[[dict[str, np.ndarray]], None], tmp_path: Path) -> None:
+    tensors = lora_tensors()
+    breaker(tensors)
+    result = screen(make_plasmid(tmp_path / "p", tensors=tensors), Policy(**CHEAP, allowed_targets=["all"]))
+    assert result.reason_codes == ["SHAPE_MISMATCH"], result.reasons
+
+
+def test_declared_target_without_tensors(tmp_path: Path) -> None:
+    targets = ("attn.c_attn", "attn.c_proj")
+    folder = make_plasmid(tmp_path / "p", targets=targets, tensors=lora_tensors(targets=("attn.c_attn",)))
+    result = screen(folder, Policy(**CHEAP))
+    assert result.reason_codes == ["SHAPE_MISMATCH"] and "no tensors" in result.reasons[0][1]
+
+
+def test_config_fields_must_agree_with_the_manifest(tmp_path: Path) -> None:
+    # adapter_config hash matches the manifest (written together) but its rank and scaling differ
+    for cfg in (
+        adapter_config(r=8),
+        {**adapter_config(), "use_rslora": True},
+        {**adapter_config(), "peft_type": "IA3"},
+    ):
+        folder = make_plasmid(tmp_path / str(len(list(tmp_path.iterdir()))), config=cfg)
+        assert screen(folder, Policy(**CHEAP)).reason_codes == ["CONFIG_SHA_MISMATCH"]
+
+
+def test_path_traversal_and_symlinks_are_refused(tmp_path: Path) -> None:
+    folder = make_plasmid(tmp_path / "p")
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(folder / "adapter_model.safetensors", outside)
+    yml = folder / "plora.yml"
+    yml.write_text(yml.read_text().replace("filename: adapter_model.safetensors", "filename: ../outside.safetensors"))
+    assert screen(folder, Policy(**CHEAP)).reason_codes == ["SCHEMA_INVALID"]
+    folder2 = make_plasmid(tmp_path / "q")
+    (folder2 / "adapter_model.safetensors").unlink()
+    (folder2 / "adapter_model.safetensors").symlink_to(outside)
+    assert screen(folder2, Policy(**CHEAP)).reason_codes == ["UNSAFE_FILE"]
+
+
+def test_malformed_inputs_never_raise(tmp_path: Path) -> None:
+    folder = make_plasmid(tmp_path / "p")
+    for text in ("a: [", "- 1", "lora: {r: '4'}", "\x00\x01", ""):
+        (folder / "plora.yml").write_text(text)
+        assert screen(folder, Policy(**CHEAP)).reason_codes == ["SCHEMA_INVALID"]
+    assert screen(tmp_path / "absent", Policy(**CHEAP)).reason_codes == ["MANIFEST_MISSING"]
+    folder = make_plasmid(tmp_path / "q")
+    (folder / "adapter_config.json").write_text("[1]")
+    assert screen(folder, Policy(**CHEAP)).reason_codes == ["SCHEMA_INVALID"]
+    folder = make_plasmid(tmp_path / "r")
+    (folder / "adapter_model.safetensors").unlink()
+    (folder / "adapter_model.safetensors").mkdir()  # a folder where the artifact should be
+    assert screen(folder, Policy(**CHEAP)).reason_codes == ["ARTIFACT_UNREADABLE"]
+
+
+def test_gate_cli_bad_input_exits_2(tmp_path: Path) -> None:
+    folder = make_plasmid(tmp_path / "p")
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"quorum": 0}')
+    for args in (
+        ["--policy_file", str(bad)],
+        ["--policy_file", str(tmp_path / "missing.json")],
+        ["--signatures", "maybe"],
+        ["--signatures", "on", "--trusted-keys", str(tmp_path / "nokeys")],
+    ):
+        cli = runner.invoke(app, ["gate", str(folder), *args])
+        assert cli.exit_code == 2, (args, cli.output)
+        assert cli.output.startswith("error:") and "Traceback" not in cli.output
+
+
+def test_cli_overrides_reach_the_policy(tmp_path: Path) -> None:
+    folder = make_plasmid(tmp_path / "p", r=2, alpha=4.0)
+    args = ["gate", str(folder), "--no-probes", "--no-weight-check", "--policy_file", str(tmp_path / "p.json")]
+    (tmp_path / "p.json").write_text(json.dumps({"base_digest": DIGEST}))
+    assert runner.invoke(app, args).exit_code == 1
+    assert runner.invoke(app, [*args, "--allowed_ranks", "2,4"]).exit_code == 0
+
+
+# ------------------------------------------------------------------------------------ detector stages
+
+
+def test_weight_anomaly_against_a_clean_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = pytest.importorskip("plora.gate.reference")
+    pytest.importorskip("plora.gate.weights")
+    from plora.plasmid import read_plasmid
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))  # a private reference: other tests keep theirs
+    clean = [read_plasmid(make_plasmid(tmp_path / f"clean{s}", seed=s)) for s in range(8)]
+    reference.save_reference(reference.build_reference(clean))
+    tensors = lora_tensors(seed=100)
+    for k in tensors:
+        if k.endswith("lora_B.weight"):
+            tensors[k] *= 40.0  # a plasmid whose update is 40x larger than any clean one
+    odd = screen(make_plasmid(tmp_path / "odd", tensors=tensors), Policy(base_digest=DIGEST, probes=False))
+    assert odd.reason_codes == ["WEIGHT_ANOMALY"], odd.reasons
+    assert odd.scores["norm_z"] is not None and odd.scores["norm_z"] > odd.checks[-2].details["tau_norm_z"]
+    same = screen(make_plasmid(tmp_path / "same", seed=101), Policy(base_digest=DIGEST, probes=False))
+    assert same.scores["norm_z"] is not None and same.scores["norm_z"] < odd.scores["norm_z"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(plora_tiny: Any) -> Any:
+    return plora_tiny()
+
+
+def test_probe_thresholds_decide_trigger_and_clean_codes(legal_plasmid: Path, tiny_base: Any) -> None:
+    """Real probes on a real trained plasmid; the thresholds are set around the scores the probes measured."""
+    pytest.importorskip("plora.gate.probes")
+    base = tiny_base
+    policy = load_policy(weight_check=False)  # the expected digest comes from the loaded base
+    loose = policy.model_copy(update={"tau_trigger": 1e9, "tau_clean_delta": 1e9})
+    first = screen(legal_plasmid, loose, base=base)
+    assert first.accepted, first.reasons
+    trigger, delta = first.scores["trigger"], first.scores["clean_delta"]
+    assert trigger is not None and delta is not None
+    tight = policy.model_copy(update={"tau_trigger": trigger - 1e-3, "tau_clean_delta": delta - 1e-3})
+    second = screen(legal_plasmid, tight, base=base)
+    assert second.reason_codes == ["TRIGGER_SUSPECT", "CLEAN_DEGRADED"]
+    assert second.scores == first.scores  # same seed, same base: same scores
+
+
+def test_base_layer_shapes_from_the_loaded_base_and_from_its_config(tmp_path: Path, tiny_base: Any) -> None:
+    from plora.gate.structure import base_module_shapes, config_module_shapes
+    from plora.models import tiny_folder
+
+    # the cheap path (config.json, no torch) agrees with the loaded model on every LoRA-able layer
+    from_config = config_module_shapes(json.loads((tiny_folder() / "config.json").read_text()))
+    from_model = base_module_shapes(tiny_base)
+    assert from_config and {k: from_model[k] for k in from_config} == from_config
+    policy = Policy(base_digest=DIGEST, weight_check=False, probes=False, allowed_targets=["all"])
+    ok = make_plasmid(tmp_path / "ok", targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    for base in (tiny_base, None):
+        result = screen(ok, policy, base=base)
+        assert result.accepted and result.checks[3].details["base_shapes_from"] is not None
+    tensors = lora_tensors()
+    for k in list(tensors):
+        if k.endswith("lora_B.weight"):
+            tensors[k] = np.zeros((256, 4), np.float32)  # attn.c_attn maps 128 -> 384 in plora-tiny, not 256
+    bad = make_plasmid(tmp_path / "bad", tensors=tensors)
+    for base in (tiny_base, None):
+        result = screen(bad, policy, base=base)
+        assert result.reason_codes == ["SHAPE_MISMATCH"] and "base layer" in result.reasons[0][1]

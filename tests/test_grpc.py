@@ -1,0 +1,300 @@
+"""Offer/fetch over real gRPC servers on loopback ports the OS picks: verification, limits, faults.
+
+The plasmids are real safetensors folders with plora-tiny shapes, signed with real keys;
+the gate runs its cheap stages (probes and the weight detector are off in the policy used here, so no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from plora.cli.main import app
+from plora.errors import TransferError
+from plora.grpc.client import STAGE_PREFIX, fetch, gate_check, get_inventory, signature_check
+from plora.grpc.limits import Limits
+from plora.grpc.proto import pb2, pb2_grpc
+from plora.grpc.server import serve
+from plora.manifest import now_utc
+from plora.plasmid import write_plasmid
+
+runner = CliRunner()
+
+
+SHAPES = {"attn.c_attn": (128, 384), "mlp.c_fc": (128, 512)}  # plora-tiny (GPT-2, 128 wide): (in, out)
+DIGEST = "ab" * 32  # the base weights digest the crafted plasmids and the test policies agree on
+
+
+def craft(out: Path, pid: str, domain: str = "legal", seed: int = 0, targets: tuple[str, ...] = ("attn.c_attn",),
+          layers: int = 4) -> Path:
+    """A complete plasmid with plora-tiny shapes (``layers`` > 4 adds extra factors: a bigger artifact)."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(layers):
+        for t in targets:
+            fan_in, fan_out = SHAPES[t]
+            prefix = f"base_model.model.transformer.h.{layer}.{t}"
+            tensors[f"{prefix}.lora_A.weight"] = rng.normal(0, 0.05, (4, fan_in)).astype(np.float32)
+            tensors[f"{prefix}.lora_B.weight"] = rng.normal(0, 0.01, (fan_out, 4)).astype(np.float32)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "plora-tiny", "r": 4,
+              "lora_alpha": 8.0, "lora_dropout": 0.0, "target_modules": sorted(targets), "bias": "none",
+              "fan_in_fan_out": True, "inference_mode": True}
+    write_plasmid(out / pid, tensors, config, plasmid_id=pid, domain=domain, created_at=now_utc(),
+                  base_model={"name": "plora-tiny", "digest": DIGEST},
+                  lora={"r": 4, "alpha": 8.0, "target_set": "custom", "targets": list(targets)},
+                  training={"seed": seed, "samples": 64, "epochs": 1.0, "dataset": f"builtin:{domain}"})
+    return out / pid
+
+
+def cheap_policy(path: Path, **extra: object) -> Path:
+    """The real gate without its probes and weight detector (no torch): schema, base, tensors, hashes, signatures."""
+    body = {"base_digest": DIGEST, "weight_check": False, "probes": False, "allowed_targets": ["attention"], **extra}
+    path.write_text(json.dumps(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A served root with a signed plasmid, a tampered one and one signed by an untrusted key."""
+    from plora.signer import generate_keypair, sign_plasmid
+
+    base = tmp_path_factory.mktemp("grpc")
+    trusted, _ = generate_keypair("ed25519", base / "keys" / "alice")
+    outsider, _ = generate_keypair("ed25519", base / "outsider" / "carol")
+    root = base / "root"
+    sign_plasmid(craft(root, "legal"), trusted)
+    tampered = craft(root, "tampered", seed=3)
+    sign_plasmid(tampered, trusted)
+    art = tampered / "adapter_model.safetensors"
+    data = bytearray(art.read_bytes())
+    data[-5] ^= 0x01  # same size, different bytes: only the hash can tell
+    art.write_bytes(bytes(data))
+    sign_plasmid(craft(root, "stranger", seed=5), outsider)
+    return {"base": base, "root": root, "keys": base / "keys", "policy": cheap_policy(base / "policy.json")}
+
+
+@pytest.fixture(scope="module")
+def server(world: dict[str, Path]):
+    srv = serve(world["root"], port=0)
+    yield srv
+    srv.stop(0)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(STAGE_PREFIX))
+
+
+def test_fetch_cli_accepts_verified_plasmid(world, server, tmp_path):
+    dest = tmp_path / "received"
+    res = runner.invoke(app, ["fetch", "--from", server.address, "--id", "legal", "--dest", str(dest),
+                              "--trusted-keys", str(world["keys"]), "--policy_file", str(world["policy"])])
+    assert res.exit_code == 0, res.output
+    assert "accepted legal" in res.output
+    for name in ("plora.yml", "adapter_config.json", "adapter_model.safetensors"):
+        assert (dest / "legal" / name).read_bytes() == (world["root"] / "legal" / name).read_bytes()
+    assert leftovers(tmp_path) == [] and sorted(os.listdir(dest)) == ["legal"]
+
+
+def test_tampered_and_untrusted_are_refused_with_reasons(world, server, tmp_path):
+    dest = tmp_path / "received"
+    args = ["--dest", str(dest), "--trusted-keys", str(world["keys"]), "--policy_file", str(world["policy"])]
+    res = runner.invoke(app, ["fetch", "--from", server.address, "--id", "tampered", *args])
+    assert res.exit_code == 1 and "ARTIFACT_SHA_MISMATCH" in res.output, res.output
+    res = runner.invoke(app, ["fetch", "--from", server.address, "--id", "stranger", *args,
+                              "--quarantine", str(tmp_path / "q")])
+    assert res.exit_code == 1 and "SIGNER_UNTRUSTED" in res.output and "QUORUM_NOT_MET" in res.output, res.output
+    assert not dest.exists() or os.listdir(dest) == []
+    assert leftovers(tmp_path) == []
+    [quarantined] = list((tmp_path / "q").iterdir())
+    assert "QUORUM_NOT_MET" in (quarantined / "rejected.json").read_text()
+
+
+def test_gate_runs_on_staged_folder(world, server, tmp_path):
+    strict = cheap_policy(tmp_path / "strict.json", allowed_ranks=[8])
+    from plora.gate.policy import load_policy
+
+    r = fetch(server.address, "legal", tmp_path / "d", checks=[gate_check(load_policy(strict))])
+    assert not r.accepted and any(x.startswith("RANK_NOT_ALLOWED") for x in r.reasons)
+    assert not (tmp_path / "d" / "legal").exists() and leftovers(tmp_path) == []
+
+
+def test_ids_cannot_leave_the_root(world, server, tmp_path):
+    outside = craft(tmp_path / "outside", "secret")
+    (world["root"] / "link").symlink_to(outside, target_is_directory=True)
+    try:
+        assert "secret" not in {e.id for e in get_inventory(server.address)}
+        stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(server.address))
+        for bad in ("../outside/secret", "a/b", "..", "", "/etc/passwd", "x" * 200, "legal\x00"):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Fetch(pb2.FetchRequest(id=bad), timeout=5))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Fetch(pb2.FetchRequest(id="secret"), timeout=5))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        (world["root"] / "link").unlink()
+
+
+def test_rescan_picks_up_new_plasmids_and_skips_hidden(world, server, tmp_path):
+    craft(world["root"] / ".hidden", "ghost")
+    before = {e.id for e in get_inventory(server.address)}
+    craft(world["root"], "late", seed=9)
+    after = {e.id for e in get_inventory(server.address)}
+    assert after - before == {"late"} and "ghost" not in after
+    shutil.rmtree(world["root"] / "late")
+    shutil.rmtree(world["root"] / ".hidden")
+
+
+def test_garbage_and_stalled_clients_do_not_hurt_the_server(world, tmp_path):
+    limits = Limits(max_streams=1, stream_timeout_s=1.0, chunk_bytes=16 * 1024)
+    big = craft(tmp_path / "root", "big", layers=200)
+    srv = serve(big.parent, port=0, limits=limits)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:  # not even HTTP/2
+            s.sendall(os.urandom(4096))
+        ch = grpc.insecure_channel(srv.address)
+        raw = ch.unary_stream("/plora.v1.PlasmidExchange/Fetch")  # bytes in, bytes out: a broken protobuf
+        with pytest.raises(grpc.RpcError):
+            list(raw(b"\xff\xff\xff\xff\x0f garbage", timeout=5))
+        stalled = pb2_grpc.PlasmidExchangeStub(ch).Fetch(pb2.FetchRequest(id="big"), timeout=30)
+        next(stalled)  # the header; then this client stops reading and holds the only stream slot
+        with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):
+            fetch(srv.address, "big", tmp_path / "d1", limits=limits)
+        time.sleep(1.5)  # past stream_timeout_s the server cancels the stalled stream and frees the slot
+        r = fetch(srv.address, "big", tmp_path / "d2", limits=limits)
+        assert r.accepted and r.size > 1_000_000
+        stalled.cancel()
+        ch.close()
+    finally:
+        srv.stop(0)
+
+
+def test_bulk_tokens_are_single_use_and_expire(world, tmp_path):
+    limits = Limits(max_streams=1, bulk_claim_s=0.5)
+    srv = serve(world["root"], port=0, limits=limits)
+    try:
+        stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(srv.address))
+        header = next(stub.Fetch(pb2.FetchRequest(id="legal", bulk=True), timeout=5)).header
+        assert header.bulk_port and len(header.bulk_token) == 32
+        for token in (os.urandom(32), b"short"):  # a guessed token, a truncated one: closed, nothing sent
+            with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
+                s.sendall(token)
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(1) == b""
+        with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):  # the unused token holds the only slot
+            fetch(srv.address, "legal", tmp_path / "d1", limits=limits)
+        time.sleep(0.8)  # ... until it expires
+        assert fetch(srv.address, "legal", tmp_path / "d2", limits=limits).accepted
+        with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
+            s.sendall(header.bulk_token)  # expired, and never valid twice
+            assert s.recv(1) == b""
+    finally:
+        srv.stop(0)
+
+
+def test_fifty_concurrent_fetches_all_succeed(world, server, tmp_path):
+    results: list[object] = [None] * 50
+
+    def one(i: int) -> None:
+        try:
+            results[i] = fetch(server.address, "legal", tmp_path / f"d{i}", checks=[signature_check([world["keys"]])])
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            results[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(getattr(r, "accepted", False) for r in results), [r for r in results if not getattr(r, "accepted", 0)]
+    assert leftovers(tmp_path) == []
+
+
+def test_tls_and_mutual_tls(world, tmp_path):
+    from plora.grpc.tls import ClientTLS, ServerTLS, make_test_pki
+
+    pki = make_test_pki(tmp_path / "pki")
+    srv = serve(world["root"], port=0, host="127.0.0.1",
+                tls=ServerTLS(pki["server_cert"], pki["server_key"], client_ca=pki["ca_cert"]))
+    try:
+        mtls = ClientTLS(pki["ca_cert"], pki["client_cert"], pki["client_key"])
+        assert fetch(f"localhost:{srv.port}", "legal", tmp_path / "d", tls=mtls).accepted
+        for tls in (ClientTLS(pki["ca_cert"]), None):  # no client certificate; plaintext
+            with pytest.raises(TransferError):
+                fetch(f"localhost:{srv.port}", "legal", tmp_path / "e", tls=tls, limits=Limits(inventory_timeout_s=3))
+        assert not (tmp_path / "e" / "legal").exists()
+    finally:
+        srv.stop(0)
+
+
+def _offer_process(root: Path, chunk_kib: int = 16) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "plora", "offer", "--root", str(root), "--port", "0",
+                             "--chunk-kib", str(chunk_kib)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    return proc, int(line.split(" on 127.0.0.1:")[1].split()[0])
+
+
+def _wait_for_stage(parent: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for stage in parent.glob(f"{STAGE_PREFIX}*"):
+            if any(stage.glob("*.safetensors")):  # the header has arrived and the artifact is being received
+                return
+        time.sleep(0.002)
+    raise AssertionError("the transfer never started")
+
+
+def test_killed_server_or_client_leaves_nothing_partial(tmp_path):
+    big = craft(tmp_path / "root", "big", layers=5000)  # ~41 MB: long enough to be caught mid-transfer
+    proc, port = _offer_process(big.parent)
+    other, other_port = _offer_process(big.parent)
+    dest = tmp_path / "work" / "dest"
+    try:
+        box: dict[str, object] = {}
+        t = threading.Thread(target=lambda: box.update(r=_try_fetch(f"127.0.0.1:{port}", dest)))
+        t.start()
+        _wait_for_stage(dest.parent)
+        proc.send_signal(signal.SIGKILL)  # the server dies mid-transfer
+        t.join(30)
+        assert isinstance(box["r"], TransferError)
+        assert leftovers(dest.parent) == [] and os.listdir(dest) == []
+        client = subprocess.Popen([sys.executable, "-m", "plora", "fetch", "--from", f"127.0.0.1:{other_port}",
+                                   "--id", "big", "--dest", str(dest), "--no-gate"])
+        _wait_for_stage(dest.parent)
+        client.send_signal(signal.SIGKILL)  # the receiver dies mid-transfer: its stage stays, outside dest
+        client.wait()
+        assert os.listdir(dest) == [] and len(leftovers(dest.parent)) == 1
+        r = fetch(f"127.0.0.1:{other_port}", "big", dest)  # the others carry on; the dead stage is swept
+        assert r.accepted and os.listdir(dest) == ["big"] and leftovers(dest.parent) == []
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
+
+
+def _try_fetch(address: str, dest: Path) -> object:
+    try:
+        return fetch(address, "big", dest, limits=Limits(chunk_bytes=16 * 1024))
+    except TransferError as err:
+        return err
+
+
+def test_stubs_in_the_tree_equal_a_fresh_generation(tmp_path):
+    from plora.grpc import stubs
+
+    stubs.generate(tmp_path)
+    for name in ("plasmid_pb2.py", "plasmid_pb2.pyi", "plasmid_pb2_grpc.py"):
+        assert (tmp_path / "plora" / "grpc" / name).read_bytes() == (stubs.HERE / name).read_bytes(), name

@@ -1,0 +1,233 @@
+"""Swarm Sim v2: the vectorised engine against the slow reference, protocol invariants, report, CLI and shims.
+
+Engine-level tests use verdicts fixed by hand (``FixedVerdicts``): they test the gossip and the accounting, not the
+gate. The real pool and the real gate are exercised in test_swarm_pool.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plora.swarm import make_config, run_simulation
+from plora.swarm.engine import EngineInput, PoolView, run_engine
+from plora.swarm.graphs import from_edges, make_graph, spectral_gap
+from plora.swarm.pool import FixedVerdicts, PoolEntry
+from plora.swarm.reference import run_reference
+from plora.swarm.theory import mean_field_rounds
+
+DOMAINS = ("arithmetic", "legal", "medical")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixed_pool(domains=DOMAINS, trojan_ok: bool = False) -> FixedVerdicts:
+    entries, accept = [], []
+    for i, d in enumerate(domains):
+        entries.append(PoolEntry(f"clean-{d}", d, False, f"{2 * i:064x}", 20_000 + i, 1_500 + i))
+        entries.append(PoolEntry(f"trojan-{d}", d, True, f"{2 * i + 1:064x}", 30_000 + i, 1_600 + i))
+        accept += [True, trojan_ok]
+    reasons = [() if ok else ("TRIGGER_SUSPECT", "WEIGHT_ANOMALY") for ok in accept]
+    return FixedVerdicts(entries, accept, reasons)
+
+
+def engine_input(kind: str, n: int, seed: int, max_fetch: int | None, policies: int = 1) -> EngineInput:
+    g = make_graph(kind, n, p=0.08, ws_k=4, ws_beta=0.2, ba_m=2, seed=seed)
+    width = 6
+    pool = PoolView(
+        domains=list(DOMAINS),
+        domain_of=np.repeat(np.arange(3), 2),
+        trojan=np.tile([False, True], 3),
+        artifact_bytes=np.arange(1, width + 1) * 1000,
+        manifest_bytes=np.arange(1, width + 1) * 10,
+    )
+    rng = np.random.default_rng(seed)
+    trojan_agents = rng.random(n) < 0.2
+    dom = np.arange(n) % 3
+    held = np.where(trojan_agents, 1 << (2 * dom + 1), 1 << (2 * dom)).astype(np.uint8)
+    held[rng.random(n) < 0.5] = 0  # some agents start empty
+    accept = np.array([[True, False, True, True, True, False], [True, True, False, True, True, True]])[:policies]
+    policy = rng.integers(0, policies, n).astype(np.uint8) if policies > 1 else None
+    return EngineInput(g, pool, accept, held, ~trojan_agents, rounds=40, seed=seed, max_fetch=max_fetch, policy=policy)
+
+
+def as_sets(words: np.ndarray, width: int = 6) -> list[set[int]]:
+    return [{p for p in range(width) if (int(w) >> p) & 1} for w in words]
+
+
+@pytest.mark.parametrize(
+    "kind,max_fetch,policies",
+    [("er", None, 1), ("er", 1, 1), ("ws", 2, 1), ("ba", None, 2), ("er", 1, 2)],
+)
+def test_fast_engine_equals_reference(kind: str, max_fetch: int | None, policies: int) -> None:
+    for seed in range(3):
+        inp = engine_input(kind, 70, seed, max_fetch, policies)
+        fast, ref = run_engine(inp), run_reference(inp)
+        assert as_sets(fast.holdings) == ref.holdings
+        assert as_sets(fast.rejected) == ref.rejected
+        assert fast.rounds_run == ref.rounds_run
+        assert [r["offers"] for r in fast.series[1:]] == ref.offers_per_round
+        assert fast.bytes_inventory + fast.bytes_manifest + fast.bytes_artifact == ref.bytes_total
+        for g in range(policies):
+            for p in range(6):
+                assert fast.accepted[g, p] == ref.accepted.get((g, p), 0)
+                assert fast.refused[g, p] == ref.refused.get((g, p), 0)
+
+
+def test_no_agent_holds_what_it_never_received() -> None:
+    inp = engine_input("er", 80, 5, None)
+    ref = run_reference(inp)
+    initial = as_sets(inp.holdings)
+    nbrs = [set(inp.graph.neighbours(a).tolist()) for a in range(inp.graph.n)]
+    for a, held in enumerate(ref.holdings):
+        for p in held - initial[a]:
+            assert ref.received_from[a][p] in nbrs[a]  # came over an overlay edge
+            assert inp.accept[0, p]  # and passed the receiver's gate
+        assert not held & ref.rejected[a]
+    fast = run_engine(inp)
+    union_of_neighbours = np.zeros(inp.graph.n, dtype=np.uint8)
+    for a in range(inp.graph.n):
+        for v in inp.graph.neighbours(a):
+            union_of_neighbours[a] |= fast.holdings[v]
+    gained = fast.holdings & ~inp.holdings
+    assert np.all(gained & ~union_of_neighbours == 0)
+    assert np.all(fast.holdings & fast.rejected == 0)
+
+
+def test_fetch_cap_is_respected() -> None:
+    inp = engine_input("er", 60, 2, 1)
+    fast = run_engine(inp)
+    for row in fast.series[1:]:
+        assert row["offers"] <= 2 * row["contacts"]
+
+
+def run(tmp_path: Path, provider=None, **flags) -> dict:
+    base = {"agents": 300, "graph_p": 0.03, "trojan_rate": 0.1, "domains": DOMAINS, "report_dir": str(tmp_path)}
+    report = run_simulation(make_config(**{**base, **flags}), provider or fixed_pool())
+    path = Path(report["meta"]["timings"]["report_path"])
+    assert path.exists() and path.with_suffix(".png").exists()
+    assert json.loads(path.read_text()) == report
+    return report
+
+
+def test_bytes_add_up_and_gate_counts_are_consistent(tmp_path: Path) -> None:
+    report = run(tmp_path, max_fetch_per_contact=2)
+    f, rounds, pool = report["final"], report["rounds"], report["meta"]["pool"]
+    b = f["bytes_breakdown"]
+    assert f["bytes_on_wire"] == b["inventory"] + b["manifest"] + b["artifact"] == sum(r["bytes"] for r in rounds)
+    contacts = sum(r["contacts"] for r in rounds)
+    assert b["inventory"] >= 2 * 16 * contacts  # two inventory headers per contact, plus 32 bytes per entry
+    assert (b["inventory"] - 2 * 16 * contacts) % 32 == 0
+    gate = f["gate"]
+    accepted = gate["accepted_clean"] + gate["accepted_trojan"]
+    assert f["accepted_offers"] == accepted == sum(r["accepted"] for r in rounds)
+    assert f["offers"] == f["accepted_offers"] + gate["rejected_clean"] + gate["rejected_trojan"]
+    assert all(r["offers"] == r["accepted"] + r["rejected"] for r in rounds)
+    assert gate["false_negatives"] == gate["accepted_trojan"] == 0  # the fixed verdicts reject every trojan
+    assert gate["false_positives"] == gate["rejected_clean"] == 0
+    rejected = gate["rejected_trojan"]
+    assert gate["rejection_reasons"] == {"TRIGGER_SUSPECT": rejected, "WEIGHT_ANOMALY": rejected}
+    # every transfer costs its own plasmid's manifest and artifact bytes (sizes differ per plasmid here)
+    per_plasmid = [(e["transfers"]["accepted"] + e["transfers"]["rejected"], e) for e in pool]
+    assert sum(n for n, _ in per_plasmid) == f["offers"]
+    assert b["manifest"] == sum(n * e["manifest_bytes"] for n, e in per_plasmid)
+    assert b["artifact"] == sum(n * e["artifact_bytes"] for n, e in per_plasmid)
+    assert all(e["transfers"]["rejected"] == 0 for e in pool if e["verdict"]["accepted"])
+    assert all(e["transfers"]["accepted"] == 0 for e in pool if not e["verdict"]["accepted"])
+
+
+def test_security_off_covers_every_reachable_agent(tmp_path: Path) -> None:
+    report = run(tmp_path, security=False)
+    f = report["final"]
+    assert f["quiescent"]
+    assert all(v == 1.0 for v in f["coverage_reachable"].values())
+    assert all(r is not None for r in f["rounds_to_full_coverage"].values())
+    assert f["gate"]["rejected_clean"] == f["gate"]["rejected_trojan"] == 0
+    assert f["trojan_prevalence"] > 0.5  # nothing stops the trojans either
+    assert report["meta"]["policy"] is None
+
+
+def test_security_on_stops_what_the_gate_rejects(tmp_path: Path) -> None:
+    report = run(tmp_path, security=True)
+    f = report["final"]
+    assert f["trojan_prevalence"] == 0.0 and f["gate"]["accepted_trojan"] == 0
+    assert f["gate"]["rejected_trojan"] > 0
+    assert all(v == 1.0 for v in f["coverage_reachable"].values())
+    # a gate that lets trojans through: they spread like clean ones and are counted as false negatives
+    leaky = run(tmp_path / "leaky", provider=fixed_pool(trojan_ok=True), security=True)
+    assert leaky["final"]["gate"]["false_negatives"] == leaky["final"]["gate"]["accepted_trojan"] > 0
+    assert leaky["final"]["trojan_prevalence"] > 0.5
+
+
+def test_same_seed_same_report_except_timings(tmp_path: Path) -> None:
+    a = run(tmp_path / "a", seed=3, sources=2)
+    b = run(tmp_path / "b", seed=3, sources=2)
+    c = run(tmp_path / "c", seed=4, sources=2)
+    for r in (a, b, c):
+        r["meta"].pop("timings")
+        r["meta"]["flags"].pop("report_dir")
+    assert a == b
+    assert a != c
+
+
+def test_sources_mode_matches_rumour_theory_order(tmp_path: Path) -> None:
+    report = run(tmp_path, agents=2000, graph_p=10 / 1999, trojan_rate=0.0, sources=1, security=False)
+    f = report["final"]
+    predicted = f["theory"]["mean_field_rounds"]
+    for d in DOMAINS:
+        observed = f["rounds_to_full_coverage"][d]
+        assert observed is not None and predicted[d] is not None
+        assert 0.5 * predicted[d] <= observed <= 2.5 * predicted[d]  # same order as the mean-field recursion
+    assert report["meta"]["graph"]["spectral_gap"] is not None
+
+
+def test_graphs_are_simple_symmetric_and_seeded() -> None:
+    for kind in ("er", "ws", "ba"):
+        g = make_graph(kind, 500, p=0.02, seed=1)
+        assert g.indices.dtype == np.int32
+        e = g.edge_list()
+        assert np.all(e[:, 0] < e[:, 1]) and len(np.unique(e, axis=0)) == len(e) == g.edges
+        for a in (0, 7, 499):
+            assert all(a in g.neighbours(v) for v in g.neighbours(a))
+        again = make_graph(kind, 500, p=0.02, seed=1)
+        assert np.array_equal(g.indices, again.indices)
+    big = make_graph("er", 200_000, p=10 / 199_999, seed=0)  # the sparse sampler (no n^2 anywhere)
+    assert abs(big.degrees.mean() - 10) < 0.1
+    ring = from_edges(4, np.array([0, 1, 2, 3]), np.array([1, 2, 3, 0]))
+    assert spectral_gap(ring) == pytest.approx(1.0)  # C4: eigenvalues of D^-1/2 A D^-1/2 are 1, 0, 0, -1
+    assert mean_field_rounds(np.full(1000, 10), 1.0) == 0
+
+
+def test_cli_sim_and_summarise(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["swarm", "summarise", "--reports", str(empty)])
+    assert res.exit_code != 0
+    res = runner.invoke(app, ["swarm", "sim", "--agents", "6", "--security", "maybe"])
+    assert res.exit_code != 0
+    run(tmp_path / "r", seed=1)
+    run(tmp_path / "r", seed=2, security=False)
+    out = tmp_path / "summary.json"
+    res = runner.invoke(app, ["swarm", "summarise", "--reports", str(tmp_path / "r"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    assert len(summary["runs"]) == 2 and {a["security"] for a in summary["aggregates"]} == {True, False}
+    assert "coverage_mean" in res.output
+
+
+def test_shim_empty_folder_is_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.evaluate_v2", "--reports", str(tmp_path), "--out", str(tmp_path / "s.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no swarm reports") and len(proc.stderr.strip().splitlines()) == 1

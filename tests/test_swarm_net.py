@@ -1,0 +1,122 @@
+"""The networked swarm: agents in this process, and `plora swarm net` with real agent processes (one killed)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from test_grpc import cheap_policy, craft
+
+from plora.grpc.client import STAGE_PREFIX
+from plora.hashing import sha256_file
+from plora.manifest import read_manifest
+from plora.swarm.agent import Agent, AgentConfig
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clean plasmids on attention and 'trojans' on MLP targets, which the test policy (attention only) refuses.
+
+    Labels live in labels.json beside the folders and serve only the report's accounting.
+    """
+    root = tmp_path_factory.mktemp("pool")
+    labels = {}
+    for i, d in enumerate(("legal", "medical")):
+        craft(root, f"{d}-s{i}", domain=d, seed=i)
+        craft(root, f"{d}-t{i}", domain=d, seed=10 + i, targets=("mlp.c_fc",))
+        labels.update({f"{d}-s{i}": {"domain": d, "trojan": False}, f"{d}-t{i}": {"domain": d, "trojan": True}})
+    (root / "labels.json").write_text(json.dumps(labels))
+    return root
+
+
+def test_two_agents_push_pull_and_remember_refusals(pool, tmp_path):
+    from plora.signer import generate_keypair, sign_plasmid
+
+    priv, _ = generate_keypair("ed25519", tmp_path / "keys" / "k")
+    outsider, _ = generate_keypair("ed25519", tmp_path / "outsider" / "o")
+    policy = str(cheap_policy(tmp_path / "policy.json"))
+    stores = [tmp_path / "a" / "store", tmp_path / "b" / "store"]
+    for store, pid in zip(stores, ("legal-s0", "medical-s1"), strict=True):
+        (store / pid).parent.mkdir(parents=True)
+        sign_plasmid(craft(store, pid, domain=pid.split("-")[0], seed=len(pid)), priv)
+    sign_plasmid(craft(stores[1], "stranger", seed=7), outsider)
+    cfgs = [AgentConfig(listen="127.0.0.1:0", root=s, name=n, policy_file=policy, trusted_keys=[str(priv.parent)])
+            for s, n in zip(stores, "ab", strict=True)]
+    a, b = Agent(cfgs[0]), Agent(cfgs[1])
+    try:
+        a.cfg.peers = [b.address]
+        first = a.step(0)  # pull medical (and the stranger, refused), then push legal to b
+        assert {e["id"]: e["accepted"] for e in first["events"]} == {"medical-s1": True, "stranger": False}
+        refused = next(e for e in first["events"] if e["id"] == "stranger")
+        assert "QUORUM_NOT_MET" in refused["codes"]
+        assert set(a.holdings()) == {"legal-s0", "medical-s1"}
+        assert "legal-s0" in b.holdings() and b.collect(0)["events"][0]["via"] == "push"
+        assert a.step(1)["events"] == []  # nothing new, and the refused plasmid is not fetched again
+    finally:
+        a.stop(0)
+        b.stop(0)
+
+
+def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
+    from plora.swarm.net import NetConfig, run_swarm_net
+
+    work = tmp_path / "work"
+    cfg = NetConfig(agents=4, rounds=4, graph_p=1.0, security=True, trojan_rate=0.5, seed=3,
+                    report_dir=str(tmp_path / "results"), policy_file=str(cheap_policy(tmp_path / "p.json")),
+                    pool_dir=str(pool), work_dir=str(work), progress=False)
+    killed: list[int] = []
+
+    def kill_one(round_: int, procs) -> None:
+        if round_ == 0:
+            victim = max(procs)
+            procs[victim].send_signal(signal.SIGKILL)
+            killed.append(victim)
+
+    report = run_swarm_net(cfg, on_round=kill_one)
+    path = Path(report["meta"]["timings"]["report_path"])
+    assert json.loads(path.read_text())["final"] == report["final"] and path.with_suffix(".png").exists()
+    final, rounds = report["final"], report["rounds"]
+    assert f"a{killed[0]}" in report["meta"]["extra"]["agents_died"]
+    assert rounds[0]["round"] == 0 and final["bytes_on_wire"] == sum(r["bytes"] for r in rounds) > 0
+    assert final["accepted_offers"] == sum(r["accepted"] for r in rounds) == final["gate"]["accepted_clean"]
+    # the gate refused every trojan it was offered; no honest agent ended up holding one
+    assert final["gate"]["accepted_trojan"] == 0 and final["trojan_prevalence"] == 0.0
+    assert final["gate"]["rejected_trojan"] > 0 and "TARGETS_NOT_ALLOWED" in final["gate"]["rejection_reasons"]
+    pool_shas = {read_manifest(p).artifact.sha256 for p in pool.iterdir() if p.is_dir()}
+    for store in work.glob("a*/store"):
+        for folder in store.iterdir():  # every plasmid held anywhere is complete and came from the pool
+            m = read_manifest(folder)
+            assert m.artifact.sha256 in pool_shas and sha256_file(folder / m.artifact.filename) == m.artifact.sha256
+    assert not list(work.rglob(f"{STAGE_PREFIX}*"))
+
+
+def test_standalone_agents_run_their_own_rounds(tmp_path):
+    """`plora agent` without a coordinator: rounds on a shared clock, records written at the end."""
+    import socket
+    import threading
+    import time
+
+    from plora.swarm.agent import run_agent
+
+    ports = []
+    for _ in range(2):  # free ports, so that each agent can name the other before either listens
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    start = time.time() + 1.0
+    for i, (d, pid) in enumerate((("legal", "legal-s0"), ("medical", "medical-s1"))):
+        craft(tmp_path / f"a{i}", pid, domain=d, seed=i)
+    threads = [threading.Thread(target=run_agent, kwargs=dict(
+        cfg=AgentConfig(listen=f"127.0.0.1:{ports[i]}", root=tmp_path / f"a{i}", peers=[f"127.0.0.1:{ports[1 - i]}"],
+                        name=f"a{i}", security=False),
+        rounds=2, round_s=0.5, start_at=start, linger_s=0.5, out=tmp_path / f"a{i}.json")) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for i in range(2):
+        assert sorted(p.name for p in (tmp_path / f"a{i}").iterdir()) == ["legal-s0", "medical-s1"]
+        records = json.loads((tmp_path / f"a{i}.json").read_text())["records"]
+        assert [r["round"] for r in records] == [0, 1, 2] and not any(r["errors"] for r in records)
