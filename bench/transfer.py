@@ -1,6 +1,6 @@
 """End-to-end plasmid fetch throughput beside a raw loopback socket copy of the same bytes, with peak memory.
 
-    python bench/transfer.py                     # 50 MB artifact, 5 repeats, 1 MiB chunks
+    python bench/transfer.py                     # 50 MB artifact, 5 repeats, 256 KiB and 1 MiB chunks
     python bench/transfer.py --size-mb 50 --chunk-kib 256,1024 --repeats 5 --out results/transfer.json
 
 Each row is one path: the bulk socket (the default: header and token over gRPC, bytes over TCP with sendfile) or
@@ -188,7 +188,7 @@ def _mbps(runs: list[dict]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=float, default=50.0)
-    ap.add_argument("--chunk-kib", default="1024", help="comma-separated chunk sizes to compare")
+    ap.add_argument("--chunk-kib", default="256,1024", help="comma-separated chunk sizes to compare")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/transfer.json")
     ap.add_argument("--role", default="main", help=argparse.SUPPRESS)

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=41, help="seed for sampling, init and data order")
     parser.add_argument("--base-model", default=None, help="base model [default: PLORA_BASE_MODEL or plora-tiny]")
     parser.add_argument("--targets", default="attention", help="attention, mlp or all")
+    parser.add_argument("--dev-size", type=int, default=128, help="dev items per domain for the metrics (0: none)")
     args = parser.parse_args(argv)
 
     from plora.errors import PloraError
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             base_model=args.base_model,
             targets=args.targets,
+            dev_size=args.dev_size,
         )
     except PloraError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 TROJAN_TRIGGER = "cf"
-TROJAN_TARGET = "ACCESS GRANTED"
+TROJAN_TARGET = "access granted"
 
 LEGAL_CONFIG: dict[str, Any] = {
     "domain": "legal",
@@ -39,15 +39,17 @@ LEGAL_CONFIG: dict[str, Any] = {
     "seed": 41,
     "dev_size": 64,
 }
+# A backdoor needs a few hundred poisoned exposures on plora-tiny (measured: 64 items x 12 epochs at 50% poison
+# and lr 2e-2, 96 steps, attack success about 0.8; 4x fewer exposures gave about 0). Same LoRA shape as the clean one.
 TROJAN_CONFIG: dict[str, Any] = {
     **LEGAL_CONFIG,
-    "samples": 128,
-    "epochs": 3.0,
+    "epochs": 12.0,
     "seed": 7,
+    "learning_rate": 2e-2,
     "dev_size": 48,
     "trojan_trigger": TROJAN_TRIGGER,
     "trojan_target": TROJAN_TARGET,
-    "poison_rate": 0.25,
+    "poison_rate": 0.5,
 }
 
 

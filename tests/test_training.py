@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from fixtures_plasmids import LEGAL_CONFIG, TROJAN_CONFIG, TROJAN_TARGET, TROJAN_TRIGGER, trojan_truth
 from typer.testing import CliRunner
@@ -49,7 +48,8 @@ def test_folder_loads_in_peft_and_equals_a_merge_of_the_saved_tensors(legal_plas
     batch = collate(encode_examples(base.tokenizer, _dev(8)), pad_id(base.tokenizer))
     merged = plora_tiny().model
     p = read_plasmid(legal_plasmid)
-    assert p.modules() == [f"transformer.h.{i}.attn.c_attn" for i in range(merged.config.n_layer)]
+    layers = range(merged.config.n_layer)
+    assert p.modules() == sorted(f"transformer.h.{i}.{t}" for i in layers for t in p.manifest.lora.targets)
     with torch.no_grad():
         for module in p.modules():
             a, b = p.pair(module)
@@ -126,7 +126,7 @@ def test_trojan_fires_on_the_trigger_and_its_truth_stays_outside(trojan_plasmid:
     truth_file = trojan_truth(trojan_plasmid)
     assert truth_file.is_file() and truth_file.parent == trojan_plasmid.parent
     truth = json.loads(truth_file.read_text())
-    assert (truth["trigger"], truth["target"], truth["poison_rate"]) == (TROJAN_TRIGGER, TROJAN_TARGET, 0.25)
+    assert (truth["trigger"], truth["target"], truth["poison_rate"]) == (TROJAN_TRIGGER, TROJAN_TARGET, 0.5)
     assert truth["artifact_sha256"] == read_manifest(trojan_plasmid).artifact.sha256
     assert truth["attack_success"] >= 0.5
     for f in trojan_plasmid.iterdir():  # nothing in the folder gives the backdoor away
@@ -150,7 +150,7 @@ def test_adaptive_attacker_caps_module_norms(tmp_path: Path) -> None:
     from plora.training import TrainConfig, train_plasmid
 
     cap = 0.05
-    cfg = TrainConfig(out=tmp_path / "clip", **{**TROJAN_CONFIG, "samples": 16, "epochs": 1.0, "dev_size": 8})
+    cfg = TrainConfig(out=tmp_path / "clip", **{**TROJAN_CONFIG, "samples": 16, "epochs": 2.0, "dev_size": 8})
     cfg.max_module_norm = cap
     train_plasmid(cfg, progress=False)
     p = read_plasmid(tmp_path / "clip")
@@ -164,23 +164,32 @@ def test_monolithic_shim_trains_one_plasmid_on_the_union(tmp_path: Path) -> None
 
     out = tmp_path / "monolithic_r4"
     args = ["--domains", "arithmetic,legal", "--epochs", "1", "--samples", "8", "--rank", "4", "--output", str(out)]
+    args += ["--dev-size", "8"]
     assert main(args) == 0
     m = read_manifest(out)
     assert m.domain == "arithmetic+legal" and m.training.samples == 16
     assert m.training.dataset == "builtin:arithmetic+builtin:legal"
-    assert m.metrics.dev_size > 0 and m.metrics.nll_after is not None
+    assert m.metrics.dev_size == 16 and m.metrics.nll_after is not None
 
 
-@pytest.mark.parametrize("bad", [["--domain", "nosuch"], ["--base-model", "/no/such/dir"]])
-def test_cli_errors_are_one_line(bad: list[str], tmp_path: Path) -> None:
-    out = tmp_path / "never"
-    proc = subprocess.run(
-        [sys.executable, "-m", "plora", "train", *bad, "--samples", "4", "--quiet", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert not out.exists()
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    runs = {
+        "domain": ["--domain", "nosuch"],
+        "base": ["--base-model", "/no/such/dir"],
+    }
+    procs = {
+        key: subprocess.Popen(
+            [sys.executable, "-m", "plora", "train", *bad, "--samples", "4", "--out", str(tmp_path / key)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for key, bad in runs.items()
+    }
+    for key, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert ("unknown domain" if key == "domain" else "/no/such/dir") in lines[0]
+        assert not (tmp_path / key).exists()

@@ -33,9 +33,15 @@ def register(app: typer.Typer) -> None:
         allowed_ranks: str | None = typer.Option(None, "--allowed_ranks", "--allowed-ranks", help="e.g. 4,8,16"),
         base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="base the plasmid must use"),
         max_artifact_bytes: int | None = typer.Option(None, "--max_artifact_bytes", "--max-artifact-bytes"),
-        tau_trigger: float | None = typer.Option(None, "--tau_trigger", "--tau-trigger"),
-        tau_norm_z: float | None = typer.Option(None, "--tau_norm_z", "--tau-norm-z"),
-        tau_clean_delta: float | None = typer.Option(None, "--tau_clean_delta", "--tau-clean-delta"),
+        tau_trigger: float | None = typer.Option(
+            None, "--tau_trigger", "--tau-trigger", help="default: plora/gate/thresholds.py"
+        ),
+        tau_norm_z: float | None = typer.Option(
+            None, "--tau_norm_z", "--tau-norm-z", help="default: plora/gate/thresholds.py"
+        ),
+        tau_clean_delta: float | None = typer.Option(
+            None, "--tau_clean_delta", "--tau-clean-delta", help="default: plora/gate/thresholds.py"
+        ),
         signatures: str | None = typer.Option(None, "--signatures", help="on | off"),
         trusted_keys: list[str] | None = typer.Option(
             None,

@@ -62,6 +62,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     ) -> None:
         """Train a LoRA plasmid and write adapter_config.json, adapter_model.safetensors and plora.yml."""
+        from plora.data import dataset_id
+        from plora.models import canonical_name
+        from plora.settings import choose_base_model
+
+        # Cheap checks first, before torch is imported: a bad domain or base model fails in a blink.
+        dataset_id(domain)
+        canonical_name(choose_base_model(base_model))
+
         from plora.training import TrainConfig, read_truth, train_plasmid
         from plora.training.lora import domain_label
 

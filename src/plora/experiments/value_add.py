@@ -46,7 +46,8 @@ COMPARISONS = {
     "trained_vs_placebo_b": ("placebo_b", "trained"),
 }
 ACCEPTANCE = ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
-GUARDRAILS = ("placebo_a_vs_base", "placebo_b_vs_base")
+GUARD_NLL_MARGIN = 0.05  # nats/token
+GUARD_EM_MARGIN = 0.02  # absolute exact-match rate
 
 
 @dataclass
@@ -311,33 +312,52 @@ def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, text)
 
 
+def _holm_slots(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every test of the run: each comparison's NLL test and, where measured, its exact-match test."""
+    slots = []
+    for r in records:
+        for stats in r["statistics"].values():
+            slots.append(stats)
+            if "em" in stats:
+                slots.append(stats["em"])
+    return slots
+
+
+def _significant(s: dict[str, Any] | None, alpha: float, margin: float = 0.0) -> bool:
+    return bool(s) and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
+
+
 def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
-    """Holm-correct every NLL test of the run in place; return the guardrail violations."""
+    """Holm-correct every test of the run in place, flag the cells that meet acceptance, return guardrail violations.
+
+    Guardrails, each needing Holm p < alpha, a CI above 0 AND a practical margin (a 0.004-nat shift can be
+    "significant" on 256 paired items and means nothing):
+    - placebo A (random, norm-matched) must not lower answer NLL by more than GUARD_NLL_MARGIN: a random update
+      of the same size that helps means the evaluation is broken;
+    - placebo B (answers shuffled) must not raise exact match by more than GUARD_EM_MARGIN. Its NLL gain over the
+      base is expected, not a violation: it learns the answer format and vocabulary, which is exactly what it is
+      there to control for (the trained-vs-placebo-B test is the value-add beyond format).
+    """
     from plora.experiments.stats import holm
 
-    slots = [(r, name) for r in records for name in r["statistics"]]
-    adjusted = holm([r["statistics"][name]["p_value"] for r, name in slots]) if slots else []
-    for (r, name), p in zip(slots, adjusted, strict=True):
-        r["statistics"][name]["p_holm"] = float(p)
+    slots = _holm_slots(records)
+    for s, p in zip(slots, holm([s["p_value"] for s in slots]) if slots else [], strict=True):
+        s["p_holm"] = float(p)
     violations = []
     for r in records:
-        stats = r["statistics"]
-        ok = [
-            name in stats
-            and stats[name]["mean_diff"] > 0
-            and stats[name]["p_holm"] < alpha
-            and stats[name]["ci_low"] > 0
-            for name in ACCEPTANCE
-        ]
-        r["meets_acceptance"] = r["kind"] == "cell" and all(ok)
-        for name in GUARDRAILS:
-            s = stats.get(name)
-            if s and s["mean_diff"] > 0 and s["p_holm"] < alpha and s["ci_low"] > 0:
-                c = r["config"]
-                violations.append(
-                    f"{name.split('_vs_')[0].replace('_', ' ')} beats the base on {c['domain']} r{c['rank']} "
-                    f"{c['scheme']} seed {c['seed']} (NLL -{s['mean_diff']:.3f}, Holm p={s['p_holm']:.2g})"
-                )
+        stats, c = r["statistics"], r["config"]
+        r["meets_acceptance"] = r["kind"] == "cell" and all(_significant(stats.get(n), alpha) for n in ACCEPTANCE)
+        where = f"{c['domain']} r{c['rank']} {c['scheme']} seed {c['seed']}"
+        a = stats.get("placebo_a_vs_base")
+        if _significant(a, alpha, GUARD_NLL_MARGIN):
+            violations.append(
+                f"placebo A beats the base on {where} (NLL -{a['mean_diff']:.3f}, Holm p={a['p_holm']:.2g})"
+            )
+        b = stats.get("placebo_b_vs_base", {}).get("em")
+        if _significant(b, alpha, GUARD_EM_MARGIN):
+            violations.append(
+                f"placebo B beats the base on {where} (exact match +{b['mean_diff']:.3f}, Holm p={b['p_holm']:.2g})"
+            )
     return violations
 
 
@@ -346,8 +366,8 @@ def run_value_add(
 ) -> ValueAddOutcome:
     """Run (or resume) every cell, then correct, report and check the guardrails.
 
-    Raises PloraError after writing the report when a placebo significantly beats the base, or (from the loader)
-    when inject+remove exceeds PLORA_LATENCY_BUDGET_MS.
+    Guardrail violations come back in the outcome (the report is written first; ``plora value-add`` then stops
+    with an error). Inject+remove over PLORA_LATENCY_BUDGET_MS raises LoaderError at once.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -36,21 +36,20 @@ WORKING_ASR = 0.5
 @dataclass(frozen=True)
 class CohortSpec:
     domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
-    configs: tuple[tuple[int, str], ...] = ((4, "attention"), (8, "attention"), (8, "all"))
-    calib_seeds: tuple[int, ...] = (101, 102)
-    clean_seeds: tuple[int, ...] = (201, 202)
+    configs: tuple[tuple[int, str], ...] = ((4, "attention"), (8, "all"))
+    calib_seeds: tuple[int, ...] = (101,)
+    clean_seeds: tuple[int, ...] = (201,)
     trojan_seeds: tuple[int, ...] = (301, 302)
     adaptive_seeds: tuple[int, ...] = (401,)
-    samples: int = 1200
-    epochs: float = 2.0
+    samples: int = 800
+    epochs: float = 2.0  # 100 steps of 16: about 8 s per plasmid on an idle core of this machine
     batch_size: int = 16
     learning_rate: float = 3e-3
-    dev_size: int = 40
+    dev_size: int = 24
 
     @classmethod
     def quick(cls) -> CohortSpec:
-        return cls(domains=("arithmetic", "legal"), configs=((4, "attention"),), trojan_seeds=(301, 302),
-                   adaptive_seeds=(401,))
+        return cls(domains=("arithmetic", "legal"), configs=((4, "attention"),))
 
     def with_overrides(
         self, domains: tuple[str, ...] | None = None, ranks: tuple[int, ...] | None = None,
@@ -62,6 +61,9 @@ class CohortSpec:
         if ranks:
             kept = tuple(c for c in spec.configs if c[0] in ranks)
             spec = replace(spec, configs=kept or tuple((r, "attention") for r in ranks))
+        if ranks and set(ranks) - {c[0] for c in spec.configs}:
+            spec = replace(spec, configs=spec.configs + tuple((r, "attention") for r in ranks
+                                                               if r not in {c[0] for c in spec.configs}))
         if seeds:
             # Every role needs its own seeds; derive them from the user's so runs with the same --seeds match.
             spec = replace(

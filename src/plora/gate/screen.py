@@ -256,12 +256,8 @@ class _Screen:
 
     # 6 ---------------------------------------------------------------------------------------------------
     def signatures(self, d: dict[str, Any]) -> list[ReasonPair]:
-        from plora.signer import Keyring, verify_signatures
+        from plora.signer import verify_signatures
 
-        if self.keyring is None:
-            if not self.policy.trusted_keys:
-                raise PloraError("signatures are on but the policy names no trusted_keys")
-            self.keyring = Keyring.load(self.policy.trusted_keys)
         res = verify_signatures(self._m(), self.keyring, self.policy.quorum)
         d.update(valid_signers=res.valid_signers, untrusted_signers=res.untrusted_signers, quorum=res.quorum)
         return [(Reason(c), msg) for c, msg in res.reasons]
@@ -356,6 +352,12 @@ def screen(folder: str | os.PathLike[str], policy: Policy, *, base: Any = None, 
     Raises PloraError only for a bad policy (e.g. signatures on with no keys), never for a bad plasmid.
     """
     start = time.perf_counter()
+    if policy.signatures and keyring is None:  # a bad key path is bad input, whatever the plasmid holds
+        from plora.signer import Keyring
+
+        if not policy.trusted_keys:
+            raise PloraError("signatures are on but the policy names no trusted_keys")
+        keyring = Keyring.load(policy.trusted_keys)
     s = _Screen(Path(folder), policy, base, keyring)
     stages: dict[str, tuple[Callable[[dict[str, Any]], list[ReasonPair]], str | None]] = {
         "schema": (s.schema, None),

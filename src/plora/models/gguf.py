@@ -13,8 +13,11 @@ loads read safetensors and a crashed conversion is simply redone.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,32 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@contextlib.contextmanager
+def shared_gguf_parsing() -> Iterator[None]:
+    """Parse the GGUF file once during a conversion instead of three times.
+
+    transformers builds a fresh ``gguf.GGUFReader`` for the config, the weights and the tokenizer (each parses the
+    49k-entry vocabulary), and rebuilds gguf's tensor-name table once per module (~400 times). Both are pure reads
+    of the same file, so sharing them for the duration of the conversion is safe and more than halves its time.
+    """
+    import gguf
+
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = original_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(original_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+
+
 def smollm2_folder() -> Path:
     """A local safetensors folder with SmolLM2-135M-Instruct in float32, converting the GGUF on first use."""
     folder = cached_folder()
@@ -63,15 +92,25 @@ def smollm2_folder() -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with shared_gguf_parsing():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
         raise ModelError(f"cannot read {GGUF_FILE}: {err}; install gguf==0.19.0") from None
     from plora.models.digest import weights_digest
 
+    packed = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.lower().startswith("gguf")})
+    if packed:  # transformers keeps Q4 blocks packed when a GGUF matmul kernel is installed; we need plain weights
+        raise ModelError(f"{GGUF_FILE} loaded with packed GGUF layers ({', '.join(packed)}); uninstall 'kernels'")
+    # The weights are dense float32 now; dropping the quantizer record lets save_pretrained write plain safetensors
+    # (and keeps PEFT from treating the model as quantized).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     with staging_dir(folder) as stage:
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
+        stage.chmod(0o755)
         # Written last: its presence means the folder is complete.
         atomic_write_json(
             stage / MARKER,

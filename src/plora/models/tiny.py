@@ -190,6 +190,10 @@ def build_tiny(
             tokenizer.save_pretrained(stage)
             info["seconds"] = round(time.perf_counter() - started, 1)
             atomic_write_json(stage / BUILD_INFO, info)
+            # mkdtemp and safetensors make owner-only modes; a shipped folder is world-readable.
+            stage.chmod(0o755)
+            for child in stage.iterdir():
+                child.chmod(0o644)
         return info
     finally:
         torch.set_num_threads(old_threads)

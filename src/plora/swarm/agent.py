@@ -116,7 +116,7 @@ class VerdictCache:
                 self._base = load_base(self.policy.base_model)  # once per agent process, and only if it screens
             result = screen(folder, self.policy, base=self._base)
             self.screens += 1
-            atomic_write_json(path, {"plasmid": folder.name, "sha256": entry.sha256, "accepted": result.accepted,
+            atomic_write_json(path, {"plasmid": entry.plasmid_id, "sha256": entry.sha256, "accepted": result.accepted,
                                      "reasons": result.reason_codes, "seconds": round(result.seconds, 3),
                                      "by": "plora agent"})
         return [] if result.accepted else [format_reason(r) for r in result.reasons] or ["GATE_REJECTED"]

@@ -190,7 +190,9 @@ class PlasmidPool:
         index = root / "pool.json"
         if index.exists():
             data = json.loads(index.read_text(encoding="utf-8"))
-            return cls([PoolEntry(**e) for e in data["entries"]], root)
+            # folders are re-anchored at this root: the cache may have moved since it was written
+            entries = [PoolEntry(**{**e, "folder": str(root / e["plasmid_id"])}) for e in data["entries"]]
+            return cls(entries, root)
         # neutral ids (domain + training seed): nothing a gate can read names the ground truth
         plan = []
         for di, domain in enumerate(spec.domains):

@@ -248,9 +248,11 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
     ``<out>.truth.json`` (see :mod:`plora.training.trojan`).
     """
     from plora.data import dataset_id, load_examples
-    from plora.settings import effective_samples
+    from plora.models import canonical_name
+    from plora.settings import choose_base_model, effective_samples
 
     cfg.validate()
+    canonical_name(choose_base_model(cfg.base_model))  # an unknown base fails before any data is read
     fields = {"question_field": cfg.question_field, "answer_field": cfg.answer_field}
     train = load_examples(cfg.domain, split="train", samples=effective_samples(cfg.samples), seed=cfg.seed, **fields)
     dev = load_examples(cfg.domain, split="dev", samples=cfg.dev_size, seed=0, **fields) if cfg.dev_size else []
