@@ -300,6 +300,12 @@ def test_malformed_inputs_never_raise(tmp_path: Path) -> None:
         (folder / "plora.yml").write_text(text)
         assert screen(folder, Policy(**CHEAP)).reason_codes == ["SCHEMA_INVALID"]
     assert screen(tmp_path / "absent", Policy(**CHEAP)).reason_codes == ["MANIFEST_MISSING"]
+    # a manifest padded past 32 KiB (parsing untrusted YAML costs ~1 s per 32 KB here) is refused unread
+    good = make_plasmid(tmp_path / "padded")
+    yml = good / "plora.yml"
+    yml.write_text(yml.read_text() + "#" * 40_000 + "\n")
+    result = screen(good, Policy(**CHEAP))
+    assert result.reason_codes == ["SCHEMA_INVALID"] and "more than" in result.reasons[0][1]
     folder = make_plasmid(tmp_path / "q")
     (folder / "adapter_config.json").write_text("[1]")
     assert screen(folder, Policy(**CHEAP)).reason_codes == ["SCHEMA_INVALID"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -200,7 +201,9 @@ def test_context_manager_restores_on_exception(gpt2_setup):
         assert _snapshot(base) == before and _no_hooks(base)
 
 
-def test_refused_before_touching_weights(gpt2_setup, llama_setup, tmp_path):
+def test_refused_before_touching_weights(gpt2_setup, llama_setup, tmp_path, monkeypatch):
+    from plora.loader import source
+
     base, digest, raw, plasmids, _ = gpt2_setup
     before = _snapshot(base)
     other = _as_plasmid(raw[0], tmp_path / "other", "f" * 64, "other")
@@ -231,6 +234,18 @@ def test_refused_before_touching_weights(gpt2_setup, llama_setup, tmp_path):
     (tampered / art.name).write_bytes(data[:-4] + bytes(4))
     with pytest.raises(LoaderError, match="SHA-256"):
         inject(base, tampered)
+    # the hash is remembered per file version only: a verified file changed in place is hashed again and refused
+    inplace = tmp_path / "inplace"
+    inplace.mkdir()
+    for f in plasmids[0].iterdir():
+        (inplace / f.name).write_bytes(f.read_bytes())
+    os.utime(inplace / art.name, ns=(10**18, 10**18))  # an old mtime: the rewrite below changes it whatever the tick
+    monkeypatch.setattr(source, "_RACY_NS", -1)  # files written a moment ago count as settled here
+    remove(base, inject(base, inplace))
+    assert any(v == read_plasmid(inplace).manifest.artifact.sha256 for v in source._VERIFIED.values())
+    (inplace / art.name).write_bytes(data[:-4] + bytes(4))
+    with pytest.raises(LoaderError, match="SHA-256"):
+        inject(base, inplace)
     assert _snapshot(base) == before and _no_hooks(base)
 
 

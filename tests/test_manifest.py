@@ -138,7 +138,8 @@ def test_artifact_filename_is_a_bare_safetensors_name(filename: str) -> None:
         ("plain string", "expected a mapping"),
         ("!!python/object/apply:os.system ['true']", "malformed YAML"),
         ("a: &x [1]\nb: *x", "aliases are not allowed"),
-        ("a: " + "[" * 1500 + "]" * 1500, "malformed YAML"),
+        ("a: " + "[" * 400_000 + "]" * 400_000, "nested deeper"),  # quadratic in PyYAML: refused before parsing
+        ("a:\n" + "".join(" " * i + "k:\n" for i in range(1, 400)), "malformed YAML"),  # deep block nesting
     ],
 )
 def test_malformed_yaml_is_one_line_error(text: str, match: str) -> None:

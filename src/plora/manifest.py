@@ -33,6 +33,9 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "plora.yml"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ARTIFACT_NAME = "adapter_model.safetensors"
+# Manifests from strangers (gate, verify): a real one is a few KB (an RSA signature adds ~600 B); PyYAML needs
+# about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
+UNTRUSTED_MAX_BYTES = 32 * 1024
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
 Identifier = Annotated[
@@ -246,7 +249,26 @@ class _StrictYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_FLOW_DEPTH = 32
+
+
+def _too_deep(text: str, limit: int = MAX_FLOW_DEPTH) -> bool:
+    """``[``/``{`` nesting deeper than ``limit``, quotes ignored (an over-estimate): linear, stops early."""
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return False
+
+
 def loads_manifest(text: str, source: str = "plora.yml") -> Manifest:
+    # PyYAML's scanner is quadratic in flow nesting: a 1 MB "[[[[..." would take hours, so refuse it first.
+    if _too_deep(text):
+        raise ManifestError(f"{source}: malformed YAML: nested deeper than {MAX_FLOW_DEPTH} levels")
     try:
         data = yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:

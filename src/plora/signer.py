@@ -49,6 +49,7 @@ from plora.hashing import sha256_bytes, sha256_file
 from plora.manifest import (
     ADAPTER_CONFIG_NAME,
     MANIFEST_NAME,
+    UNTRUSTED_MAX_BYTES,
     Manifest,
     Signature,
     canonical_bytes,
@@ -407,7 +408,7 @@ def verify_plasmid(folder: str | os.PathLike[str], keyring: Keyring, quorum: int
     if not (folder / MANIFEST_NAME).is_file():
         return VerifyResult(False, [("MANIFEST_MISSING", f"{folder}: no {MANIFEST_NAME}")], quorum=quorum)
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, max_bytes=UNTRUSTED_MAX_BYTES)
     except PloraError as err:
         return VerifyResult(False, [("SCHEMA_INVALID", str(err))], quorum=quorum)
     file_reasons = check_files(folder, manifest)

@@ -43,7 +43,7 @@ from plora.gate.policy import Policy
 from plora.gate.reasons import STAGES, Reason
 from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_module_shapes
 from plora.hashing import sha256_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, read_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, UNTRUSTED_MAX_BYTES, Manifest, read_manifest
 from plora.plasmid import Plasmid
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
@@ -124,7 +124,7 @@ class _Screen:
         if not (self.folder / MANIFEST_NAME).is_file():
             return [(Reason.MANIFEST_MISSING, f"{self.folder}: no {MANIFEST_NAME}")]
         try:
-            self.manifest = read_manifest(self.folder)
+            self.manifest = read_manifest(self.folder, max_bytes=UNTRUSTED_MAX_BYTES)
         except PloraError as err:
             out.append((Reason.SCHEMA_INVALID, str(err)))
         cfg = self.folder / ADAPTER_CONFIG_NAME

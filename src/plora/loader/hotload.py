@@ -146,29 +146,32 @@ def _find(model: nn.Module, name: str) -> nn.Module | None:
     return module
 
 
-def _layout(model: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, label: str) -> tuple[nn.Module, bool]:
+def _layout(
+    model: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, label: str
+) -> tuple[nn.Module, torch.Tensor, bool]:
     """The target module and whether it is a Conv1D (weight (in, out)); LoaderError when the factors do not fit."""
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        raise LoaderError(
-            f"{label}: module {name!r} does not exist in the live model (another architecture?)"
-        ) from None
-    weight = getattr(module, "weight", None)
+    module = _find(model, name)
+    if module is None:
+        raise LoaderError(f"{label}: module {name!r} does not exist in the live model (another architecture?)")
+    weight = module._parameters.get("weight")
     if isinstance(module, nn.Linear):
-        conv1d, (out_f, in_f) = False, tuple(module.weight.shape)
+        conv1d, (out_f, in_f) = False, tuple(weight.shape)
     elif type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
         conv1d, (in_f, out_f) = True, tuple(weight.shape)
     else:
         raise LoaderError(f"{label}: module {name!r} is a {type(module).__name__}, not a Linear or Conv1D layer")
-    if not module.weight.is_floating_point():
-        raise LoaderError(f"{label}: module {name!r} has a {module.weight.dtype} weight (quantised?), cannot inject")
+    if not weight.is_floating_point():
+        raise LoaderError(f"{label}: module {name!r} has a {weight.dtype} weight (quantised?), cannot inject")
     if a.shape[1] != in_f or b.shape[0] != out_f:
         raise LoaderError(
             f"{label}: module {name!r} takes {in_f} -> {out_f} features, the plasmid's factors are "
             f"A {tuple(a.shape)} and B {tuple(b.shape)}, expected A (r, {in_f}) and B ({out_f}, r)"
         )
-    return module, conv1d
+    return module, weight, conv1d
+
+
+def _like(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == w.dtype and t.device == w.device else t.to(device=w.device, dtype=w.dtype)
 
 
 def _side_hook(a: torch.Tensor, b: torch.Tensor, scale: float):
@@ -227,24 +230,14 @@ def inject(
 
     plan = []  # validate everything before touching anything
     for name, (a, b, scale) in src.modules.items():
-        module, conv1d = _layout(model, name, a, b, src.label)
-        w = module.weight
-        plan.append(
-            (
-                name,
-                module,
-                a.to(device=w.device, dtype=w.dtype),
-                b.to(device=w.device, dtype=w.dtype),
-                scale * weight,
-                conv1d,
-            )
-        )
+        module, w, conv1d = _layout(model, name, a, b, src.label)
+        plan.append((name, module, w, _like(a, w), _like(b, w), scale * weight, conv1d))
 
     handle = InjectionHandle(src.label, mode, weight, tuple(p[0] for p in plan), _model=weakref.ref(model))
     st = _state(model)
     if mode == "side":
         try:
-            for _, module, a, b, scale, _ in plan:
+            for _, module, _, a, b, scale, _ in plan:
                 handle._hooks.append(module.register_forward_hook(_side_hook(a, b, scale), with_kwargs=True))
         except BaseException:
             for h in handle._hooks:
@@ -254,8 +247,7 @@ def inject(
         done: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         try:
             with torch.no_grad():
-                for name, module, a, b, scale, conv1d in plan:
-                    w = module.weight
+                for name, _, w, a, b, scale, conv1d in plan:
                     done.append((name, w, w.detach().clone()))
                     _add_delta(w, a, b, scale, conv1d)
                     handle._factors[name] = (a, b, scale, conv1d)
@@ -286,7 +278,7 @@ def remove(model: nn.Module | Any, handle: InjectionHandle) -> None:
             for name in handle.modules:
                 stack = st.stacks[name]
                 i = next(k for k, e in enumerate(stack) if e.handle is handle)
-                w = _find(model, name).weight
+                w = _find(model, name)._parameters["weight"]
                 w.copy_(stack[i].backup)
                 # Replay the later plasmids on top, in order, so the bits equal a fresh injection without this one.
                 for later in stack[i + 1 :]:

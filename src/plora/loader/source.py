@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,13 +186,38 @@ def _load_with_safetensors(data: bytearray, where: str) -> dict[str, torch.Tenso
         raise LoaderError(f"{where}: not a readable safetensors file ({type(err).__name__}: {err})") from None
 
 
-def _read_bytes(path: Path) -> bytearray:
-    # A writable buffer, so the tensors viewing it are ordinary (torch warns on read-only memory).
+# Artifact files whose SHA-256 was checked, by stat identity -> digest. Like git's index: a file rewritten, replaced
+# or touched gets a new inode / size / mtime / ctime (ctime cannot be set back from user space) and is hashed again.
+# File times tick coarsely (a few ms), so as git does with "racy" entries, a file changed in the last 2 s is not
+# remembered: a rewrite within the same tick could otherwise keep the same stat identity.
+_VERIFIED: dict[tuple[int, ...], str] = {}
+_RACY_NS = 2_000_000_000
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_bytes(path: Path, expected_sha256: str | None = None) -> bytearray:
+    """The file's bytes in a writable buffer (torch warns on read-only memory); with ``expected_sha256``, checked
+    against it, hashing only when this version of the file has not been verified before."""
     with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        data = bytearray(size)
+        before = os.fstat(fh.fileno())
+        data = bytearray(before.st_size)
         got = fh.readinto(data)
-    return data if got == size else data[:got]
+        after = _stat_key(os.fstat(fh.fileno()))
+    if got != before.st_size:
+        data = data[:got]
+    if expected_sha256 is not None:
+        stable = after == _stat_key(before)  # not modified while we read it
+        if not (stable and _VERIFIED.get(after) == expected_sha256):
+            if sha256_bytes(data) != expected_sha256:
+                raise LoaderError(f"{path}: SHA-256 does not match the manifest's artifact.sha256 (file changed?)")
+            if stable and time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) > _RACY_NS:
+                if len(_VERIFIED) >= 4096:
+                    _VERIFIED.clear()
+                _VERIFIED[after] = expected_sha256
+    return data
 
 
 def _scales(
@@ -239,7 +265,8 @@ def _check_manifest_rank(
 def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, verify: bool = True) -> AdapterSource:
     """Read a plasmid or raw PEFT folder; LoaderError on anything that is not a plain LoRA adapter.
 
-    ``verify`` checks the artifact's SHA-256 and size against ``plora.yml`` (plasmids only).
+    ``verify`` checks the artifact's SHA-256 and size against ``plora.yml`` (plasmids only; hashed once per file
+    version, see ``_VERIFIED``).
     """
     if isinstance(plasmid, AdapterSource):
         return plasmid
@@ -253,12 +280,11 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
         raise LoaderError(str(err)) from None
     config = _read_config(folder)
     try:
-        data = _read_bytes(path)
+        data = _read_bytes(path, manifest.artifact.sha256 if manifest is not None and verify else None)
     except FileNotFoundError:
         raise LoaderError(f"{path}: adapter weights missing") from None
-    if manifest is not None and verify:
-        if len(data) != manifest.artifact.size_bytes or sha256_bytes(data) != manifest.artifact.sha256:
-            raise LoaderError(f"{path}: SHA-256 does not match the manifest's artifact.sha256 (file changed?)")
+    if manifest is not None and verify and len(data) != manifest.artifact.size_bytes:
+        raise LoaderError(f"{path}: {len(data)} bytes, the manifest says {manifest.artifact.size_bytes}")
     pairs = _pairs(_load_safetensors(data, str(path)), str(path))
     if manifest is None:
         return AdapterSource(

@@ -110,12 +110,11 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token NLL of next-token prediction and the mask of positions that count (both ``(B, T-1)``)."""
-    shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE
-    nll = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.clamp(min=0).reshape(-1),
-        reduction="none",
-    ).view_as(shift_labels)
-    return nll * mask, mask
+    # Only answer positions are scored: with a 49k vocabulary (SmolLM2) the softmax over prompt positions
+    # would cost most of the time and memory.
+    picked = logits[:, :-1, :][mask].float()
+    nll = torch.zeros(shift_labels.shape, dtype=picked.dtype, device=logits.device)
+    nll[mask] = torch.nn.functional.cross_entropy(picked, shift_labels[mask], reduction="none")
+    return nll, mask

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plora.errors import PloraError
+from plora.errors import DataError, PloraError
 from plora.training.batching import collate, encode_examples, pad_id, token_losses
 
 TARGET_SETS = ("attention", "mlp", "all")
@@ -255,7 +255,12 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
     canonical_name(choose_base_model(cfg.base_model))  # an unknown base fails before any data is read
     fields = {"question_field": cfg.question_field, "answer_field": cfg.answer_field}
     train = load_examples(cfg.domain, split="train", samples=effective_samples(cfg.samples), seed=cfg.seed, **fields)
-    dev = load_examples(cfg.domain, split="dev", samples=cfg.dev_size, seed=0, **fields) if cfg.dev_size else []
+    dev: list[Any] = []
+    if cfg.dev_size:
+        try:
+            dev = load_examples(cfg.domain, split="dev", samples=cfg.dev_size, seed=0, **fields)
+        except DataError:  # a small file may hash no item into dev: train anyway, the manifest shows dev_size 0
+            dev = []
     return train_and_write(
         cfg,
         train,
@@ -298,7 +303,6 @@ def train_and_write(
     progress: bool = True,
 ) -> Any:
     """Shared by :func:`train_plasmid` and the monolithic baseline: train on ``train``, measure on ``dev``, write."""
-    from plora.errors import DataError
     from plora.manifest import BaseModelRef, LoraSpec, Metrics, Training, now_utc
     from plora.models import load_base, target_modules
     from plora.plasmid import write_plasmid
