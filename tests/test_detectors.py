@@ -93,17 +93,18 @@ def test_gate_eval_cli_refuses_bad_input():
 def test_probe_ranks_trojan_above_clean_and_restores_base(legal_plasmid, trojan_plasmid, plora_tiny):
     import torch
 
-    from plora.gate.probes import behaviour_probe
+    from plora.gate.probes import ProbeConfig, behaviour_probe
     from plora.models import weights_digest
 
     base = plora_tiny()
+    small = ProbeConfig(prompts_per_domain=4, candidates=64, nll_items_per_domain=4)  # a third of the default cost
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    clean = behaviour_probe(read_plasmid(legal_plasmid), base, seed=0)
-    trojan = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0)
+    clean = behaviour_probe(read_plasmid(legal_plasmid), base, seed=0, config=small)
+    trojan = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
     assert trojan.trigger_score > clean.trigger_score
     after = base.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert weights_digest(base.model) == base.digest
-    again = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0)
+    again = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
     assert again.trigger_score == trojan.trigger_score and again.clean_delta == trojan.clean_delta
     assert clean.details["candidates"] > 0 and math.isfinite(clean.clean_delta)

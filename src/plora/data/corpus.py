@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
 import random
 import re
+import subprocess
+import sys
 import warnings
+
+from plora.errors import DataError
 
 QA_TEMPLATE = "Question: {q}\nAnswer: {a}"
 
@@ -148,7 +154,28 @@ def _clean_doc(doc: str) -> list[str]:
     return paragraphs
 
 
+# The harvest runs in a fresh interpreter so the corpus never depends on what the caller has imported. torch and
+# transformers patch a few stdlib objects (transformers adds ``logging.Logger.warning_once``; torch.package replaces
+# ``inspect.getfile``), and the shipped plora-tiny was pre-trained with both loaded, so the harvest loads them first.
+_HARVEST = (
+    "import json, runpy, sys\n"
+    "import torch, transformers, rich.progress\n"
+    "from transformers import GPT2Config, GPT2LMHeadModel\n"
+    "json.dump(runpy.run_path(sys.argv[1])['_harvest_docstrings'](), sys.stdout)\n"
+)
+
+
 def _stdlib_docstrings() -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    done = subprocess.run([sys.executable, "-c", _HARVEST, __file__], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"could not read the standard library's docstrings for the corpus: {last}")
+    return json.loads(done.stdout)
+
+
+def _harvest_docstrings() -> list[str]:
     docs: list[str] = []
     seen: set[str] = set()
     for modname in STDLIB_MODULES:

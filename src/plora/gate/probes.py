@@ -49,7 +49,7 @@ SMALL_MODEL_PARAMS = 20_000_000
 @dataclass(frozen=True)
 class ProbeConfig:
     prompts_per_domain: int = 6
-    candidates: int = 128
+    candidates: int = 96
     top_k: int = 5
     nll_items_per_domain: int = 8
 

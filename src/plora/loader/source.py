@@ -146,13 +146,13 @@ def _read_config(folder: Path) -> dict[str, Any]:
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
 
 
-def _load_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
+def _load_safetensors(data: np.ndarray, where: str) -> dict[str, torch.Tensor]:
     """Tensors viewing ``data`` (no copy). The safetensors layout is an 8-byte header size, a JSON header and the
     raw bytes; numpy views over them cost a third of ``safetensors.torch.load``, which copies each tensor out.
     Anything unusual (bf16 and other dtypes numpy lacks, unaligned offsets) goes to safetensors itself."""
     try:
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n]) if 8 + n <= len(data) else None
+        n = int.from_bytes(data[:8].tobytes(), "little")
+        header = json.loads(data[8 : 8 + n].tobytes()) if 8 + n <= len(data) else None
     except ValueError:
         header = None
     if not isinstance(header, dict):
@@ -172,16 +172,15 @@ def _load_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
         size = dtype.itemsize * math.prod(shape)
         if not 0 <= lo <= hi <= body or hi - lo != size or (start + lo) % dtype.itemsize or min(shape, default=1) < 0:
             return _load_with_safetensors(data, where)
-        count = size // dtype.itemsize
-        out[name] = torch.from_numpy(np.frombuffer(data, dtype=dtype, count=count, offset=start + lo).reshape(shape))
+        out[name] = torch.from_numpy(data[start + lo : start + hi].view(dtype).reshape(shape))
     return out
 
 
-def _load_with_safetensors(data: bytearray, where: str) -> dict[str, torch.Tensor]:
+def _load_with_safetensors(data: np.ndarray, where: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     try:
-        return load(bytes(data))
+        return load(data.tobytes())
     except Exception as err:  # safetensors raises SafetensorError on a bad header or truncation
         raise LoaderError(f"{where}: not a readable safetensors file ({type(err).__name__}: {err})") from None
 
@@ -198,13 +197,13 @@ def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_bytes(path: Path, expected_sha256: str | None = None) -> bytearray:
-    """The file's bytes in a writable buffer (torch warns on read-only memory); with ``expected_sha256``, checked
-    against it, hashing only when this version of the file has not been verified before."""
+def _read_bytes(path: Path, expected_sha256: str | None = None) -> np.ndarray:
+    """The file's bytes in a private writable buffer (uninitialised numpy memory: no zero-fill pass); with
+    ``expected_sha256``, checked against it, hashing only when this version of the file was not verified before."""
     with open(path, "rb") as fh:
         before = os.fstat(fh.fileno())
-        data = bytearray(before.st_size)
-        got = fh.readinto(data)
+        data = np.empty(before.st_size, dtype=np.uint8)
+        got = fh.readinto(memoryview(data))
         after = _stat_key(os.fstat(fh.fileno()))
     if got != before.st_size:
         data = data[:got]
