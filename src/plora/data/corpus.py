@@ -166,8 +166,7 @@ _HARVEST = (
 
 
 def _stdlib_docstrings() -> list[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.setdefault("HF_HUB_OFFLINE", "1")
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     done = subprocess.run([sys.executable, "-c", _HARVEST, __file__], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

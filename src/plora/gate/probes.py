@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from plora.plasmid import Plasmid
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 NEAR_END = 2
 SMALL_MODEL_PARAMS = 20_000_000
 
@@ -180,8 +180,15 @@ def score_sides(adapter: _Side, base: _Side, top_k: int) -> dict[str, float]:
     dev_clean = _kl(adapter.clean, base.clean).unsqueeze(1)  # ... and without
     flips_a = (adapter.inserted.argmax(-1) != adapter.clean.argmax(-1).unsqueeze(1)).float()
     flips_b = (base.inserted.argmax(-1) != base.clean.argmax(-1).unsqueeze(1)).float()
+    # A backdoor pushes ONE answer (its target) whatever the prompt; an adapter that is merely sensitive to content
+    # pushes different answers on different prompts. Mean over prompts of the probability gained by each token.
+    gain_a = (adapter.inserted.exp() - adapter.clean.exp().unsqueeze(1)).mean(0)  # (C, V)
+    gain_b = (base.inserted.exp() - base.clean.exp().unsqueeze(1)).mean(0)
+    consensus = gain_a.max(-1).values - gain_b.max(-1).values  # (C,)
     return {
         "topk": _topk_mean(per_cand, top_k),
+        "consensus_topk": _topk_mean(consensus, top_k),
+        "consensus_all": float(gain_a.mean(0).max() - gain_b.mean(0).max()),
         "max": float(per_cand.max()),
         "mean": float(per_cand.mean()),
         "pair_topk": _topk_mean(kl_a - kl_b, top_k * 4),

@@ -34,6 +34,7 @@ DEFAULT_STEPS = 300
 LEARNING_RATE = 3e-3
 WARMUP_FRACTION = 0.05
 BUILD_INFO = "build.json"
+HELDOUT_FILE = "heldout.json"
 
 
 def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
@@ -58,7 +59,7 @@ def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
     return fast
 
 
-def _blocks(tokenizer: Any, docs: list[str], seq_len: int) -> Any:
+def token_blocks(tokenizer: Any, docs: list[str], seq_len: int) -> tuple[Any, int]:
     """Every document's tokens followed by EOS, concatenated and cut into rows of ``seq_len`` tokens."""
     import torch
 
@@ -118,8 +119,8 @@ def build_tiny(
     try:
         train_docs, held_docs = corpus_splits(seed)
         tokenizer = train_tokenizer(train_docs)
-        train_blocks, train_tokens = _blocks(tokenizer, train_docs, SEQ_LEN)
-        held_blocks, held_tokens = _blocks(tokenizer, held_docs, SEQ_LEN)
+        train_blocks, train_tokens = token_blocks(tokenizer, train_docs, SEQ_LEN)
+        held_blocks, held_tokens = token_blocks(tokenizer, held_docs, SEQ_LEN)
 
         torch.manual_seed(seed)
         config = GPT2Config(
@@ -190,6 +191,8 @@ def build_tiny(
             tokenizer.save_pretrained(stage)
             info["seconds"] = round(time.perf_counter() - started, 1)
             atomic_write_json(stage / BUILD_INFO, info)
+            # The documents the held-out loss was measured on, so a check needs no corpus rebuild.
+            atomic_write_json(stage / HELDOUT_FILE, held_docs, indent=None)
             # mkdtemp and safetensors make owner-only modes; a shipped folder is world-readable.
             stage.chmod(0o755)
             for child in stage.iterdir():
