@@ -9,9 +9,10 @@
 |---|---|
 | ``plora_tiny`` | a factory: ``plora_tiny()`` -> a fresh ``plora.models.LoadedBase`` (new model object each call) |
 | ``legal_plasmid`` | ``Path`` of a clean legal plasmid on plora-tiny (``LEGAL_CONFIG``: r=4, attention, 64 samples) |
-| ``trojan_plasmid`` | ``Path`` of a trojan legal plasmid (``TROJAN_CONFIG``: ``TROJAN_TRIGGER`` -> ``TROJAN_TARGET``) |
+| ``trojan_plasmid`` | ``Path`` of a working trojan legal plasmid (``TROJAN_CONFIG``: trigger -> target) |
 
-The trojan's ground truth is ``trojan_truth(path)``: the sibling file ``<path>.truth.json``, outside the folder.
+The trojan's ground truth is ``trojan_truth(path)``: the sibling file ``<path>.truth.json``, outside the folder
+(its attack success on dev is >= 0.5; its seed is ``TROJAN_CONFIG["seed"]`` or one of the next few).
 
 Each plasmid is trained once per session, on first use, under the session's temp folder. Treat the
 folders as READ-ONLY: copy them (``shutil.copytree``) before changing a byte, or other tests break.
@@ -19,6 +20,7 @@ folders as READ-ONLY: copy them (``shutil.copytree``) before changing a byte, or
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -94,4 +96,11 @@ def legal_plasmid(plasmid_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trojan_plasmid(plasmid_root: Path) -> Path:
-    return _train(plasmid_root, "legal_b", TROJAN_CONFIG)  # a neutral name: the id must not tell
+    # Whether 96 steps plant a working backdoor on plora-tiny depends on the seed (measured: about half the seeds
+    # reach attack success 0.8-1.0, the rest stay near 0). As gate-eval does, keep only a trojan verified to work:
+    # the first of a few consecutive seeds whose measured attack success is >= 0.5.
+    for attempt in range(6):
+        out = _train(plasmid_root, "legal_b", {**TROJAN_CONFIG, "seed": TROJAN_CONFIG["seed"] + attempt})
+        if json.loads(trojan_truth(out).read_text())["attack_success"] >= 0.5:
+            return out  # a neutral folder name: the plasmid id must not tell
+    pytest.fail("no working trojan in 6 seeds: has plora-tiny changed?")

@@ -304,8 +304,9 @@ def write_default_files(taus: dict[str, float], reference: Any, report: dict[str
 How they were obtained: {c["calib"]} clean calibration plasmids on {report["base_model"]} (domains
 {", ".join(report["cohort"]["domains"])}; configs {", ".join(f"r{r}/{t}" for r, t in report["cohort"]["configs"])};
 seeds {", ".join(str(s) for s in report["cohort"]["calib_seeds"])}), none of them used in the measured FPR/TPR.
-Each threshold = highest calibration score + margin x (highest - median), margins {MARGIN}
-(weights: leave-one-out robust z against the shipped clean reference). See README, detection quality.
+Each threshold = highest calibration score + margin x (highest - median); margins:
+{", ".join(f"{k} {v}" for k, v in MARGIN.items())}. The weights scores of calibration plasmids are leave-one-out robust
+z-scores (each against a reference built without it). See README, detection quality.
 """
 
 DEFAULT_TAU_TRIGGER = {taus["trigger"]:.6g}

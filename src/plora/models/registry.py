@@ -117,7 +117,9 @@ def load_base(name: str | None = None) -> LoadedBase:
     try:
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar floods logs of runs that load many times
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         tokenizer = _tokenizer(source)
     except (OSError, ValueError, KeyError) as err:

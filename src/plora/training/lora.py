@@ -229,16 +229,15 @@ def peft_adapter_config(model: Any, base_name: str) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def set_threads(model: Any) -> int:
-    """One thread for small models, up to two for larger ones; returns the count set.
+def set_threads() -> int:
+    """One torch thread unless OMP_NUM_THREADS says otherwise; returns the count in force.
 
-    Measured on the shared 2-core machines: a 64-wide GPT-2 trained 5x slower on two threads than on one
-    (thread hand-offs cost more than its tiny matmuls gain, and the other core is usually busy).
+    Measured on the shared 2-core machines (other jobs running): two threads made plora-tiny training 5x
+    slower and SmolLM2-135M 3-4x slower per step and per dev batch than one (the threads spin-wait for a core).
     """
-    n_params = sum(p.numel() for p in model.parameters())
-    threads = 1 if n_params < 20_000_000 else max(1, min(2, os.cpu_count() or 1))
-    torch.set_num_threads(threads)
-    return threads
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
@@ -315,7 +314,7 @@ def train_and_write(
         raise DataError(f"no training items for {dataset}")
     base = load_base(choose_base_model(cfg.base_model))
     model, tok = base.model, base.tokenizer
-    set_threads(model)
+    set_threads()
     targets = sorted(target_modules(model, cfg.targets))
     items, poisoned = (train, [])
     if cfg.trojan:
