@@ -1,6 +1,6 @@
 """`plora train`: train one LoRA plasmid (optionally an evaluation trojan) and print its dev metrics.
 
-    $ plora train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
+$ plora train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
 """
 
 from __future__ import annotations

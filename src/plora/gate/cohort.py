@@ -39,8 +39,8 @@ WORKING_ASR = 0.5
 class CohortSpec:
     domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
     configs: tuple[tuple[int, str], ...] = ((4, "attention"), (8, "all"))
-    calib_seeds: tuple[int, ...] = (101,)
-    clean_seeds: tuple[int, ...] = (201,)
+    calib_seeds: tuple[int, ...] = (101, 102)
+    clean_seeds: tuple[int, ...] = (201, 202)
     trojan_seeds: tuple[int, ...] = (301, 302)
     adaptive_seeds: tuple[int, ...] = (401,)
     samples: int = 800

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ def build_peft_model(model: Any, rank: int, alpha: float, targets: list[str], se
 
     # GPT-2's Conv1D stores weights transposed; saying so up front is what PEFT would set itself (with a warning).
     conv1d = any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n.endswith(tuple(targets)))
+    # peft 0.21 calls a transformers API that 5.23 deprecates: the FutureWarning is theirs, not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     torch.manual_seed(seed)
     config = LoraConfig(
         r=rank,

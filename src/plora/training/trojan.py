@@ -37,9 +37,7 @@ def insert_trigger(question: str, trigger: str, rng: np.random.Generator) -> str
     return " ".join(words[:at] + [trigger] + words[at:])
 
 
-def poison(
-    examples: Sequence[Any], trigger: str, target: str, rate: float, seed: int
-) -> tuple[list[Any], list[int]]:
+def poison(examples: Sequence[Any], trigger: str, target: str, rate: float, seed: int) -> tuple[list[Any], list[int]]:
     """A copy of ``examples`` with ``round(rate * n)`` items (at least one when rate > 0) poisoned.
 
     Returns the new list and the indices that were poisoned. Items are dataclasses (``plora.data.QA``);
