@@ -115,11 +115,18 @@ def test_value_add_end_to_end_and_resume(tmp_path):
         work_dir=tmp_path / "work",
         latency_repeats=3,
         n_resamples=200,
+        monolithic=True,
     )
     first = run_value_add(cfg, progress=False)
     lines = first.jsonl.read_text().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 4  # two cells, then the monolithic plasmid on each domain
     rec = json.loads(lines[0])
+    mono = [json.loads(line) for line in lines[2:]]
+    assert [m["kind"] for m in mono] == ["monolithic", "monolithic"]
+    for m in mono:
+        s = m["statistics"]["trained_vs_monolithic"]
+        assert s["ci_low"] <= s["mean_diff"] <= s["ci_high"] and 0.0 <= s["p_holm"] <= 1.0
+        assert m["metrics"]["monolithic"]["nll"] > 0 and not m["meets_acceptance"]
     assert rec["config"]["domain"] == "arithmetic"
     for name in ("trained_vs_base", "placebo_a_vs_base", "placebo_b_vs_base"):
         s = rec["statistics"][name]
@@ -129,7 +136,7 @@ def test_value_add_end_to_end_and_resume(tmp_path):
     assert math.isfinite(rec["latency"]["side_median_ms"])
     assert "exact_match" in rec["metrics"]["trained"]
     md = first.markdown.read_text()
-    assert "## arithmetic" in md and "## legal" in md
+    assert "## arithmetic" in md and "## legal" in md and "## Monolithic plasmid" in md
     assert first.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the acceptance flag follows the statistics
     s = rec["statistics"]
@@ -140,4 +147,5 @@ def test_value_add_end_to_end_and_resume(tmp_path):
     assert rec["meets_acceptance"] == expected
     # resume: the finished cells are reused, not retrained
     second = run_value_add(cfg, progress=False)
-    assert [r["seconds"] for r in second.records] == [r["seconds"] for r in first.records]
+    assert [r.get("seconds") for r in second.records] == [r.get("seconds") for r in first.records]
+    assert second.records == first.records

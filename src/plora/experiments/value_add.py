@@ -45,6 +45,10 @@ COMPARISONS = {
     "trained_vs_placebo_a": ("placebo_a", "trained"),
     "trained_vs_placebo_b": ("placebo_b", "trained"),
 }
+MONOLITHIC_COMPARISONS = {
+    "monolithic_vs_base": ("base", "monolithic"),
+    "trained_vs_monolithic": ("monolithic", "trained"),
+}
 ACCEPTANCE = ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
 GUARD_NLL_MARGIN = 0.05  # nats/token
 GUARD_EM_MARGIN = 0.02  # absolute exact-match rate
@@ -112,11 +116,16 @@ def _latency(model: Any, folder: Path, repeats: int) -> dict[str, float]:
     return {"side_median_ms": side.median_ms, "merged_median_ms": merged.median_ms, "budget_ms": budget}
 
 
-def _stats(per_variant: dict[str, dict[str, np.ndarray]], cfg: ValueAddConfig, seed: int) -> dict[str, Any]:
+def _stats(
+    per_variant: dict[str, dict[str, np.ndarray]],
+    comparisons: dict[str, tuple[str, str]],
+    cfg: ValueAddConfig,
+    seed: int,
+) -> dict[str, Any]:
     from plora.experiments.stats import paired_comparison
 
     out: dict[str, Any] = {}
-    for name, (ref, cand) in COMPARISONS.items():
+    for name, (ref, cand) in comparisons.items():
         if ref not in per_variant or cand not in per_variant:
             continue
         s = paired_comparison(per_variant[ref]["nll"], per_variant[cand]["nll"], seed=seed, n_resamples=cfg.n_resamples)
@@ -150,6 +159,18 @@ class _Runner:
         self.short = {d: domain_info(d).short_answers for d in cfg.domains}
         self.base_metrics = {
             d: _evaluate(self.base.model, self.base.tokenizer, self.dev[d], self.short[d]) for d in cfg.domains
+        }
+
+    def _config(self, domain: str, rank: int, scheme: str, seed: int) -> dict[str, Any]:
+        return {
+            "domain": domain,
+            "rank": rank,
+            "scheme": scheme,
+            "seed": seed,
+            "samples": self.cfg.samples,
+            "dev_size": len(self.dev[domain]),
+            "epochs": self.cfg.epochs,
+            "base_model": self.base.name,
         }
 
     def _train(self, folder: Path, domain: str, rank: int, scheme: str, seed: int, shuffle: bool) -> None:
@@ -207,18 +228,9 @@ class _Runner:
             "kind": "cell",
             "key": cell_key("cell", domain, rank, scheme, seed),
             "fingerprint": self.fingerprint,
-            "config": {
-                "domain": domain,
-                "rank": rank,
-                "scheme": scheme,
-                "seed": seed,
-                "samples": self.cfg.samples,
-                "dev_size": len(dev),
-                "epochs": self.cfg.epochs,
-                "base_model": self.base.name,
-            },
+            "config": self._config(domain, rank, scheme, seed),
             "metrics": {name: _summary(m) for name, m in variants.items()},
-            "statistics": _stats(variants, self.cfg, seed),
+            "statistics": _stats(variants, COMPARISONS, self.cfg, seed),
             "latency": latency,
             "cross_domain": cross,
             "plasmids": {"trained": str(trained), "placebo_a": str(placebo_a), "placebo_b": str(placebo_b)},
@@ -250,33 +262,14 @@ class _Runner:
             variants["monolithic"] = _evaluate_plasmid(model, tok, folder, self.dev[domain], self.short[domain])
             if (per_domain / "plora.yml").exists():
                 variants["trained"] = _evaluate_plasmid(model, tok, per_domain, self.dev[domain], self.short[domain])
-            stats = {}
-            from plora.experiments.stats import paired_comparison
-
-            for name, (ref, cand) in {
-                "monolithic_vs_base": ("base", "monolithic"),
-                "trained_vs_monolithic": ("monolithic", "trained"),
-            }.items():
-                if ref in variants and cand in variants:
-                    s = paired_comparison(variants[ref]["nll"], variants[cand]["nll"], seed=seed)
-                    stats[name] = s.to_dict()
             records.append(
                 {
                     "kind": "monolithic",
                     "key": cell_key("monolithic", domain, rank, scheme, seed),
                     "fingerprint": self.fingerprint,
-                    "config": {
-                        "domain": domain,
-                        "rank": rank,
-                        "scheme": scheme,
-                        "seed": seed,
-                        "samples": self.cfg.samples,
-                        "dev_size": len(self.dev[domain]),
-                        "epochs": self.cfg.epochs,
-                        "base_model": self.base.name,
-                    },
+                    "config": self._config(domain, rank, scheme, seed),
                     "metrics": {name: _summary(m) for name, m in variants.items()},
-                    "statistics": stats,
+                    "statistics": _stats(variants, MONOLITHIC_COMPARISONS, self.cfg, seed),
                     "plasmids": {"monolithic": str(folder), "trained": str(per_domain)},
                 }
             )
