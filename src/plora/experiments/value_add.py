@@ -112,7 +112,8 @@ def _latency(model: Any, folder: Path, repeats: int) -> dict[str, float]:
 
     side = measure_inject_remove(model, folder, mode="side", repeats=repeats)
     merged = measure_inject_remove(model, folder, mode="merged", repeats=repeats)
-    budget = check_latency_budget(max(side.median_ms, merged.median_ms))
+    # The budget applies to the mode this experiment evaluates with (side); merged is recorded for reference.
+    budget = check_latency_budget(side.median_ms, what="inject+remove (side mode)")
     return {"side_median_ms": side.median_ms, "merged_median_ms": merged.median_ms, "budget_ms": budget}
 
 
