@@ -12,7 +12,7 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
    signed copy (clean plasmids signed by the swarm key, trojans by an intruder key; ``--trusted_pubkeys`` replaces
    the trust set). Labels serve the FN/FP accounting only; no agent ever sees them.
 2. roles, holdings and overlay are drawn exactly as the sim draws them from the same seed (graph, roles and rounds
-   seeds from :func:`plora.swarm.sim._seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
+   seeds from :func:`plora.swarm.sim.stream_seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
    starting with the trojan plasmid of their domain ``i mod D``; honest agent i starting with the clean one.
 3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
    own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
@@ -131,12 +131,12 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
 
     if cfg.agents < 2 or cfg.rounds < 1 or not 0 <= cfg.trojan_rate <= 1 or not 0 <= cfg.graph_p <= 1:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
-    from plora.swarm.sim import _seeds
+    from plora.swarm.sim import stream_seeds
 
     t_start = time.perf_counter()
     pool, domains, policy = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
-    graph_seed, role_seed, _ = _seeds(cfg.seed)
+    graph_seed, role_seed, _ = stream_seeds(cfg.seed)
     graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
     n_trojan = int(round(cfg.trojan_rate * cfg.agents))
     rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans

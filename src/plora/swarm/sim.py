@@ -31,7 +31,8 @@ from plora.swarm.pool import PlasmidPool, PoolSpec, Verdict, VerdictProvider
 from plora.swarm.report import build_report, report_stem, write_report
 
 
-def _seeds(seed: int) -> tuple[int, int, int]:
+def stream_seeds(seed: int) -> tuple[int, int, int]:
+    """Independent (graph, roles, rounds) seeds from one run seed; the networked swarm uses the same split."""
     children = np.random.SeedSequence(seed).spawn(3)
     graph_seed, role_seed, round_seed = (int(c.generate_state(1, np.uint64)[0] >> 1) for c in children)
     return graph_seed, role_seed, round_seed
@@ -123,7 +124,7 @@ def run_simulation(
 
     ``progress``: say on stderr what the pool is training, and show a progress bar over rounds on a terminal."""
     t_start = time.perf_counter()
-    graph_seed, role_seed, round_seed = _seeds(cfg.seed)
+    graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
     g = graphs.make_graph(
