@@ -198,11 +198,22 @@ class PlasmidPool:
         base_name = choose_base_model(None)
         root = cache_dir("pool", spec.key(base_name, base_digest(base_name)))
         index = root / "pool.json"
-        if index.exists():
-            data = json.loads(index.read_text(encoding="utf-8"))
-            # folders are re-anchored at this root: the cache may have moved since it was written
-            entries = [PoolEntry(**{**e, "folder": str(root / e["plasmid_id"])}) for e in data["entries"]]
-            return cls(entries, root)
+        if not index.exists():
+            from plora.fsio import file_lock
+
+            with file_lock(root / ".build.lock"):  # a second process building the same pool waits, then reads it
+                if not index.exists():
+                    cls._build_into(root, spec, base_name, progress)
+        data = json.loads(index.read_text(encoding="utf-8"))
+        # folders are re-anchored at this root: the cache may have moved since it was written
+        entries = [PoolEntry(**{**e, "folder": str(root / e["plasmid_id"])}) for e in data["entries"]]
+        return cls(entries, root)
+
+    @classmethod
+    def _build_into(cls, root: Path, spec: PoolSpec, base_name: str, progress: bool) -> None:
+        from plora.models import base_digest
+
+        index = root / "pool.json"
         # neutral ids (domain + training seed): nothing a gate can read names the ground truth. Seeds and triggers
         # depend on the domain's name, not its position, so pools over different domain lists share plasmids.
         plan = []
@@ -230,7 +241,6 @@ class PlasmidPool:
         labels = {e.plasmid_id: {"domain": e.domain, "trojan": e.trojan} for e in entries}
         atomic_write_json(root / "labels.json", labels)
         atomic_write_json(index, {"spec": asdict(spec), "base": base_name, "entries": [asdict(e) for e in entries]})
-        return cls(entries, root)
 
     @staticmethod
     def _train_one(
