@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import cpu_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -42,14 +44,7 @@ ATTENTION = {"gpt2": ["c_attn", "attn.c_proj"], "llama": ["q_proj", "k_proj", "v
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("unknown CPU")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     import peft
     import transformers

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import cpu_model
+
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
@@ -61,14 +63,7 @@ def machine() -> dict[str, object]:
     import numpy
     import scipy
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model("")
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
