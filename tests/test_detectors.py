@@ -101,10 +101,37 @@ def test_probe_ranks_trojan_above_clean_and_restores_base(legal_plasmid, trojan_
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     clean = behaviour_probe(read_plasmid(legal_plasmid), base, seed=0, config=small)
     trojan = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
-    assert trojan.trigger_score > clean.trigger_score
+    # the raw scan statistic (before the per-home-domain normalisation, which needs a calibrated reference)
+    assert trojan.details["trigger_raw"] > clean.details["trigger_raw"]
+    assert trojan.details["home_domain"] == clean.details["home_domain"] == "legal"  # both trained on legal data
     after = base.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert weights_digest(base.model) == base.digest
     again = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
     assert again.trigger_score == trojan.trigger_score and again.clean_delta == trojan.clean_delta
     assert clean.details["candidates"] > 0 and math.isfinite(clean.clean_delta)
+
+
+def test_trigger_reference_normalises_per_home_domain_and_round_trips(tmp_path):
+    from plora.gate.trigger_reference import (
+        FLOOR,
+        UNCALIBRATED_SCALE,
+        build_trigger_reference,
+        load_trigger_reference,
+        save_trigger_reference,
+    )
+
+    digest = "ab" * 32
+    ref = build_trigger_reference({"legal": [0.02, 0.03, 0.05], "science": [0.0, 0.0, 0.0]}, digest, "drop_max", 3)
+    # 0 at the domain's clean median, 1 at its highest clean calibration score
+    assert ref.normalise(0.03, "legal")[0] == 0.0 and math.isclose(ref.normalise(0.05, "legal")[0], 1.0)
+    # a domain whose clean scores do not vary is scaled by the floor, not by zero
+    assert math.isclose(ref.normalise(2 * FLOOR, "science")[0], 2.0)
+    score, note = ref.normalise(0.01, "medical")  # no clean reference for that home domain
+    assert math.isclose(score, 0.01 / UNCALIBRATED_SCALE) and "no clean reference" in note
+    path = save_trigger_reference(ref)
+    assert path.is_file()
+    back = load_trigger_reference(digest, "drop_max", 3)
+    assert back is not None and back.domains == ref.domains
+    assert load_trigger_reference("cd" * 32, "drop_max", 3) is None  # another base's reference is never used
+    assert load_trigger_reference(digest, "drop_max", 2) is None  # nor one from another probe version

@@ -53,6 +53,9 @@ def register(app: typer.Typer) -> None:
         quorum: int | None = typer.Option(None, "--quorum", help="distinct trusted signers required"),
         probes: bool | None = typer.Option(None, "--probes/--no-probes", help="behavioural probes"),
         weight_check: bool | None = typer.Option(None, "--weight-check/--no-weight-check", help="weight anomaly"),
+        probe_candidates: int | None = typer.Option(
+            None, "--probe-candidates", "--probe_candidates", help="tokens the trigger scan inserts (default 1024)"
+        ),
         as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
     ) -> None:
         """Screen a plasmid: schema, base model, tensors, hashes, signatures, weight anomaly, probes."""
@@ -74,6 +77,7 @@ def register(app: typer.Typer) -> None:
                 quorum=quorum,
                 probes=probes,
                 weight_check=weight_check,
+                probe_candidates=probe_candidates,
             )
             result = screen(folder, policy)
         if as_json:

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="a small cohort (2 domains, r=4): a few minutes"),
         base_model: str | None = typer.Option(None, "--base-model", help="base model (default plora-tiny)"),
         probe_seed: int = typer.Option(0, "--probe-seed", help="seed of the behavioural probes"),
-        jobs: int = typer.Option(2, "--jobs", help="train the cohort in this many single-thread processes"),
+        jobs: int = typer.Option(2, "--jobs", help="train and probe the cohort in this many single-thread processes"),
         write_defaults: bool = typer.Option(
             False, "--write-defaults", help="calibrate and write plora/gate/thresholds.py and the shipped reference"
         ),

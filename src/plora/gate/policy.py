@@ -84,6 +84,9 @@ class Policy(BaseModel):
     weight_check: bool = Field(default=True, description="run the weight-anomaly detector")
     probes: bool = Field(default=True, description="run the behavioural probes")
     probe_seed: int = Field(default=0, description="seed of the behavioural probes")
+    probe_candidates: int = Field(
+        default=1024, ge=1, le=65536, description="random vocabulary tokens the trigger scan inserts (cost is linear)"
+    )
 
     @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")
     @classmethod

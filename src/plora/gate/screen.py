@@ -296,7 +296,10 @@ class _Screen:
             return []
         pol = self.policy
         try:
-            score = behaviour_probe(self._plasmid(), base=self.base, seed=pol.probe_seed)
+            from plora.gate.probes import ProbeConfig
+
+            config = ProbeConfig(candidates=pol.probe_candidates)
+            score = behaviour_probe(self._plasmid(), base=self.base, seed=pol.probe_seed, config=config)
             trigger, delta = float(score.trigger_score), float(score.clean_delta)
         except Exception as err:  # noqa: BLE001 - fail closed
             return [(Reason.TRIGGER_SUSPECT, f"behavioural probe failed on this plasmid ({type(err).__name__}: {err})")]
