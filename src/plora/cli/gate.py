@@ -92,8 +92,10 @@ def register(app: typer.Typer) -> None:
                 note = c.details.get("skipped") or c.details.get("note") or ""
                 typer.echo(f"  {c.name:<11}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
             s = result.scores
+            probe = next((c.details for c in result.checks if c.name == "probes"), {})
+            home = f" (home domain {probe['home_domain']})" if probe.get("home_domain") else ""
             typer.echo(
-                f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])} "
+                f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])}{home} "
                 f"clean_delta={_fmt(s['clean_delta'])}"
             )
         raise typer.Exit(0 if result.accepted else 1)
