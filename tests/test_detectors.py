@@ -135,3 +135,20 @@ def test_trigger_reference_normalises_per_home_domain_and_round_trips(tmp_path):
     assert back is not None and back.domains == ref.domains
     assert load_trigger_reference("cd" * 32, "drop_max", 3) is None  # another base's reference is never used
     assert load_trigger_reference(digest, "drop_max", 2) is None  # nor one from another probe version
+
+
+def test_probe_base_side_is_stored_and_reused_exactly(legal_plasmid, plora_tiny):
+    import os
+    from pathlib import Path
+
+    from plora.gate import probes
+
+    base = plora_tiny()
+    small = probes.ProbeConfig(prompts_per_domain=2, candidates=16, nll_items_per_domain=2)
+    first = probes.behaviour_probe(read_plasmid(legal_plasmid), base, seed=7, config=small)
+    stored = list((Path(os.environ["PLORA_HOME"]) / "gate" / "probe-base").glob("*.pt"))
+    assert stored, "the base's side was not stored"
+    probes._BASE_CACHE.clear()  # a new process: only the stored file is left
+    again = probes.behaviour_probe(read_plasmid(legal_plasmid), base, seed=7, config=small)
+    assert again.trigger_score == first.trigger_score and again.clean_delta == first.clean_delta
+    assert again.details["variants"] == first.details["variants"]
