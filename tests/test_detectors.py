@@ -152,3 +152,12 @@ def test_probe_base_side_is_stored_and_reused_exactly(legal_plasmid, plora_tiny)
     again = probes.behaviour_probe(read_plasmid(legal_plasmid), base, seed=7, config=small)
     assert again.trigger_score == first.trigger_score and again.clean_delta == first.clean_delta
     assert again.details["variants"] == first.details["variants"]
+
+
+def test_gate_eval_refuses_shipped_with_write_defaults():
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+
+    result = CliRunner().invoke(app, ["gate-eval", "--shipped", "--write-defaults"])
+    assert result.exit_code != 0 and "--shipped" in str(result.exception or result.output)

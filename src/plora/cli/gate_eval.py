@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         base_model: str | None = typer.Option(None, "--base-model", help="base model (default plora-tiny)"),
         probe_seed: int = typer.Option(0, "--probe-seed", help="seed of the behavioural probes"),
         jobs: int = typer.Option(2, "--jobs", help="train and probe the cohort in this many single-thread processes"),
+        shipped: bool = typer.Option(
+            False, "--shipped", help="score with the shipped references and thresholds (calibrate nothing)"
+        ),
         write_defaults: bool = typer.Option(
             False, "--write-defaults", help="calibrate and write plora/gate/thresholds.py and the shipped reference"
         ),
@@ -47,7 +50,7 @@ def register(app: typer.Typer) -> None:
             raise PloraError(f"--ranks must be positive, got {ranks!r}")
         report = run_gate_eval(
             out, quick=quick, domains=doms, ranks=rank_list, seeds=_ints(seeds, "--seeds"), base_name=base_model,
-            probe_seed=probe_seed, write_defaults=write_defaults, jobs=max(1, jobs),
+            probe_seed=probe_seed, write_defaults=write_defaults, jobs=max(1, jobs), shipped=shipped,
         )
 
         def fmt(x: float | None) -> str:

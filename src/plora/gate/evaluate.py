@@ -242,8 +242,17 @@ def run_gate_eval(
     progress: bool = True,
     spec: Any | None = None,
     jobs: int = 1,
+    shipped: bool = False,
 ) -> dict[str, Any]:
-    """Train or reuse the cohort, score it, calibrate on the clean calibration split, write the report and ROC plot."""
+    """Train or reuse the cohort, score it, calibrate on the clean calibration split, write the report and ROC plot.
+
+    ``shipped``: score with the package's references and thresholds instead (nothing is calibrated in this run, and
+    the calibration members count as held-out clean): how the gate as installed does on plasmids it never saw.
+    """
+    from plora.errors import PloraError
+
+    if shipped and write_defaults:
+        raise PloraError("--shipped measures the shipped defaults; it cannot also write them (--write-defaults)")
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
@@ -272,14 +281,19 @@ def run_gate_eval(
                                   jobs=jobs)
     calib = [m for m in members if m.role == "calib"]
     plasmids = {m.name: read_plasmid(m.folder) for m in members}
-    reference = build_reference([plasmids[m.name] for m in calib])
+    if shipped:
+        from plora.gate.reference import SHIPPED_REFERENCE, read_reference_file
+
+        reference = read_reference_file(SHIPPED_REFERENCE)
+    else:
+        reference = build_reference([plasmids[m.name] for m in calib])
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("behavioural probes", total=len(members))
         probed = probe_members(members, base, name, probe_seed, jobs=jobs, on_done=lambda: bar.advance(task))
     rows: list[dict[str, Any]] = []
     for m in members:
         ref = reference
-        if m.role == "calib":  # leave-one-out, so calibration z-scores are out-of-sample like everyone else's
+        if m.role == "calib" and not shipped:  # leave-one-out: calibration z-scores out-of-sample like the rest
             ref = build_reference([plasmids[c.name] for c in calib if c is not m])
         row = _score_member(plasmids[m.name], ref, probed[m.name])
         row.update(name=m.name, role=m.role, domain=m.domain, config=m.config_key, seed=m.seed,
@@ -287,7 +301,7 @@ def run_gate_eval(
                    attack_success=m.attack_success, working=m.working, train_seconds=m.train_seconds,
                    home_domain=row["probe_details"].get("home_domain"))
         rows.append(row)
-    trigger_ref = _normalise_trigger_scores(rows, base.digest)
+    trigger_ref = _normalise_trigger_scores(rows, base.digest, fixed=_shipped_trigger_reference() if shipped else None)
     cal_rows = [r for r in rows if r["role"] == "calib"]
     calibrated = {c: calibrate([r[c] for r in cal_rows], MARGIN[c]) for c in CHECKS}
     calibrated["trigger"] = 1.0 + MARGIN["trigger"]
@@ -296,13 +310,15 @@ def run_gate_eval(
     for r in rows:
         r["overall"] = combined(r, taus)
         r["flagged"] = bool(r["overall"] > 1.0)
-    clean = [r for r in rows if r["role"] == "clean"]
+    clean = [r for r in rows if r["role"] == "clean" or (shipped and r["role"] == "calib")]
     trojans = [r for r in rows if r["role"] == "trojan"]
     adaptive = [r for r in rows if r["role"] == "adaptive"]
     probe_secs = [r["probe_details"]["seconds"] for r in rows if "seconds" in r["probe_details"]]
     report = {
         "base_model": name, "base_digest": base.digest, "quick": quick, "cohort": co.spec_json(spec),
         "thresholds": taus, "thresholds_source": "calibrated in this run" if write_defaults else "package defaults",
+        "references": "shipped (calibration members counted as held-out clean)" if shipped
+        else "built from this run's calibration members",
         "trigger_reference": trigger_ref.to_json(),
         "calibration": {
             "thresholds": calibrated,
@@ -326,17 +342,29 @@ def run_gate_eval(
     out = Path(out)
     atomic_write_json(out / "gate_eval.json", _jsonable(report))
     plot_roc(rows, taus, out / "roc.png")
-    save_reference(reference)
-    save_trigger_reference(trigger_ref)
+    if not shipped:  # the gate on this machine then uses what this run calibrated (PLORA_HOME/gate/)
+        save_reference(reference)
+        save_trigger_reference(trigger_ref)
     if write_defaults:
         write_default_files(calibrated, reference, report)
         save_trigger_reference(trigger_ref, SHIPPED_TRIGGER_REFERENCE)
     return report
 
 
-def _normalise_trigger_scores(rows: list[dict[str, Any]], base_digest: str) -> Any:
+def _shipped_trigger_reference() -> Any:
+    from plora.errors import PloraError
+    from plora.gate.trigger_reference import SHIPPED_TRIGGER_REFERENCE, read_trigger_reference
+
+    ref = read_trigger_reference(SHIPPED_TRIGGER_REFERENCE)
+    if ref is None:
+        raise PloraError(f"no usable shipped trigger reference at {SHIPPED_TRIGGER_REFERENCE}")
+    return ref
+
+
+def _normalise_trigger_scores(rows: list[dict[str, Any]], base_digest: str, fixed: Any = None) -> Any:
     """Turn each row's raw scan statistic into the gate's trigger score against THIS run's clean calibration members
-    (grouped by measured home domain; a calibration member is scored against the others, leave-one-out)."""
+    (grouped by measured home domain; a calibration member is scored against the others, leave-one-out), or against
+    ``fixed`` (a shipped reference) for every row."""
     from plora.gate import probes
     from plora.gate.trigger_reference import build_trigger_reference
 
@@ -352,6 +380,14 @@ def _normalise_trigger_scores(rows: list[dict[str, Any]], base_digest: str) -> A
                 groups.setdefault(c["home_domain"], []).append(c["trigger_raw"])
         return build_trigger_reference(groups, base_digest, probes.STATISTIC, probes.PROBE_VERSION)
 
+    if fixed is not None:
+        if fixed.base_digest != base_digest:
+            from plora.errors import PloraError
+
+            raise PloraError("the shipped trigger reference belongs to another base (weights digest differs)")
+        for r in rows:
+            r["trigger"], r["trigger_normalised_by"] = fixed.normalise(r["trigger_raw"], r["home_domain"])
+        return fixed
     full = ref_without(None)
     for r in rows:
         ref = ref_without(r) if r["role"] == "calib" else full

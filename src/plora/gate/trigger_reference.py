@@ -79,7 +79,8 @@ def save_trigger_reference(ref: TriggerReference, path: str | Path | None = None
     return atomic_write_json(target, ref.to_json())
 
 
-def _read(path: Path) -> TriggerReference | None:
+def read_trigger_reference(path: Path) -> TriggerReference | None:
+    """The reference in ``path``; None when it is missing, malformed or of another version."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != TRIGGER_REFERENCE_VERSION:
@@ -95,7 +96,7 @@ def load_trigger_reference(base_digest: str, statistic: str, probe_version: int)
     from plora.settings import cache_dir
 
     for path in (cache_dir("gate") / TRIGGER_REFERENCE_NAME, SHIPPED_TRIGGER_REFERENCE):
-        ref = _read(path) if path.is_file() else None
+        ref = read_trigger_reference(path) if path.is_file() else None
         if ref and (ref.base_digest, ref.statistic, ref.probe_version) == (base_digest, statistic, probe_version):
             return ref
     return None
