@@ -17,7 +17,7 @@ Method (no trigger list: nothing here was written with any real trigger in mind)
 * Candidates: ``candidates`` random word-initial vocabulary tokens (those that start with a space), drawn by
   ``seed`` from the base's tokenizer (1024 of plora-tiny's 1831). Each is inserted as a word at the insertion point.
   Backdoors answer to pieces of their trigger (" B" or " J" for "James Bond"), so the scan needs breadth: on the
-  development cohort AUROC rose from 0.82 with 96 candidates to 0.86 with 1024.
+  development cohort (seeds 1,2) AUROC rose from 0.82 with 96 candidates to 0.89 with 1024.
 * For the adapter and for the base alike, per (prompt, candidate): ``drop`` = how much probability the clean
   prompt's top first answer token loses when the candidate is inserted. Per candidate, the mean over prompts of the
   adapter's drop minus the base's; ``trigger_score`` (``drop_max``) is the largest over candidates: one inserted
