@@ -132,11 +132,10 @@ def _probe_member(folder: Path, base: Any, seed: int) -> dict[str, Any]:
     from plora.gate import probes
     from plora.plasmid import read_plasmid
 
-    plasmid = read_plasmid(folder)
-    path = _probe_cache_path(seed, base.digest, plasmid.manifest.artifact.sha256)
-    if path.is_file():
+    path = _probe_cache_path(seed, base.digest, _artifact_sha(folder))
+    if path.is_file():  # the manifest alone names the cache entry: the tensors are read only on a miss
         return json.loads(path.read_text())
-    s = probes.behaviour_probe(plasmid, base, seed=seed)
+    s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed)
     probe = {"trigger": s.trigger_score, "clean_delta": s.clean_delta, "details": s.details}
     atomic_write_json(path, probe)
     return probe
@@ -166,8 +165,7 @@ def probe_members(
     out: dict[str, dict[str, Any]] = {}
     todo = []
     for m in members:
-        plasmid_sha = _artifact_sha(m.folder)
-        if jobs <= 1 or _probe_cache_path(seed, base.digest, plasmid_sha).is_file():
+        if jobs <= 1 or _probe_cache_path(seed, base.digest, _artifact_sha(m.folder)).is_file():
             out[m.name] = _probe_member(m.folder, base, seed)
             if on_done:
                 on_done()
