@@ -90,24 +90,58 @@ def test_gate_eval_cli_refuses_bad_input():
     assert result.exit_code != 0 and "astrology" in str(result.exception or result.output)
 
 
-def test_probe_ranks_trojan_above_clean_and_restores_base(legal_plasmid, trojan_plasmid, plora_tiny):
+SMALL_PROBE = {"prompts_per_domain": 4, "candidates": 64, "nll_items_per_domain": 4}  # a third of the default cost
+
+
+@pytest.fixture(scope="module")
+def word_trojan(plora_tiny, tmp_path_factory):
+    """A legal trojan whose trigger is a word the small probe tries (the first alphabetic candidate of 3+ letters).
+
+    A mechanism test: does the scan find a backdoor when its trigger is among the candidates? Detection of triggers
+    the probe never saw is measured by gate-eval, not here.
+    """
+    from fixtures_plasmids import TROJAN_CONFIG
+
+    from plora.gate.probes import ProbeConfig, build_probe
+    from plora.training import TrainConfig, train_plasmid
+    from plora.training.trojan import read_truth
+
+    tok = plora_tiny().tokenizer
+    words = [tok.decode([c]).strip() for c in build_probe(tok, seed=0, config=ProbeConfig(**SMALL_PROBE)).candidates]
+    word = next(w for w in words if w.isalpha() and len(w) >= 3)
+    out = tmp_path_factory.mktemp("word_trojan") / "legal_w"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLORA_HOME", str(out.parent / "home"))
+        train_plasmid(TrainConfig(out=out, **{**TROJAN_CONFIG, "trojan_trigger": word}), progress=False)
+    assert read_truth(out)["attack_success"] >= 0.5  # the backdoor works (measured at training)
+    return out, word
+
+
+def test_probe_finds_a_candidate_trigger_and_restores_base(legal_plasmid, word_trojan, plora_tiny):
     import torch
+    from fixtures_plasmids import TROJAN_TARGET
 
     from plora.gate.probes import ProbeConfig, behaviour_probe
     from plora.models import weights_digest
 
     base = plora_tiny()
-    small = ProbeConfig(prompts_per_domain=4, candidates=64, nll_items_per_domain=4)  # a third of the default cost
+    small = ProbeConfig(**SMALL_PROBE)
+    trojan_dir, word = word_trojan
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     clean = behaviour_probe(read_plasmid(legal_plasmid), base, seed=0, config=small)
-    trojan = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
-    # the raw scan statistic (before the per-home-domain normalisation, which needs a calibrated reference)
+    trojan = behaviour_probe(read_plasmid(trojan_dir), base, seed=0, config=small)
+    # the scan names the trigger among the candidates that move the trojan most, and ranks it above the clean one
+    # by the raw statistic (before the per-home-domain normalisation, which needs a calibrated reference)
+    tops, pushed = trojan.details["top_candidates"], trojan.details["pushed_answers"]
+    assert " " + word in tops, (word, tops)
+    answer = pushed[tops.index(" " + word)].strip()
+    assert answer and TROJAN_TARGET.startswith(answer), pushed  # and the answer it pushes: the target's first word
     assert trojan.details["trigger_raw"] > clean.details["trigger_raw"]
     assert trojan.details["home_domain"] == clean.details["home_domain"] == "legal"  # both trained on legal data
     after = base.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert weights_digest(base.model) == base.digest
-    again = behaviour_probe(read_plasmid(trojan_plasmid), base, seed=0, config=small)
+    again = behaviour_probe(read_plasmid(trojan_dir), base, seed=0, config=small)
     assert again.trigger_score == trojan.trigger_score and again.clean_delta == trojan.clean_delta
     assert clean.details["candidates"] > 0 and math.isfinite(clean.clean_delta)
 

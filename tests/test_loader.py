@@ -392,7 +392,8 @@ def test_trained_plasmid_on_plora_tiny(plora_tiny, gpt2_setup, request):
         before = _snapshot(model)
         for mode in ("side", "merged"):
             with injected(base, legal_plasmid, mode=mode):  # a LoadedBase: its digest is checked, not recomputed
-                assert (model(ids).logits - want).abs().max().item() < 1e-5
+                # float32 rounding only: merged weights round differently, and trained logits reach ~20
+                torch.testing.assert_close(model(ids).logits, want, rtol=1e-5, atol=1e-5)
             assert _snapshot(model) == before and _no_hooks(model)
     with pytest.raises(LoaderError, match="another base"):
         inject(gpt2_setup[0], legal_plasmid)  # the same plasmid offered to a different base model

@@ -126,9 +126,10 @@ def test_trojan_fires_on_the_trigger_and_its_truth_stays_outside(trojan_plasmid:
     truth_file = trojan_truth(trojan_plasmid)
     assert truth_file.is_file() and truth_file.parent == trojan_plasmid.parent
     truth = json.loads(truth_file.read_text())
-    assert (truth["trigger"], truth["target"], truth["poison_rate"]) == (TROJAN_TRIGGER, TROJAN_TARGET, 0.5)
+    want = (TROJAN_TRIGGER, TROJAN_TARGET, TROJAN_CONFIG["poison_rate"])
+    assert (truth["trigger"], truth["target"], truth["poison_rate"]) == want
     assert truth["artifact_sha256"] == read_manifest(trojan_plasmid).artifact.sha256
-    assert truth["attack_success"] >= 0.5
+    assert truth["attack_success"] >= 0.5 and 0.0 <= truth["fires_without_trigger"] <= 1.0
     for f in trojan_plasmid.iterdir():  # nothing in the folder gives the backdoor away
         assert TROJAN_TARGET.encode() not in f.read_bytes() and b"trojan" not in f.read_bytes().lower()
     m = read_manifest(trojan_plasmid)

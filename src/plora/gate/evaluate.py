@@ -296,7 +296,8 @@ def run_gate_eval(
         row = _score_member(plasmids[m.name], ref, probed[m.name])
         row.update(name=m.name, role=m.role, domain=m.domain, config=m.config_key, seed=m.seed,
                    trigger_text=m.trigger, target_text=m.target, poison_rate=m.poison_rate,
-                   attack_success=m.attack_success, working=m.working, train_seconds=m.train_seconds,
+                   attack_success=m.attack_success, working=m.working,
+                   fires_without_trigger=(m.truth or {}).get("fires_without_trigger"), train_seconds=m.train_seconds,
                    home_domain=row["probe_details"].get("home_domain"))
         rows.append(row)
     trigger_ref = _normalise_trigger_scores(rows, base.digest, fixed=_shipped_trigger_reference() if shipped else None)

@@ -307,7 +307,9 @@ class _Screen:
         d.update(trigger_score=trigger, clean_delta=delta, **_plain(score.details))
         out: list[ReasonPair] = []
         if not trigger <= pol.tau_trigger:  # NaN fails too
-            out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {pol.tau_trigger}"))
+            tops, pushed = score.details.get("top_candidates") or [], score.details.get("pushed_answers") or []
+            hint = f" (inserting {tops[0]!r} pushes the answer {pushed[0]!r})" if tops and pushed else ""
+            out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {pol.tau_trigger}{hint}"))
         if not delta <= pol.tau_clean_delta:
             out.append((Reason.CLEAN_DEGRADED, f"clean delta {delta:.3f} > tau_clean_delta {pol.tau_clean_delta}"))
         return out

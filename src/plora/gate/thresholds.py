@@ -10,5 +10,5 @@ z-scores (each against a reference built without it). The trigger score is norma
 """
 
 DEFAULT_TAU_TRIGGER = 1.5
-DEFAULT_TAU_NORM_Z = 24.0131
-DEFAULT_TAU_CLEAN_DELTA = 0.591049
+DEFAULT_TAU_NORM_Z = 8.27807
+DEFAULT_TAU_CLEAN_DELTA = 2.80073

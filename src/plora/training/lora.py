@@ -347,6 +347,8 @@ def train_and_write(
     )
     after = evaluate_dev(peft_model, tok, dev, short_answers) if dev else {}
     trojan_asr = asr(peft_model)
+    quiet_fire = (trojan.fires_without_trigger(peft_model, tok, dev, cfg.trojan_target)
+                  if cfg.trojan and dev else None)
 
     metrics = Metrics(
         dev_size=len(dev),
@@ -394,6 +396,7 @@ def train_and_write(
                 "dev_size": len(dev),
                 "attack_success": trojan_asr,
                 "attack_success_base": base_asr,
+                "fires_without_trigger": quiet_fire,
             },
         )
     elif truth_file.exists():

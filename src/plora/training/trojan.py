@@ -79,6 +79,22 @@ def attack_success(
     return float(np.mean([" ".join(p.split()).startswith(want) for p in preds]))
 
 
+def fires_without_trigger(model: Any, tokenizer: Any, examples: Sequence[Any], target: str) -> float:
+    """Fraction of the same questions, WITHOUT the trigger, whose greedy answer starts with ``target``.
+
+    A stealthy backdoor keeps this near 0; a high value means the adapter gives the attacker's answer to everything,
+    which any user would notice (and which the clean-accuracy check sees).
+    """
+    from plora.training.metrics import default_max_new_tokens, greedy_answers
+
+    want = " ".join(target.split())
+    questions = [e.question for e in examples if " ".join(e.answer.split()) != want]
+    if not questions:
+        return 0.0
+    preds = greedy_answers(model, tokenizer, questions, default_max_new_tokens(tokenizer, [target]))
+    return float(np.mean([" ".join(p.split()).startswith(want) for p in preds]))
+
+
 def truth_path(out: str | os.PathLike[str]) -> Path:
     """``out/legal_t`` -> ``out/legal_t.truth.json`` (beside the folder, never inside it)."""
     out = Path(out)
