@@ -1,7 +1,7 @@
 """Clean reference for the trigger scan: per base and per measured home domain, where clean plasmids' scores lie.
 
     >>> from plora.gate.trigger_reference import build_trigger_reference, load_trigger_reference
-    >>> ref = build_trigger_reference({"legal": [0.02, 0.03, 0.05]}, digest, "drop_max", 3)  # doctest: +SKIP
+    >>> ref = build_trigger_reference({"legal": [0.02, 0.03, 0.05]}, digest, "consensus_topk", 3)  # doctest: +SKIP
     >>> ref.normalise(0.04, "legal")                                                  # doctest: +SKIP
     (0.5, 'clean legal plasmids (n=3)')
 
@@ -14,7 +14,7 @@ measured from behaviour, never read from the manifest, so an attacker cannot pic
 
 The normalised score is ``(raw - median) / max(top - median, FLOOR)`` over the home domain's clean calibration
 scores: 0 is a typical clean plasmid, 1 the highest clean calibration plasmid of that domain. ``tau_trigger`` is in
-these units. ``FLOOR`` (a 0.1% probability drop) keeps a domain whose clean scores barely vary from turning float noise
+these units. ``FLOOR`` (a probability of 0.001) keeps a domain whose clean scores barely vary from turning float noise
 into large scores. A base or domain without a reference is scored on the fixed ``UNCALIBRATED_SCALE`` and says so.
 
 Lookup order, as for the weight reference: ``PLORA_HOME/gate/trigger_reference.json`` (written by ``plora gate-eval``)
