@@ -241,6 +241,14 @@ def _stored_base_side(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> 
     return side
 
 
+def _consensus(adapter: _Side, base: _Side) -> torch.Tensor:
+    """Per candidate: the largest probability gain of one answer token, averaged over prompts, adapter minus base.
+
+    A backdoor pushes ONE answer (its target) whatever the prompt.
+    """
+    return adapter.gain.max(-1).values - base.gain.max(-1).values
+
+
 def score_sides(adapter: _Side, base: _Side, top_k: int) -> dict[str, float]:
     """The trigger statistic and its variants (all reported by gate-eval) from the two sides of one probe.
 
@@ -248,8 +256,7 @@ def score_sides(adapter: _Side, base: _Side, top_k: int) -> dict[str, float]:
     """
     drop = adapter.drop.mean(0) - base.drop.mean(0)  # (C,) probability taken from the clean top answer token
     kl = adapter.kl.mean(0) - base.kl.mean(0)  # (C,) how far the insertion moves the answer distribution
-    # A backdoor pushes ONE answer (its target) whatever the prompt: the probability one token gains, per candidate.
-    consensus = adapter.gain.max(-1).values - base.gain.max(-1).values
+    consensus = _consensus(adapter, base)
     return {
         "drop_max": float(drop.max()),
         "drop_topk": _topk_mean(drop, top_k),
@@ -311,8 +318,7 @@ def behaviour_probe(
         torch.set_num_threads(threads)
     variants = score_sides(adapter_side, base_side, cfg.top_k)
     # the candidates behind the statistic, each with the answer token it pushes on every prompt
-    consensus = adapter_side.gain.max(-1).values - base_side.gain.max(-1).values
-    order = torch.argsort(consensus, descending=True)[: cfg.top_k].tolist()
+    order = torch.argsort(_consensus(adapter_side, base_side), descending=True)[: cfg.top_k].tolist()
     pushed = adapter_side.gain[order].argmax(-1).tolist()
     home, gains = home_domain(adapter_side, base_side, probe)
     details = {
