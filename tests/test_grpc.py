@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -172,9 +173,10 @@ def test_garbage_and_stalled_clients_do_not_hurt_the_server(world, tmp_path):
         stalled = pb2_grpc.PlasmidExchangeStub(ch).Fetch(pb2.FetchRequest(id="big"), timeout=30)
         next(stalled)  # the header; then this client stops reading and holds the only stream slot
         with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):
-            fetch(srv.address, "big", tmp_path / "d1", limits=limits)
-        time.sleep(2.5)  # past stream_timeout_s the server cancels the stalled stream and frees the slot
-        r = fetch(srv.address, "big", tmp_path / "d2", limits=limits)
+            fetch(srv.address, "big", tmp_path / "d1", limits=replace(limits, busy_wait_s=0))
+        # past stream_timeout_s the server cancels the stalled stream and frees the slot: the client's busy retry
+        # polls for it (the stalled stream is never cancelled by its own client)
+        r = fetch(srv.address, "big", tmp_path / "d2", limits=replace(limits, busy_wait_s=20))
         assert r.accepted and r.size > 1_000_000
         stalled.cancel()
         ch.close()
@@ -187,7 +189,8 @@ def test_bulk_tokens_are_single_use_and_expire(world, tmp_path):
     srv = serve(world["root"], port=0, limits=limits)
     try:
         stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(srv.address))
-        header = next(stub.Fetch(pb2.FetchRequest(id="legal", bulk=True), timeout=5)).header
+        stream = stub.Fetch(pb2.FetchRequest(id="legal", bulk=True), timeout=30)  # kept open: the token stays valid
+        header = next(stream).header
         assert header.bulk_port and len(header.bulk_token) == 32
         for token in (os.urandom(32), b"short"):  # a guessed token, a truncated one: closed, nothing sent
             with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
@@ -195,12 +198,13 @@ def test_bulk_tokens_are_single_use_and_expire(world, tmp_path):
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(1) == b""
         with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):  # the unused token holds the only slot
-            fetch(srv.address, "legal", tmp_path / "d1", limits=limits)
-        time.sleep(2.0)  # ... until it expires
-        assert fetch(srv.address, "legal", tmp_path / "d2", limits=limits).accepted
+            fetch(srv.address, "legal", tmp_path / "d1", limits=replace(limits, busy_wait_s=0))
+        # ... until it expires (its stream is still open): the client's busy retry polls for that
+        assert fetch(srv.address, "legal", tmp_path / "d2", limits=replace(limits, busy_wait_s=20)).accepted
         with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
             s.sendall(header.bulk_token)  # expired, and never valid twice
             assert s.recv(1) == b""
+        stream.cancel()
     finally:
         srv.stop(0)
 

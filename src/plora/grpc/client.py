@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
-from plora.grpc.bulk import HashWriter, receive_bulk
+from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
@@ -58,6 +58,7 @@ class FetchResult:
     receive_s: float = 0.0
     check_s: float = 0.0
     quarantined: Path | None = None
+    bulk_fallback: str = ""  # why the bulk socket failed, when the bytes then came over the gRPC stream
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         raise TransferError(f"{plasmid_id}: bad manifest from the server: {err}") from None
     art = manifest.artifact
     result.sha256, result.size, result.domain = art.sha256, art.size_bytes, manifest.domain
-    result.bytes_received = result.manifest_bytes = len(header.manifest) + len(header.adapter_config)
+    result.bytes_received += len(header.manifest) + len(header.adapter_config)
+    result.manifest_bytes += len(header.manifest) + len(header.adapter_config)
     if manifest.plasmid_id != plasmid_id:
         raise TransferError(f"asked for {plasmid_id!r}, the manifest names {manifest.plasmid_id!r}")
     if expect_sha256 and art.sha256 != expect_sha256:
@@ -153,8 +155,12 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
     (stage / MANIFEST_NAME).write_bytes(header.manifest)
     (stage / ADAPTER_CONFIG_NAME).write_bytes(header.adapter_config)
     if header.bulk_port:
-        got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
-                                     stage / art.filename, limits, deadline)
+        try:
+            got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
+                                         stage / art.filename, limits, deadline)
+        except BulkError as err:
+            result.bytes_received += err.received  # they crossed the wire too
+            raise
     else:
         got, received = _receive_stream(stream, plasmid_id, stage / art.filename, art.size_bytes, limits)
     result.bytes_received += received
@@ -210,6 +216,45 @@ def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
     return target
 
 
+def _prepare_dest(dest: Path) -> Path:
+    """``dest`` as an existing folder, and the folder its stages go to (its parent); TransferError otherwise."""
+    if dest.exists() and not dest.is_dir():
+        raise TransferError(f"destination {dest} exists and is not a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TransferError(f"cannot create the destination folder {dest}: {err.strerror or err}") from None
+    return dest.resolve().parent
+
+
+def _make_stage(parent: Path) -> Path:
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+    except OSError as err:
+        raise TransferError(f"cannot stage a fetch in {parent}: {err.strerror or err}") from None
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other
+    return stage
+
+
+class _Busy(Exception):
+    """The server answered RESOURCE_EXHAUSTED: every fetch slot (or this client's share) is taken."""
+
+
+def _fetch_once(channel: grpc.Channel, address: str, plasmid_id: str, stage: Path, limits: Limits,
+                expect_sha256: str | None, result: FetchResult, timeout: float, bulk: bool) -> None:
+    stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
+        pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=bulk), timeout=timeout)
+    try:
+        _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
+                 time.monotonic() + timeout)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise _Busy(str(_rpc_error(address, err))) from None
+        raise _rpc_error(address, err) from None
+    finally:
+        stream.cancel()
+
+
 def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks: Sequence[Check] = (),
           tls: ClientTLS | None = None, limits: Limits = Limits(), expect_sha256: str | None = None,
           size_hint: int | None = None, quarantine: str | os.PathLike[str] | None = None,
@@ -218,18 +263,17 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
 
     Content problems (hash, size, failed checks) give ``accepted=False`` with reasons; transport and protocol
     failures (unreachable, unknown id, broken stream, deadline) raise TransferError. Either way the staging
-    folder is gone when this returns.
+    folder is gone when this returns. A busy server (RESOURCE_EXHAUSTED) is retried for ``limits.busy_wait_s``;
+    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why).
     """
     check_id(plasmid_id)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    parent = dest.resolve().parent
+    parent = _prepare_dest(dest)
     clean_stale_stages(parent)
     result = FetchResult(id=plasmid_id, accepted=False)
     own = channel is None
     channel = channel or open_channel(address, tls, limits)
-    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
-    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other
+    stage = _make_stage(parent)
     try:
         if size_hint is None:
             listed = {e.id: e for e in get_inventory(address, limits=limits, channel=channel)}
@@ -239,17 +283,21 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
             size_hint = listed[plasmid_id].size
         t0 = time.perf_counter()
         timeout = limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes))
-        stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
-            pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=limits.bulk and tls is None),
-            timeout=timeout,
-        )
-        try:
-            _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
-                     time.monotonic() + timeout)
-        except grpc.RpcError as err:
-            raise _rpc_error(address, err) from None
-        finally:
-            stream.cancel()
+        bulk = limits.bulk and tls is None
+        busy_until, pause = time.monotonic() + limits.busy_wait_s, 0.05
+        while True:
+            try:
+                _fetch_once(channel, address, plasmid_id, stage, limits, expect_sha256, result, timeout, bulk)
+                break
+            except BulkError as err:
+                if not bulk:
+                    raise
+                bulk, result.bulk_fallback = False, str(err)
+            except _Busy as busy:
+                if time.monotonic() + pause > busy_until:
+                    raise TransferError(str(busy)) from None
+                time.sleep(pause)
+                pause = min(1.0, 2 * pause)
         result.receive_s = time.perf_counter() - t0
         if not result.reasons:
             t1 = time.perf_counter()
