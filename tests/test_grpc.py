@@ -123,6 +123,34 @@ def test_tampered_and_untrusted_are_refused_with_reasons(world, server, tmp_path
     assert "QUORUM_NOT_MET" in (quarantined / "rejected.json").read_text()
 
 
+def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsys):
+    from plora.cli.main import main
+    from plora.grpc.tls import make_test_pki
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    fetch_args = ["fetch", "--from", server.address, "--id", "legal", "--no-gate", "--dest"]
+    for args, expected in ((fetch_args + [str(afile)], "exists and is not a folder"),
+                           (fetch_args + ["/proc/x"], "cannot create the destination folder /proc/x")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert expected in err and afile.read_text() == "not a folder"
+    pki = make_test_pki(tmp_path / "pki")
+    offer = [sys.executable, "-m", "plora", "offer", "--root", str(world["root"])]
+    for args, expected in ((["--port", "99999"], "invalid port 99999"), (["--port", "-1"], "invalid port -1"),
+                           (["--port", "65536"], "invalid port 65536"),
+                           (["--port", "0", "--tls-cert", str(pki["server_key"]), "--tls-key", str(pki["server_cert"])],
+                            "swapped"),
+                           (["--port", "0", "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["client_key"])],
+                            "does not belong to the certificate")):
+        # a subprocess with a timeout: an offer that wrongly starts serving would otherwise never return
+        res = subprocess.run(offer + args, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, (args, res.stderr)
+        assert res.stderr.startswith("error: ") and expected in res.stderr, (args, res.stderr)
+
+
 def test_gate_runs_on_staged_folder(world, server, tmp_path):
     strict = cheap_policy(tmp_path / "strict.json", allowed_ranks=[8])
     from plora.gate.policy import load_policy
@@ -147,6 +175,27 @@ def test_ids_cannot_leave_the_root(world, server, tmp_path):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         (world["root"] / "link").unlink()
+
+
+def test_a_skipped_folder_is_logged_once_not_per_request(tmp_path, caplog):
+    root = tmp_path / "root"
+    craft(root, "legal")
+    (root / "linkdir").symlink_to(craft(tmp_path / "outside", "secret"), target_is_directory=True)
+    srv = serve(root, port=0)
+    try:
+        with caplog.at_level("WARNING", logger="plora.grpc.server"):
+            for _ in range(3):
+                assert [e.id for e in get_inventory(srv.address)] == ["legal"]
+        assert [r.getMessage() for r in caplog.records].count(
+            f"not serving {root / 'linkdir'}: it resolves outside {root.resolve()}") == 1, caplog.text
+    finally:
+        srv.stop(0)
+
+
+def test_generated_certificates_and_keys_are_git_ignored():
+    repo = Path(__file__).resolve().parents[1]
+    for path in ("certs/server.key", "keys/alice", "received/legal/plora.yml"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0, path
 
 
 def test_rescan_picks_up_new_plasmids_and_skips_hidden(world, server, tmp_path):

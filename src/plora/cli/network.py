@@ -26,6 +26,7 @@ def offer(
     tls_key: str = TLS_KEY,
     tls_client_ca: str = typer.Option(None, "--tls-client-ca", help="require client certificates signed by this CA"),
     max_streams: int = typer.Option(64, "--max-streams", help="concurrent fetches; more get RESOURCE_EXHAUSTED"),
+    max_streams_per_peer: int = typer.Option(16, "--max-streams-per-peer", help="concurrent fetches per client IP"),
     chunk_kib: int = typer.Option(1024, "--chunk-kib", help="artifact bytes per stream message, KiB"),
     bulk: bool = typer.Option(True, "--bulk/--no-bulk", help="offer the bulk socket (plaintext servers only)"),
 ) -> None:
@@ -42,10 +43,11 @@ def offer(
         raise TransferError("TLS needs both --tls-cert and --tls-key")
     if tls_client_ca and not tls_cert:
         raise TransferError("--tls-client-ca needs --tls-cert and --tls-key")
-    if not 1 <= max_streams <= 4096 or not 16 <= chunk_kib <= 4096:
-        raise TransferError("--max-streams must be 1..4096 and --chunk-kib 16..4096")
+    if not 1 <= max_streams <= 4096 or not 1 <= max_streams_per_peer <= 4096 or not 16 <= chunk_kib <= 4096:
+        raise TransferError("--max-streams and --max-streams-per-peer must be 1..4096 and --chunk-kib 16..4096")
     tls = ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    limits = Limits(max_streams=max_streams, chunk_bytes=chunk_kib * 1024, bulk=bulk)
+    limits = Limits(max_streams=max_streams, max_streams_per_peer=max_streams_per_peer, chunk_bytes=chunk_kib * 1024,
+                    bulk=bulk)
     server = serve(root, port=port, host=host, limits=limits, tls=tls)
     ids = sorted(server.servicer.index.refresh())
     mode = "mutual TLS" if tls_client_ca else "TLS" if tls else "plaintext"
@@ -82,6 +84,7 @@ def fetch(
     Exit 0 when accepted; 1 when refused (each reason printed); 2 on bad input or a transfer failure.
     """
     from dataclasses import replace
+    from pathlib import Path
 
     import grpc
 
@@ -92,6 +95,7 @@ def fetch(
     from plora.grpc.tls import ClientTLS
 
     parse_address(address)
+    client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
     checks: list[client.Check] = []

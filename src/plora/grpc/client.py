@@ -216,7 +216,7 @@ def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
     return target
 
 
-def _prepare_dest(dest: Path) -> Path:
+def prepare_dest(dest: Path) -> Path:
     """``dest`` as an existing folder, and the folder its stages go to (its parent); TransferError otherwise."""
     if dest.exists() and not dest.is_dir():
         raise TransferError(f"destination {dest} exists and is not a folder")
@@ -268,7 +268,7 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     """
     check_id(plasmid_id)
     dest = Path(dest)
-    parent = _prepare_dest(dest)
+    parent = prepare_dest(dest)
     clean_stale_stages(parent)
     result = FetchResult(id=plasmid_id, accepted=False)
     own = channel is None

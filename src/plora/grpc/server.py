@@ -311,6 +311,8 @@ class OfferServer:
 
     def __init__(self, servicer: PlasmidServicer, host: str = "127.0.0.1", port: int = 0,
                  tls: ServerTLS | None = None) -> None:
+        if not 0 <= port <= 65535:
+            raise TransferError(f"invalid port {port}: expected 0..65535 (0: the OS picks one)")
         limits = servicer.limits
         self.servicer = servicer
         self.host = host

@@ -126,6 +126,7 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
 
 def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     """Run the networked swarm and write its report; ``on_round(round, procs)`` is called after each barrier."""
+    from plora.grpc.client import clean_stale_stages
     from plora.swarm.graphs import graph_stats, make_graph
     from plora.swarm.report import build_report, write_report
 
@@ -133,7 +134,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
     from plora.swarm.sim import stream_seeds
 
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), time.gmtime()
     pool, domains, policy = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
@@ -143,7 +144,8 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
     work.mkdir(parents=True, exist_ok=True)
-    policy_path = atomic_write_json(work / "policy.json", policy.model_dump(mode="json")) if policy else None
+    policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
+    policy_path = atomic_write_json(work / "policy.json", policy_json) if policy_json else None
     seeded = _seed_stores(cfg, work, pool, domains, trojan_agents)
     procs: dict[int, subprocess.Popen] = {}
     addresses: dict[int, str] = {}
@@ -183,17 +185,33 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if not cfg.work_dir:
+                p.wait()
+        if cfg.work_dir:
+            for i in procs:  # every agent has exited: a staging folder left now is a dead agent's partial fetch
+                clean_stale_stages(work / f"a{i}")
+        else:
             shutil.rmtree(work, ignore_errors=True)
     meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
-                                        quiescent, policy_path)
+                                        quiescent, policy_json)
     meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
-                       "rounds_s": round(t_rounds, 3),
+                       "rounds_s": round(t_rounds, 3), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
                        "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
     report = build_report(meta, rounds, final)
-    path = write_report(report, cfg.report_dir)
+    path = write_report(report, cfg.report_dir, stem=_run_stem(report, cfg.report_dir, started))
     report["meta"]["timings"]["report_path"] = str(path)
     return report
+
+
+def _run_stem(report: dict[str, Any], report_dir: str, started: time.struct_time) -> str:
+    """The report's stem plus the run's start time: a networked run is not reproducible, so none overwrites another."""
+    from plora.swarm.report import report_stem
+
+    stem = f"{report_stem(report)}-{time.strftime('%Y%m%dT%H%M%SZ', started)}"
+    n, unique = 1, stem
+    while (Path(report_dir) / f"{unique}.json").exists():
+        n += 1
+        unique = f"{stem}-{n}"
+    return unique
 
 
 def _seed_stores(cfg: NetConfig, work: Path, pool: list[Any], domains: list[str],
@@ -267,7 +285,7 @@ class _State:
 
 def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list[Any], domains: list[str],
                   trojan_agents: set[int], seeded: dict[int, Any], state: _State, quiescent: bool,
-                  policy_path: Path | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+                  policy: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """meta, rounds and final in the Swarm Sim v2 schema (plora.swarm.report), from the agents' own records."""
     from plora.swarm.theory import predict
 
@@ -317,7 +335,7 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
         "engine": "net", "seed": cfg.seed, "agents": cfg.agents, "honest_agents": len(honest),
         "trojan_agents": len(trojan_agents), "domains": domains,
         "graph": {**gstats, "reachable": {d: len(v) for d, v in reach.items()}},
-        "policy": json.loads(policy_path.read_text()) if policy_path else None,
+        "policy": policy,
         "flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                   if k not in {"progress", "work_dir", "report_dir", "step_timeout_s"}},
         "pool": [p.public() for p in pool],
