@@ -210,12 +210,12 @@ def test_rescan_picks_up_new_plasmids_and_skips_hidden(world, server, tmp_path):
 
 def test_garbage_and_stalled_clients_do_not_hurt_the_server(world, tmp_path):
     limits = Limits(max_streams=1, stream_timeout_s=2.0, chunk_bytes=16 * 1024)
-    big = craft(tmp_path / "root", "big", layers=200)
+    big = craft(tmp_path / "root", "big", layers=1000)  # 8 MB: more than the socket and HTTP/2 windows hold
     srv = serve(big.parent, port=0, limits=limits)
     try:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:  # not even HTTP/2
             s.sendall(os.urandom(4096))
-        ch = grpc.insecure_channel(srv.address)
+        ch = grpc.insecure_channel(srv.address, options=[("grpc.http2.bdp_probe", 0)])  # windows stay small
         raw = ch.unary_stream("/plora.v1.PlasmidExchange/Fetch")  # bytes in, bytes out: a broken protobuf
         with pytest.raises(grpc.RpcError):
             list(raw(b"\xff\xff\xff\xff\x0f garbage", timeout=5))
