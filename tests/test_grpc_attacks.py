@@ -97,7 +97,7 @@ def _closed(sock: socket.socket) -> bool:
 def test_idle_bulk_connections_do_not_block_fetches(root, tmp_path):
     from plora.grpc.bulk import HANDSHAKES_PER_PEER
 
-    srv = serve(root, port=0)
+    srv = serve(root, port=0, limits=Limits(bulk_handshake_s=120))  # only the caps can close them in this test
     idle = [socket.create_connection(("127.0.0.1", srv.servicer.bulk.port)) for _ in range(40)]
     try:
         for i in range(3):
@@ -106,6 +106,7 @@ def test_idle_bulk_connections_do_not_block_fetches(root, tmp_path):
         # one peer keeps at most HANDSHAKES_PER_PEER connections waiting: the server closed the others
         wait_for(lambda: sum(_closed(s) for s in idle) >= len(idle) - HANDSHAKES_PER_PEER, 10,
                  f"at most {HANDSHAKES_PER_PEER} idle connections kept")
+        assert srv.servicer.bulk.pending_handshakes() <= HANDSHAKES_PER_PEER
     finally:
         for s in idle:
             s.close()
