@@ -129,15 +129,17 @@ def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsy
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
+    pki = make_test_pki(tmp_path / "pki")
     fetch_args = ["fetch", "--from", server.address, "--id", "legal", "--no-gate", "--dest"]
     for args, expected in ((fetch_args + [str(afile)], "exists and is not a folder"),
-                           (fetch_args + ["/proc/x"], "cannot create the destination folder /proc/x")):
+                           (fetch_args + ["/proc/x"], "cannot create the destination folder /proc/x"),
+                           (fetch_args + [str(tmp_path / "d"), "--tls-ca", str(pki["ca_cert"]), "--tls-cert",
+                                          str(pki["client_key"]), "--tls-key", str(pki["client_cert"])], "swapped")):
         with pytest.raises(SystemExit) as exit_:
             main(args)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert expected in err and afile.read_text() == "not a folder"
-    pki = make_test_pki(tmp_path / "pki")
     offer = [sys.executable, "-m", "plora", "offer", "--root", str(world["root"])]
     for args, expected in ((["--port", "99999"], "invalid port 99999"), (["--port", "-1"], "invalid port -1"),
                            (["--port", "65536"], "invalid port 65536"),

@@ -95,7 +95,6 @@ def fetch(
     from plora.grpc.tls import ClientTLS
 
     parse_address(address)
-    client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
     checks: list[client.Check] = []
@@ -110,15 +109,14 @@ def fetch(
     tls = ClientTLS(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None
     limits = replace(Limits(), max_artifact_bytes=min(Limits().max_artifact_bytes, policy.max_artifact_bytes),
                      bulk=bulk)
-    channel = client.open_channel(address, tls, limits)
+    channel = client.open_channel(address, tls, limits)  # checks the TLS files
     try:
+        client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work
         grpc.channel_ready_future(channel).result(timeout=wait_s)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise TransferError(f"{address}: no answer in {wait_s:g} s (server down or TLS handshake failed)") from None
-    try:
         result = client.fetch(address, plasmid_id, dest, checks=checks, tls=tls, limits=limits,
                               quarantine=quarantine, channel=channel)
+    except grpc.FutureTimeoutError:
+        raise TransferError(f"{address}: no answer in {wait_s:g} s (server down or TLS handshake failed)") from None
     finally:
         channel.close()
     size = f"{result.size / 1e6:.2f} MB" if result.size else "?"
