@@ -15,6 +15,7 @@ path leaves the root (a symlink) is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ from plora.grpc.bulk import BulkServer
 from plora.grpc.limits import Limits, check_id
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ServerTLS
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 3
@@ -187,9 +188,10 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         try:
             size = os.fstat(fh.fileno()).st_size
             chunk = self.limits.chunk_bytes
+            sigs = _signature_files(entry.folder, self.limits)
             header = pb2.FetchHeader(id=entry.id, manifest=entry.manifest_bytes, adapter_config=config, size=size,
-                                     chunk_size=chunk)
-            sent += len(entry.manifest_bytes) + len(config)
+                                     chunk_size=chunk, signatures=sigs)
+            sent += len(entry.manifest_bytes) + len(config) + sum(len(s.data) for s in sigs)
             if bulk and self.bulk is not None:
                 # the ticket now owns the open file and the stream slot; both are released when it is used or expires
                 header.bulk_token = self.bulk.issue(fh, size, slot.handover())
@@ -207,6 +209,19 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
             with self._stats_lock:
                 self.bytes_sent += sent
                 self.fetches_served += 1
+
+
+def _signature_files(folder: Path, limits: Limits) -> list[pb2.SignatureFile]:
+    """The detached signatures stored beside the manifest, as stored (regular files within the size limit only)."""
+    out = []
+    for name in SIGNATURE_FILES:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()[: limits.max_signature_bytes + 1]
+                if len(data) <= limits.max_signature_bytes:
+                    out.append(pb2.SignatureFile(name=name, data=data))
+    return out
 
 
 class _Slot:
