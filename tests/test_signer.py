@@ -456,3 +456,27 @@ def test_real_trained_plasmid_signs_and_verifies(legal_plasmid: Path, tmp_path: 
     art.write_bytes(bytes(data))
     code, out = verify_cli(folder, "--trusted-keys", str(key.parent))
     assert code == 1 and "ARTIFACT_SHA_MISMATCH" in out
+
+
+def test_swarm_pool_signs_with_envelopes_and_resigns_old_copies(tmp_path: Path) -> None:
+    """`--signatures on` pools: clean plasmids signed by the swarm key, trojans by the intruder, in plora.sig.json;
+    a cached copy signed the old way (inside plora.yml) is signed again."""
+    from plora.swarm.pool import PlasmidPool, entry_from_folder
+
+    entries = [
+        entry_from_folder(make_plasmid(tmp_path / "src" / "legal-s1"), trojan=False),
+        entry_from_folder(make_plasmid(tmp_path / "src" / "legal-t1", seed=1), trojan=True),
+    ]
+    pool = PlasmidPool(entries, tmp_path / "pool")
+    (tmp_path / "pool" / "keys").mkdir(parents=True)
+    generate_keypair("ed25519", tmp_path / "pool" / "keys" / "swarm")  # the pool would make RSA keys: slower
+    generate_keypair("ed25519", tmp_path / "pool" / "keys" / "intruder")
+    old = Path(shutil.copytree(tmp_path / "src" / "legal-s1", tmp_path / "pool" / "signed" / "legal-s1"))
+    legacy_sign(old, tmp_path / "pool" / "keys" / "swarm")
+    signed_pool, trusted = pool.signed(None)
+    assert trusted == [str(tmp_path / "pool" / "keys" / "swarm.pub")]
+    swarm, intruder = (Keyring.load([tmp_path / "pool" / "keys" / f"{who}.pub"]) for who in ("swarm", "intruder"))
+    clean, trojan = (Path(e.folder or "") for e in signed_pool.entries)
+    assert verify_plasmid(clean, swarm).ok and read_manifest(clean).signatures == ()
+    assert verify_plasmid(trojan, intruder).ok
+    assert verify_plasmid(trojan, swarm).codes == ["SIGNER_UNTRUSTED", "QUORUM_NOT_MET"]
