@@ -228,13 +228,24 @@ def test_a_signature_of_one_payload_type_never_verifies_as_another(tmp_path: Pat
         (lambda b: {**b, "extra": 1}, "extra"),  # unknown field at the top
         (lambda b: {**b, "signatures": [{**b["signatures"][0], "algo": "ed25519"}]}, "algo"),  # in a signature
         (lambda b: {k: v for k, v in b.items() if k != "payloadType"}, "payloadType"),
+        (lambda b: {("payload_type" if k == "payloadType" else k): v for k, v in b.items()}, "payloadType"),
         (lambda b: {**b, "payload": "not base64!"}, "payload"),
         (lambda b: {**b, "signatures": [{**b["signatures"][0], "sig": "@@@@"}]}, "sig"),
         (lambda b: {**b, "signatures": [{**b["signatures"][0], "keyid": "alice"}]}, "keyid"),
         (lambda b: {**b, "signatures": []}, "signatures"),
         (lambda b: [b], "JSON object"),
     ],
-    ids=["top-field", "signature-field", "no-type", "payload-b64", "sig-b64", "keyid", "no-signatures", "list"],
+    ids=[
+        "top-field",
+        "signature-field",
+        "no-type",
+        "snake-case",
+        "payload-b64",
+        "sig-b64",
+        "keyid",
+        "no-signatures",
+        "list",
+    ],
 )
 def test_malformed_envelopes_are_envelope_invalid(signed: Path, keys: dict[str, Path], edit, needle: str) -> None:
     (signed / "plora.sig.json").write_text(json.dumps(edit(envelope_json(signed))))

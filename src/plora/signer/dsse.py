@@ -76,7 +76,9 @@ def _b64decode(text: str) -> bytes:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True
+    )  # JSON names only: payloadType, not payload_type
 
 
 class EnvelopeSignature(_Strict):
