@@ -311,6 +311,18 @@ def test_resigning_replaces_the_same_signer(signed: Path, keys: dict[str, Path])
     assert len(read_envelope(signed / "plora.sig.json").signatures) == 3
 
 
+def test_signers_at_the_same_time_all_land_in_the_envelope(tmp_path: Path, keys: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = make_plasmid(tmp_path / "p")
+    for _ in range(3):  # read-modify-write of plora.sig.json, under a lock on the folder
+        (folder / "plora.sig.json").unlink(missing_ok=True)
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda name: sign_plasmid(folder, keys[name]), ["alice", "bob", "dave"]))
+        assert len(read_envelope(folder / "plora.sig.json").signatures) == 3
+    assert sorted(p.name for p in folder.iterdir())[-2:] == ["plora.sig.json", "plora.yml"]  # no lock file left
+
+
 def test_signing_a_changed_manifest_drops_the_stale_signatures(signed: Path, keys: dict[str, Path]) -> None:
     m = read_manifest(signed)
     write_manifest(signed, m.model_copy(update={"domain": "medical"}))  # a legitimate new version

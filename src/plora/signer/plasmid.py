@@ -19,7 +19,9 @@ plora.yml, before envelopes), which are refused (SIGNATURE_LEGACY) because they 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -126,35 +128,52 @@ def sign_plasmid(
     replaced; signatures over an older manifest are dropped, since they can no longer verify).
     ``oms``: write ``model.sig``, an OpenSSF model-signing bundle over the folder's files (EC keys only).
     """
+    if format not in ("dsse", "oms"):
+        raise SignatureError(f"unknown signature format {format!r}; expected dsse or oms")
     folder = Path(folder)
     private = load_private_key(key_path)
-    manifest = read_manifest(folder)
-    problems = check_files(folder, manifest)
-    if problems:
-        raise SignatureError(f"refusing to sign {folder}: " + "; ".join(msg for _, msg in problems))
     fp, algo = fingerprint(private.public_key()), algorithm_name(private)
-    if format == "oms":
-        from plora.signer.oms import sign_bundle
+    read_manifest(folder)  # a clear error for a folder that is not a plasmid, before any lock
+    # Signers adding to one envelope at once must not lose each other's signature; the files are checked under
+    # the lock too, so what is signed is what was checked.
+    with _folder_lock(folder):
+        manifest = read_manifest(folder)
+        problems = check_files(folder, manifest)
+        if problems:
+            raise SignatureError(f"refusing to sign {folder}: " + "; ".join(msg for _, msg in problems))
+        if format == "oms":
+            from plora.signer.oms import sign_bundle
 
-        return SignOutcome(sign_bundle(folder, key_path, private), fp, algo, 1)
-    if format != "dsse":
-        raise SignatureError(f"unknown signature format {format!r}; expected dsse or oms")
-    payload = canonical_bytes(manifest)
-    path = folder / SIGNATURE_NAME
-    existing, stale = None, 0
-    if path.exists():
-        try:
-            existing = read_envelope(path)
-        except EnvelopeError as err:
-            raise SignatureError(f"{err}; remove {path} to start a new envelope") from None
-        if existing.payload_type != PLASMID_PAYLOAD_TYPE or existing.payload_bytes != payload:
-            stale, existing = len(existing.signatures), None
-    envelope = sign_envelope(PLASMID_PAYLOAD_TYPE, payload, private, existing)
-    write_envelope(path, envelope)
-    legacy = len(manifest.signatures)
-    if legacy:  # the one rewrite of plora.yml: canonical bytes exclude this field, so the envelope stays valid
-        write_manifest(folder, manifest.model_copy(update={"signatures": ()}))
+            return SignOutcome(sign_bundle(folder, key_path, private), fp, algo, 1)
+        path = folder / SIGNATURE_NAME
+        payload = canonical_bytes(manifest)
+        existing, stale = None, 0
+        if path.exists():
+            try:
+                existing = read_envelope(path)
+            except EnvelopeError as err:
+                raise SignatureError(f"{err}; remove {path} to start a new envelope") from None
+            if existing.payload_type != PLASMID_PAYLOAD_TYPE or existing.payload_bytes != payload:
+                stale, existing = len(existing.signatures), None
+        envelope = sign_envelope(PLASMID_PAYLOAD_TYPE, payload, private, existing)
+        write_envelope(path, envelope)
+        legacy = len(manifest.signatures)
+        if legacy:  # the one rewrite of plora.yml: canonical bytes exclude this field, so the envelope stays valid
+            write_manifest(folder, manifest.model_copy(update={"signatures": ()}))
     return SignOutcome(path, fp, algo, len(envelope.signatures), stale, legacy)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the plasmid folder itself: no lock file is left in (or signed with) the folder."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def check_signatures(
