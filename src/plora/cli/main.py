@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from plora.cli import base, experiments, gate, gate_eval, network, runtime, swarm, train, trust
+from plora.cli import base, experiments, gate, gate_eval, importer, network, runtime, swarm, train, trust
 from plora.errors import PloraError
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (base, train, trust, gate, gate_eval, runtime, network, swarm, experiments):
+for module in (base, train, importer, trust, gate, gate_eval, runtime, network, swarm, experiments):
     module.register(app)
 
 

@@ -256,10 +256,13 @@ class _Screen:
 
     # 6 ---------------------------------------------------------------------------------------------------
     def signatures(self, d: dict[str, Any]) -> list[ReasonPair]:
-        from plora.signer import verify_signatures
+        from plora.signer import check_signatures
 
-        res = verify_signatures(self._m(), self.keyring, self.policy.quorum)
+        # the files were hashed in stages 3-5: only plora.sig.json (and model.sig, if any) are read here
+        res = check_signatures(self.folder, self.keyring, self.policy.quorum, manifest=self._m())
         d.update(valid_signers=res.valid_signers, untrusted_signers=res.untrusted_signers, quorum=res.quorum)
+        if res.notes:
+            d["notes"] = res.notes
         return [(Reason(c), msg) for c, msg in res.reasons]
 
     # 7 ---------------------------------------------------------------------------------------------------

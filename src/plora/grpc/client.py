@@ -37,7 +37,7 @@ from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
 from plora.hashing import sha256_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
 
 Check = Callable[[Path], list[str]]  # reasons a staged plasmid folder is refused; [] accepts it
 STAGE_PREFIX = ".plora-fetch-"
@@ -54,7 +54,7 @@ class FetchResult:
     size: int = 0
     domain: str = ""
     bytes_received: int = 0  # manifest + adapter_config + artifact bytes that arrived
-    manifest_bytes: int = 0  # of which plora.yml + adapter_config.json
+    manifest_bytes: int = 0  # of which plora.yml + adapter_config.json + detached signatures
     receive_s: float = 0.0
     check_s: float = 0.0
     quarantined: Path | None = None
@@ -131,14 +131,20 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         raise TransferError(f"asked for {plasmid_id!r}, the server sent {header.id!r}")
     if len(header.manifest) > limits.max_manifest_bytes or len(header.adapter_config) > limits.max_config_bytes:
         raise TransferError(f"{plasmid_id}: manifest or adapter_config over the size limit")
+    names = [s.name for s in header.signatures]
+    if any(n not in SIGNATURE_FILES for n in names) or len(set(names)) != len(names):
+        raise TransferError(f"{plasmid_id}: unexpected signature files from the server: {names[:4]}")
+    if any(len(s.data) > limits.max_signature_bytes for s in header.signatures):
+        raise TransferError(f"{plasmid_id}: a signature file over the size limit")
     try:
         manifest = loads_manifest(header.manifest.decode("utf-8"), source=f"{plasmid_id}/{MANIFEST_NAME}")
     except (UnicodeDecodeError, ManifestError) as err:
         raise TransferError(f"{plasmid_id}: bad manifest from the server: {err}") from None
     art = manifest.artifact
     result.sha256, result.size, result.domain = art.sha256, art.size_bytes, manifest.domain
-    result.bytes_received += len(header.manifest) + len(header.adapter_config)
-    result.manifest_bytes += len(header.manifest) + len(header.adapter_config)
+    header_bytes = len(header.manifest) + len(header.adapter_config) + sum(len(s.data) for s in header.signatures)
+    result.bytes_received += header_bytes
+    result.manifest_bytes += header_bytes
     if manifest.plasmid_id != plasmid_id:
         raise TransferError(f"asked for {plasmid_id!r}, the manifest names {manifest.plasmid_id!r}")
     if expect_sha256 and art.sha256 != expect_sha256:
@@ -154,6 +160,8 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         return manifest
     (stage / MANIFEST_NAME).write_bytes(header.manifest)
     (stage / ADAPTER_CONFIG_NAME).write_bytes(header.adapter_config)
+    for sig in header.signatures:  # detached signatures travel as stored; the checks judge them
+        (stage / sig.name).write_bytes(sig.data)
     if header.bulk_port:
         try:
             got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
@@ -333,12 +341,12 @@ def reason_code(reason: str) -> str:
 
 
 def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int = 1) -> Check:
-    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer).
+    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer), from the detached signature files.
 
     Inside :func:`fetch` the staged artifact and adapter_config were hashed as they were received and matched the
     manifest, so this checks the signatures over the staged manifest without hashing the artifact a second time.
     """
-    from plora.signer import Keyring, verify_signatures
+    from plora.signer import Keyring, check_signatures
 
     keyring = Keyring.load([str(p) for p in trusted_keys])
 
@@ -347,7 +355,7 @@ def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int 
             manifest = loads_manifest((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ManifestError) as err:
             return [f"SCHEMA_INVALID: {err}"]
-        verdict = verify_signatures(manifest, keyring, quorum)
+        verdict = check_signatures(folder, keyring, quorum, manifest=manifest)
         return [] if verdict.ok else [format_reason(r) for r in verdict.reasons] or ["QUORUM_NOT_MET: not verified"]
 
     return check

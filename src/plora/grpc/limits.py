@@ -32,6 +32,7 @@ class Limits:
     max_message_bytes: int = 8 * MIB  # gRPC message cap: a header holds manifest + adapter_config
     max_manifest_bytes: int = MIB
     max_config_bytes: int = MIB
+    max_signature_bytes: int = MIB  # per detached signature file (plora.sig.json, model.sig)
     max_artifact_bytes: int = 2048 * MIB
     max_streams: int = 64  # concurrent Fetch streams per server; more get RESOURCE_EXHAUSTED
     # ... and per client IP, so that one peer cannot hold every slot (clients retry a busy server: busy_wait_s)

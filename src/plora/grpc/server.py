@@ -21,6 +21,7 @@ stream open until the client connects, so a client that cancels instead frees th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from plora.grpc.limits import Limits, check_id
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.rootfs import open_under, read_under, read_upto, relative_parts
 from plora.grpc.tls import ServerTLS
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 3
@@ -275,9 +276,10 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         sent = 0
         try:
             chunk = self.limits.chunk_bytes
+            sigs = _signature_files(entry, self.limits)
             header = pb2.FetchHeader(id=entry.id, manifest=entry.manifest_bytes, adapter_config=config, size=size,
-                                     chunk_size=chunk)
-            sent += len(entry.manifest_bytes) + len(config)
+                                     chunk_size=chunk, signatures=sigs)
+            sent += len(entry.manifest_bytes) + len(config) + sum(len(s.data) for s in sigs)
             if bulk and self.bulk is not None:
                 # the ticket now owns the open file and the slot; both are released when it is used or revoked
                 header.bulk_token = token = self.bulk.issue(fh, size, slot.handover(),
@@ -300,6 +302,17 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
             with self._stats_lock:
                 self.bytes_sent += sent
                 self.fetches_served += 1
+
+
+def _signature_files(entry: Entry, limits: Limits) -> list[pb2.SignatureFile]:
+    """The detached signatures stored beside the manifest, as stored: regular files under the root, within the limit
+    (opened like every served file: no symlinks, size checked on the open descriptor)."""
+    out = []
+    for name in SIGNATURE_FILES:
+        with contextlib.suppress(OSError, TransferError):
+            out.append(pb2.SignatureFile(name=name, data=read_under(entry.root, entry.parts, name,
+                                                                    limits.max_signature_bytes)))
+    return out
 
 
 def format_address(host: str, port: int) -> str:
