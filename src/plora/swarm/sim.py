@@ -39,25 +39,47 @@ def stream_seeds(seed: int) -> tuple[int, int, int]:
 
 
 def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
-    """The gate policy the flags describe (None with security off): --policy_file, then the flags on top."""
+    """The gate policy the flags describe (None with security off).
+
+    Policy defaults, then ``--policy_file``, then only the gate flags that were given (a flag left unset never
+    overrides the file). The base model is the file's, else the pool's (``PLORA_BASE_MODEL`` or plora-tiny).
+    ``trusted`` (or ``--trusted_pubkeys``) replaces the trusted keys when signatures are on.
+    """
     if not cfg.security:
         return None
     from plora.gate.policy import load_policy
     from plora.settings import choose_base_model
 
-    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
-    return load_policy(
+    policy = load_policy(
         cfg.policy_file,
         None,
-        base_model=choose_base_model(None),
-        allowed_targets=[cfg.allowed_targets],
-        allowed_ranks=list(cfg.allowed_ranks),
+        allowed_targets=[cfg.allowed_targets] if cfg.allowed_targets else None,
+        allowed_ranks=list(cfg.allowed_ranks) if cfg.allowed_ranks else None,
         signatures=cfg.signatures,
-        trusted_keys=keys if cfg.signatures else None,
         tau_trigger=cfg.tau_trigger,
         tau_norm_z=cfg.tau_norm_z,
         tau_clean_delta=cfg.tau_clean_delta,
     )
+    if "base_model" not in policy.model_fields_set:
+        policy.base_model = choose_base_model(None)
+    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
+    if policy.signatures and keys:
+        policy.trusted_keys = keys
+    return policy
+
+
+def gate_setup(cfg: SimConfig, provider: VerdictProvider) -> tuple[VerdictProvider, Any]:
+    """(the pool as the agents see it, the gate policy or None); shared by the sim and the networked swarm.
+
+    With signatures on (flag or policy file), a trained pool is replaced by its signed copy (clean plasmids signed
+    by the pool's swarm key, trojans by an intruder key), trusting ``--trusted_pubkeys``, else the policy file's
+    ``trusted_keys``, else the swarm key (absolute paths, so agents in other folders find them).
+    """
+    policy = make_policy(cfg)
+    if policy is not None and policy.signatures and isinstance(provider, PlasmidPool):
+        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or list(policy.trusted_keys) or None)
+        policy = make_policy(cfg, [str(Path(k).resolve()) for k in trusted])
+    return provider, policy
 
 
 def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,10 +160,7 @@ def run_simulation(
         provider = PlasmidPool.from_dir(cfg.pool_dir)
     elif provider is None:
         provider = PlasmidPool.build(PoolSpec(domains=cfg.domains), progress=progress)
-    trusted = None
-    if cfg.security and cfg.signatures and isinstance(provider, PlasmidPool):
-        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or None)
-    policy = make_policy(cfg, trusted)
+    provider, policy = gate_setup(cfg, provider)
     # security off: no gate runs, every transfer is accepted, whatever verdicts the provider would give
     verdicts = provider.verdicts(policy) if policy is not None else [Verdict(True) for _ in provider.entries]
     timings["pool_s"] = round(time.perf_counter() - t0, 3)
