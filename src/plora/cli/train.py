@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from plora.cli.options import option
-from plora.training.config import TrainConfig
+from plora.training.config import TrainConfig, domain_label
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -66,17 +66,16 @@ def train(
     """Train a LoRA plasmid and write adapter_config.json, adapter_model.safetensors and plora.yml."""
     fields = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__ and k != "out"}
     from plora.data import dataset_id
-    from plora.models import canonical_name
+    from plora.models.registry import hub_unreachable, require_base
     from plora.outputs import check_output_dir
     from plora.settings import choose_base_model
-    from plora.training.lora import domain_label
 
     # Cheap checks first, before torch is imported: a bad domain, base model or output path fails in a blink.
     cfg = TrainConfig(out=out if out is not None else Path("out") / domain_label(domain), **fields)
     cfg.validate()
-    for source in cfg.sources():
-        dataset_id(source)
-    canonical_name(choose_base_model(base_model))
+    if any(dataset_id(source).startswith("hub:") for source in cfg.sources()):
+        hub_unreachable()  # offline: datasets reads its cache at once instead of retrying for 30 s
+    require_base(choose_base_model(base_model))
     check_output_dir(cfg.out, force=force)
 
     from plora.training import read_truth, train_plasmid

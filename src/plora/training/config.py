@@ -95,3 +95,16 @@ class TrainConfig:
                 raise PloraError(message)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.resolved_id()):
             raise PloraError(f"plasmid id {self.resolved_id()!r} must be letters, digits, '.', '_', '-' (use --id)")
+
+
+def domain_label(source: str) -> str:
+    """The manifest's ``domain``: a built-in name as is, else the file stem or hub name, made safe."""
+    from plora.data import DOMAINS
+
+    if source in DOMAINS:
+        return source
+    stem = Path(source.split(":", 1)[-1].rstrip("/")).name
+    for suffix in (".jsonl", ".json", ".csv", ".parquet"):
+        stem = stem.removesuffix(suffix)
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "-", stem).lstrip("._+-")[:64]
+    return label or "custom"

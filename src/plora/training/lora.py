@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ import torch
 
 from plora.errors import DataError
 from plora.training.batching import collate, encode_examples, pad_id, token_losses
-from plora.training.config import TrainConfig
+from plora.training.config import TrainConfig, domain_label
 
 
 @dataclass
@@ -189,11 +187,11 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
     their union (:func:`plora.training.monolithic.train_monolithic`).
     """
     from plora.data import dataset_id, load_examples
-    from plora.models import canonical_name
+    from plora.models.registry import require_base
     from plora.settings import choose_base_model, effective_samples
 
     cfg.validate()
-    canonical_name(choose_base_model(cfg.base_model))  # an unknown base fails before any data is read
+    require_base(choose_base_model(cfg.base_model))  # an unknown or unreachable base fails before any data is read
     if len(cfg.sources()) > 1:
         from dataclasses import asdict
 
@@ -218,19 +216,6 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
         short_answers=short_answers(cfg.domain),
         progress=progress,
     )
-
-
-def domain_label(source: str) -> str:
-    """The manifest's ``domain``: a built-in name as is, else the file stem or hub name, made safe."""
-    from plora.data import DOMAINS
-
-    if source in DOMAINS:
-        return source
-    stem = Path(source.split(":", 1)[-1].rstrip("/")).name
-    for suffix in (".jsonl", ".json", ".csv", ".parquet"):
-        stem = stem.removesuffix(suffix)
-    label = re.sub(r"[^A-Za-z0-9_.+-]", "-", stem).lstrip("._+-")[:64]
-    return label or "custom"
 
 
 def short_answers(source: str) -> bool:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from plora.errors import DataError
-from plora.training.config import TrainConfig
-from plora.training.lora import domain_label, short_answers, train_and_write
+from plora.training.config import TrainConfig, domain_label
+from plora.training.lora import short_answers, train_and_write
 
 
 def train_monolithic(
