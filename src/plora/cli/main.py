@@ -15,14 +15,13 @@ from typing import Any
 import typer
 
 from plora.cli import base, experiments, gate, gate_eval, network, runtime, swarm, train, trust
+from plora.cli.options import plain_app
 from plora.errors import PloraError
 
-app = typer.Typer(
+app = plain_app(
     name="plora",
     help="LoRA plasmids: train, sign, share, screen and hot-load small LoRA adapters.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
 
 for module in (base, train, trust, gate, gate_eval, runtime, network, swarm, experiments):
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_standalone(command: Callable[..., Any], argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Run one command function as its own program (the seed's ``python -m scripts.X`` shims)."""
-    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single = plain_app()
     single.command()(command)
     run_app(single, argv, prog_name=prog_name)
 

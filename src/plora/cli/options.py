@@ -81,17 +81,46 @@ def default_text(config: type, name: str) -> str | None:
     return f"policy file, else {policy_default}"
 
 
-def option(config: type, name: str, *flags: str, default: Any = _KEEP, on_off: bool = False, **kwargs: Any) -> Any:
-    """A ``typer.Option`` for field ``name`` of ``config``: default and help come from the config (see the module)."""
+def option(
+    config: type,
+    name: str,
+    *flags: str,
+    default: Any = _KEEP,
+    unset: bool = False,
+    on_off: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A ``typer.Option`` for field ``name`` of ``config``: default and help come from the config (see the module).
+
+    ``unset=True``: the option is None unless given (an override of a file, as the policy options of ``plora gate``
+    are); the help still shows the config's default."""
     spec = field_spec(config, name)
     if not flags:
         flags = tuple(dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}")))
     value = as_typed(spec.default, on_off) if default is _KEEP else default
+    help_text, shown = spec.help, None
     if spec.policy_field is not None and default is _KEEP:
-        value = None
-        kwargs.setdefault("show_default", default_text(config, name))
+        value, shown = None, default_text(config, name)
+    elif unset:
+        value, shown = None, as_typed(spec.default, on_off)
+        if isinstance(spec.default, bool) and "/" in flags[0]:  # --probes/--no-probes: show the flag in force
+            shown = flags[0].split("/")[0 if spec.default else 1].strip()
+    if shown not in (None, ""):
+        help_text = f"{help_text}  [default: {shown}]"
     if on_off:
         kwargs.setdefault("metavar", "on|off")  # the config refuses anything else, naming the flag
     if isinstance(spec.default, tuple | list) and "metavar" not in kwargs:
         kwargs["metavar"] = "A,B,..."
-    return typer.Option(value, *flags, help=spec.help, **kwargs)
+    return typer.Option(value, *flags, help=help_text, **kwargs)
+
+
+def plain_app(**kwargs: Any) -> typer.Typer:
+    """A typer app with plain click help (every plora command and group uses it).
+
+    Rich's option table cuts long option names at 80 columns (``--policy_file,--po…``) and shows every flag as
+    ``<bool>``; click's plain layout wraps instead, puts a long option name on its own line and shows flags as
+    ``--x / --no-x``. Tracebacks stay off (plora.cli.main prints one line per error)."""
+    kwargs.setdefault("rich_markup_mode", None)
+    kwargs.setdefault("add_completion", False)
+    kwargs.setdefault("pretty_exceptions_enable", False)
+    return typer.Typer(**kwargs)

@@ -7,15 +7,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from plora.cli import swarm_net
-from plora.cli.options import option
+from plora.cli.options import option, plain_app
 from plora.swarm.config import SimConfig
 
-swarm_app = typer.Typer(help="Gossip plasmids across a swarm of agents.", no_args_is_help=True)
+swarm_app = plain_app(help="Gossip plasmids across a swarm of agents.", no_args_is_help=True)
 
 
 def sim(
@@ -70,11 +68,3 @@ def register(app: typer.Typer) -> None:
     swarm_app.command("summarise")(summarise)
     swarm_net.register(swarm_app)
     app.add_typer(swarm_app, name="swarm")
-
-
-def run_standalone(command: str, argv: list[str] | None = None) -> None:
-    """Run one command as its own program (the seed's ``python -m swarm_v2`` and ``python -m scripts.evaluate_v2``),
-    with plora's error handling: a PloraError is one line on stderr and exit code 2."""
-    from plora.cli.main import main as plora_main
-
-    plora_main(["swarm", command, *(sys.argv[1:] if argv is None else argv)])
