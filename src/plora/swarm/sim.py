@@ -297,6 +297,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  {name:<12} coverage {f['coverage'][name]:.3f} (reachable {'-' if reach is None else f'{reach:.3f}'})"
             f"  full at round {'never' if full is None else full}  (mean-field prediction {pred})"
         )
+    lines.extend(_after_coverage(report))
     lines.append(
         f"gate: accepted clean {gate['accepted_clean']:,} / trojan {gate['accepted_trojan']:,}; rejected clean "
         f"{gate['rejected_clean']:,} / trojan {gate['rejected_trojan']:,}; FN {gate['false_negatives']:,} "
@@ -309,3 +310,20 @@ def format_summary(report: dict[str, Any]) -> str:
     if path is not None:
         lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name})")
     return "\n".join(lines)
+
+
+def _after_coverage(report: dict[str, Any]) -> list[str]:
+    """What the rounds after full coverage did: with the gate refusing trojans, the run goes on until every
+    neighbour of a trojan holder has been offered it once and refused it (the stop rule: nothing can change)."""
+    full = report["final"]["rounds_to_full_coverage"].values()
+    if not full or None in full:
+        return []
+    last, run = max(full), report["final"]["rounds_run"]
+    tail = [r for r in report["rounds"] if r["round"] > last]
+    if not tail:
+        return []
+    accepted, refused = sum(r["accepted"] for r in tail), sum(r["rejected"] for r in tail)
+    return [
+        f"full coverage at round {last}; rounds {last + 1}-{run} screened what was still on offer: "
+        f"{refused:,} refused, {accepted:,} accepted (pass --rounds {last} to stop at full coverage)"
+    ]
