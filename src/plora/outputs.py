@@ -19,6 +19,7 @@ A plasmid is written to a staging folder and renamed over its output folder, whi
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,9 +76,18 @@ def check_output_dir(
                 f"{flag} {path} already holds {shown}; it would be replaced whole: choose a new folder or pass --force"
             )
     parent = _nearest_existing(target.parent)
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not _can_create_in(parent):
         raise OutputError(f"{flag} {path}: cannot create it ({parent} is not a writable folder)")
     return target
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Really try (os.access says yes to root, and to read-only or virtual file systems such as /proc)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".plora-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def check_new_file(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
@@ -94,6 +104,6 @@ def check_new_file(path: str | os.PathLike[str], *, flag: str = "--out") -> Path
     elif not folder.parent.is_dir():
         raise OutputError(f"{flag} {path}: no such folder {folder.parent} (create it first)")
     writable = folder if folder.exists() else folder.parent
-    if not os.access(writable, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {path}: {writable} is not writable")
+    if not _can_create_in(writable):
+        raise OutputError(f"{flag} {path}: {writable} is not a writable folder")
     return target
