@@ -223,3 +223,13 @@ def test_fetch_shows_each_gate_stage_as_it_runs(legal_plasmid: Path, tmp_path: P
 def test_errors_from_configs_name_the_flag() -> None:
     with pytest.raises(PloraError, match="--security: must be on or off"):
         runner.invoke(app, ["swarm", "sim", "--security", "maybe"], catch_exceptions=False)
+
+
+def test_swarm_report_folders_are_checked_before_the_pool(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for cmd in (["swarm", "sim"], ["swarm", "net"]):
+        res = runner.invoke(app, [*cmd, "--report_dir", str(blocker)])
+        assert isinstance(res.exception, OutputError) and "not a folder" in str(res.exception), res.output
+    res = runner.invoke(app, ["swarm", "summarise", "--reports", str(tmp_path), "--out", str(blocker / "s.json")])
+    assert isinstance(res.exception, OutputError)

@@ -90,6 +90,19 @@ def _can_create_in(folder: Path) -> bool:
     return True
 
 
+def check_report_dir(path: str | os.PathLike[str], *, flag: str = "--report_dir") -> Path:
+    """A folder that reports are added to (never emptied): an existing writable folder, or one that can be made."""
+    if not str(path).strip():
+        raise OutputError(f"{flag} is empty")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{flag} {path} exists and is not a folder")
+    parent = _nearest_existing(folder)
+    if not parent.is_dir() or not _can_create_in(parent):
+        raise OutputError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+    return folder
+
+
 def check_new_file(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
     """An output file whose folder exists, or can be made by creating that one folder (never a chain of them)."""
     if not str(path).strip():

@@ -55,8 +55,10 @@ def summarise(
     out: str = typer.Option(None, "--out", help="summary JSON to write (default: <reports>/summary_v2.json)"),
 ) -> None:
     """Summarise every swarm report (sim or net) under a folder: per-run rows, aggregates, a table."""
+    from plora.outputs import check_new_file
     from plora.swarm.summary import format_table, summarise_reports, write_summary
 
+    check_new_file(out or f"{reports}/summary_v2.json")
     summary = summarise_reports(reports)
     path = write_summary(summary, out or f"{reports}/summary_v2.json")
     typer.echo(format_table(summary))

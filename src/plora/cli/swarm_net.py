@@ -34,10 +34,12 @@ def net(
 ) -> None:
     """Start N `plora agent` processes on 127.0.0.1, gossip push-pull over gRPC, write a Swarm Sim v2 report."""
     given = {k: v for k, v in locals().items() if v is not None}  # unset gate flags leave the policy alone
+    from plora.outputs import check_report_dir
     from plora.swarm.config import make_config
     from plora.swarm.net import run_swarm_net
 
     cfg = make_config(NetConfig, **given)
+    check_report_dir(cfg.report_dir)
     report = run_swarm_net(cfg)
     meta, final = report["meta"], report["final"]
     g, gate = meta["graph"], final["gate"]

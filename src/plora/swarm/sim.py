@@ -146,6 +146,10 @@ def run_simulation(
 
     ``progress``: say on stderr what the pool is training, and show a progress bar over rounds on a terminal."""
     t_start = time.perf_counter()
+    if write:  # before the graph and the pool: a bad folder must not cost minutes of work
+        from plora.outputs import check_report_dir
+
+        check_report_dir(cfg.report_dir)
     graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
