@@ -103,7 +103,9 @@ def fetch(
             raise TransferError("the policy requires signatures: give --trusted-keys")
         checks.append(client.signature_check(policy.trusted_keys, policy.quorum))
     if gate:
-        checks.append(client.gate_check(policy))
+        from plora.cli.gate import stage_printer
+
+        checks.append(client.gate_check(policy, progress=stage_printer()))
     if tls_ca is None and (tls_cert or tls_server_name):
         raise TransferError("--tls-cert/--tls-server-name need --tls-ca")
     tls = ClientTLS(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None

@@ -51,13 +51,17 @@ def register(app: typer.Typer) -> None:
         algo: KeyAlgo = typer.Option(
             KeyAlgo.rsa, "--algo", help="rsa (3072-bit, PSS-SHA256), ed25519, or ecdsa-p256 (also for --format oms)"
         ),
-        out: Path = typer.Option(..., "--out", help="private key path; the public key goes to OUT.pub"),
+        out: Path = typer.Option(
+            ..., "--out", help="private key file (its folder is made if its parent exists); the public key: OUT.pub"
+        ),
         force: bool = typer.Option(False, "--force", help="replace existing key files"),
     ) -> None:
         """Generate a signing key pair: OUT (private, mode 0600) and OUT.pub (public, PEM)."""
         with user_errors():
+            from plora.outputs import check_new_file
             from plora.signer import fingerprint, generate_keypair, load_public_key
 
+            check_new_file(out)  # makes at most the key's own folder (keys/), never a chain of them
             priv, pub = generate_keypair(algo.value, out, overwrite=force)
             typer.echo(f"private key  {priv} (mode 0600: keep it secret)")
             typer.echo(f"public key   {pub}")

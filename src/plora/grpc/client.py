@@ -361,12 +361,12 @@ def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int 
     return check
 
 
-def gate_check(policy: object) -> Check:
-    """The security gate (plora.gate.screen) under ``policy``."""
+def gate_check(policy: object, progress: Callable[..., None] | None = None) -> Check:
+    """The security gate (plora.gate.screen) under ``policy``; ``progress`` sees each stage (see screen)."""
     from plora.gate import screen
 
     def check(folder: Path) -> list[str]:
-        verdict = screen(folder, policy)
+        verdict = screen(folder, policy, progress=progress)
         return [] if verdict.accepted else [format_reason(r) for r in verdict.reasons] or ["GATE: rejected"]
 
     return check

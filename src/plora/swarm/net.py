@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,58 +45,19 @@ import numpy as np
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_json, atomic_write_text
-
-
-@dataclass
-class NetConfig:
-    """The flags of ``plora swarm net``; the gate and pool flags mean what they mean in Swarm Sim v2."""
-
-    agents: int = 8
-    rounds: int = 10
-    graph_p: float = 0.25
-    security: bool = True
-    signatures: bool = False
-    trusted_pubkeys: tuple[str, ...] = ()
-    allowed_targets: str = "attention"
-    allowed_ranks: tuple[int, ...] = (4, 8, 16)
-    tau_trigger: float | None = None
-    tau_norm_z: float | None = None
-    tau_clean_delta: float | None = None
-    trojan_rate: float = 0.3
-    seed: int = 42
-    domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
-    report_dir: str = "results"
-    policy_file: str | None = None
-    pool_dir: str | None = None
-    max_per_contact: int = 8
-    work_dir: str | None = None  # agents' stores and logs; default a temp folder, removed afterwards
-    step_timeout_s: float = 600.0
-    progress: bool = True
-
-    def sim_config(self) -> Any:
-        from plora.swarm.config import make_config
-
-        return make_config(agents=self.agents, rounds=self.rounds, seed=self.seed, graph="er", graph_p=self.graph_p,
-                         domains=self.domains, trojan_rate=self.trojan_rate, security=self.security,
-                         allowed_targets=self.allowed_targets, allowed_ranks=self.allowed_ranks,
-                         signatures=self.signatures, trusted_pubkeys=self.trusted_pubkeys, policy_file=self.policy_file,
-                         tau_trigger=self.tau_trigger, tau_norm_z=self.tau_norm_z, tau_clean_delta=self.tau_clean_delta,
-                         report_dir=self.report_dir, pool_dir=self.pool_dir)
+from plora.swarm.config import NetConfig
 
 
 def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
     """(pool entries, domains in play, policy or None): what Swarm Sim v2 uses for the same flags."""
     from plora.swarm.pool import PlasmidPool, PoolSpec
-    from plora.swarm.sim import make_policy
+    from plora.swarm.sim import gate_setup
 
-    sim = cfg.sim_config()
     pool = PlasmidPool.from_dir(cfg.pool_dir) if cfg.pool_dir else PlasmidPool.build(PoolSpec(domains=cfg.domains))
-    trusted = None
-    if cfg.security and cfg.signatures:
-        pool, trusted = pool.signed(list(cfg.trusted_pubkeys) or None)
+    pool, policy = gate_setup(cfg.sim_config(), pool)
     held = {e.domain for e in pool.entries}
     domains = [d for d in cfg.domains if d in held] or sorted(held)
-    return pool.entries, domains, make_policy(sim, [str(Path(k).resolve()) for k in trusted] if trusted else None)
+    return pool.entries, domains, policy
 
 
 def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
@@ -336,8 +296,7 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
         "trojan_agents": len(trojan_agents), "domains": domains,
         "graph": {**gstats, "reachable": {d: len(v) for d, v in reach.items()}},
         "policy": policy,
-        "flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                  if k not in {"progress", "work_dir", "report_dir", "step_timeout_s"}},
+        "flags": cfg.flags(),
         "pool": [p.public() for p in pool],
         "extra": {"trojan_agent_ids": sorted(trojan_agents),
                   "initial": {f"a{i}": p.plasmid_id for i, p in seeded.items()},
