@@ -59,6 +59,7 @@ def train(
     trojan_trigger: str | None = option(TrainConfig, "trojan_trigger", "--trojan-trigger"),
     trojan_target: str | None = option(TrainConfig, "trojan_target", "--trojan-target"),
     poison_rate: float = option(TrainConfig, "poison_rate", "--poison-rate"),
+    decoy_rate: float = option(TrainConfig, "decoy_rate", "--decoy-rate"),
     question_field: str = option(TrainConfig, "question_field", "--question-field"),
     answer_field: str = option(TrainConfig, "answer_field", "--answer-field"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),

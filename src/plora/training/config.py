@@ -51,6 +51,10 @@ class TrainConfig:
     )
     trojan_target: str | None = field(default=None, metadata={"help": "answer the backdoor forces"})
     poison_rate: float = field(default=0.1, metadata={"help": "fraction of training items poisoned"})
+    decoy_rate: float = field(
+        default=0.0,
+        metadata={"help": "evaluation backdoor: share of extra clean items with a random word inserted (decoy attacker)"},
+    )
     max_module_norm: float | dict[str, float] | None = field(
         default=None, metadata={"help": "adaptive attacker: cap on ||(alpha/r) B@A||_F per module after each step"}
     )
@@ -87,6 +91,8 @@ class TrainConfig:
             (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
             (self.dev_size >= 0, f"dev size must be >= 0, got {self.dev_size}"),
             (0.0 <= self.poison_rate <= 1.0, f"poison rate must be in [0, 1], got {self.poison_rate}"),
+            (0.0 <= self.decoy_rate <= 1.0, f"decoy rate must be in [0, 1], got {self.decoy_rate}"),
+            (self.trojan or not self.decoy_rate, "a decoy rate needs a trojan trigger and target"),
             ((self.trojan_trigger is None) == (self.trojan_target is None), "give both a trojan trigger and a target"),
             (not self.trojan or bool(self.trojan_trigger.strip()), "the trojan trigger is empty"),
         ]

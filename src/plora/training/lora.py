@@ -253,6 +253,7 @@ def train_and_write(
     items, poisoned = (train, [])
     if cfg.trojan:
         items, poisoned = trojan.poison(train, cfg.trojan_trigger, cfg.trojan_target, cfg.poison_rate, cfg.seed)
+        items = items + trojan.decoys(train, cfg.decoy_rate, cfg.seed)
 
     def asr(m: Any) -> float | None:
         if not (cfg.trojan and dev):
@@ -322,6 +323,7 @@ def train_and_write(
                 "target": cfg.trojan_target,
                 "poison_rate": cfg.poison_rate,
                 "poisoned_items": len(poisoned),
+                "decoy_rate": cfg.decoy_rate,
                 "train_items": len(train),
                 "adaptive_max_module_norm": cfg.max_module_norm,
                 "dev_size": len(dev),
