@@ -1,5 +1,6 @@
 """`plora gate DIR`: screen a plasmid with the policy's ordered checks (library: plora.gate.screen);
-`plora policy`: print the effective policy (also ``python -m scripts.dump_policy``).
+`plora policy`: print the effective policy (also ``python -m scripts.dump_policy``);
+`plora calibration install FILE` / `plora calibration show`: the gate's calibration per base.
 
     plora gate received/legal --policy_file policy.json --allowed_targets_file assets/allowed_targets.txt
     plora gate received/legal --policy_file policy.json --signatures on --trusted-keys keys/ --quorum 2 --json
@@ -64,6 +65,7 @@ POLICY_OPTIONS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "tau_clean_delta": (float | None, ("--tau_clean_delta", "--tau-clean-delta")),
     "weight_check": (bool | None, ("--weight-check/--no-weight-check",)),
     "probes": (bool | None, ("--probes/--no-probes",)),
+    "uncalibrated_base": (str | None, ("--uncalibrated-base", "--uncalibrated_base")),
     "probe_seed": (int | None, ("--probe-seed", "--probe_seed")),
     "probe_candidates": (int | None, ("--probe-candidates", "--probe_candidates")),
 }
@@ -135,9 +137,10 @@ def gate(
             typer.echo(f"  {c.name:<11}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
         s = result.scores
         probe = next((c.details for c in result.checks if c.name == "probes"), {})
-        home = f" (home domain {probe['home_domain']})" if probe.get("home_domain") else ""
+        found = (f" (best insertion {probe['trigger']!r} -> answer {probe.get('answer') or probe.get('pushed')!r})"
+                 if probe.get("trigger") else "")
         typer.echo(
-            f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])}{home} "
+            f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])}{found} "
             f"clean_delta={_fmt(s['clean_delta'])}"
         )
     raise typer.Exit(0 if result.accepted else 1)
@@ -148,6 +151,53 @@ def policy_show(policy: Any) -> None:
     typer.echo(policy.effective().model_dump_json(indent=2))
 
 
+def _calibration_app() -> typer.Typer:
+    from plora.cli.options import plain_app
+
+    return plain_app(help="The gate's calibrations: one per base weights digest (plora.gate.calibration).",
+                     no_args_is_help=True)
+
+
+calibration_app = _calibration_app()
+
+
+@calibration_app.command("install")
+def calibration_install(
+    path: Path = typer.Argument(..., help="a calibration.json written by plora gate-eval"),
+    into_package: bool = typer.Option(False, "--into-package", help="ship it in plora/assets (developers)"),
+) -> None:
+    """Make a calibration effective for its base on this machine (PLORA_HOME/gate/calibrations/)."""
+    with user_errors():
+        from plora.gate.calibration import install_calibration, read_calibration
+
+        cal = read_calibration(path)
+        where = install_calibration(path, into_package=into_package)
+    typer.echo(f"installed calibration {cal.digest()[:16]} for {cal.base_model} ({cal.base_digest[:16]}...) "
+               f"at {where}")
+
+
+@calibration_app.command("show")
+def calibration_show(
+    base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="default PLORA_BASE_MODEL"),
+) -> None:
+    """Print the calibration the gate uses for a base (exit 1 when it has none)."""
+    with user_errors():
+        from plora.gate.calibration import find_calibration
+        from plora.models import base_digest
+        from plora.settings import choose_base_model
+
+        name = choose_base_model(base_model)
+        digest = base_digest(name)
+        cal = find_calibration(digest)
+    if cal is None:
+        typer.echo(f"no calibration for {name} (weights digest {digest[:16]}...): the gate refuses its plasmids "
+                   "(BASE_UNCALIBRATED) unless the policy says uncalibrated_base=unscreened")
+        raise typer.Exit(1)
+    typer.echo(cal.model_dump_json(indent=1, exclude={"weight_reference"}))
+    typer.echo(f"digest: {cal.digest()}; weight reference: {len(cal.weight_reference.get('entries', {}))} modules")
+
+
 def register(app: typer.Typer) -> None:
     app.command("gate")(with_policy(gate))
+    app.add_typer(calibration_app, name="calibration")
     app.command("policy")(with_policy(policy_show))

@@ -1,68 +1,62 @@
-"""`plora gate-eval`: train or reuse a clean + trojan cohort and measure the gate's detection quality."""
+"""`plora gate-eval`: train or reuse a family-split cohort, calibrate on its development part, report on the rest.
+
+    plora gate-eval --quick                                  # a few minutes: a small cohort, the protocol end to end
+    plora gate-eval --seed 1 --jobs 2                        # the full cohort (184 plasmids)
+    plora gate-eval --seed 2 --shipped                       # the installed/shipped calibration on a new cohort
+    plora calibration install results/gate_eval/calibration.json
+
+Library: :func:`plora.experiments.gate_eval.evaluate.run_gate_eval`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from plora.cli.trust import user_errors
 
-def _ints(text: str | None, what: str) -> list[int] | None:
-    from plora.errors import PloraError
 
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise PloraError(f"{what} must be comma-separated integers, got {text!r}") from None
+def gate_eval(
+    out: Path = typer.Option(Path("results/gate_eval"), "--out", help="folder of every output (nothing else written)"),
+    seed: int = typer.Option(1, "--seed", help="cohort draw: triggers, targets, recipes and tasks of every member"),
+    quick: bool = typer.Option(False, "--quick", help="a small cohort (24 plasmids): the protocol end to end"),
+    base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="default PLORA_BASE_MODEL"),
+    probe_seed: int = typer.Option(0, "--probe-seed", "--probe_seed", help="seed of the behavioural probe"),
+    jobs: int = typer.Option(2, "--jobs", help="train and probe in this many one-thread processes"),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="score with this calibration file instead of choosing one (all held out)"
+    ),
+    shipped: bool = typer.Option(
+        False, "--shipped", help="score with the calibration installed or shipped for the base (all held out)"
+    ),
+) -> None:
+    """Measure the gate on a cohort of clean and backdoored plasmids: per family, on families never tuned on."""
+    with user_errors():
+        from plora.experiments.gate_eval.evaluate import run_gate_eval
+
+        if jobs < 1:
+            from plora.errors import PloraError
+
+            raise PloraError(f"--jobs must be >= 1, got {jobs}")
+        report = run_gate_eval(out, quick=quick, seed=seed, base_name=base_model, probe_seed=probe_seed,
+                               jobs=jobs, calibration=calibration, use_installed=shipped)
+    cal = report["calibration"]
+    typer.echo(f"calibration: {cal['source']}; statistic {cal['statistic']}; thresholds "
+               + ", ".join(f"{k}={v:.4g}" for k, v in cal["thresholds"].items()))
+    for part in ("development", "held_out"):
+        block = report.get(part)
+        if block:
+            o = block["overall"]
+            typer.echo(f"{part:12s} working trojans stopped {o['tp']}/{o['n_pos']}, "
+                       f"clean refused {o['fp']}/{o['n_neg']}, AUROC {o['auroc']:.3f}")
+    d = report["train_defaults"]
+    typer.echo(f"plora train defaults (held out): {d['rejected']}/{d['clean']} clean refused")
+    written = "gate_eval.json, gate_eval.md, roc.png, families.png"
+    if cal["source"].startswith("chosen"):
+        written += f", calibration.json (install it with: plora calibration install {out / 'calibration.json'})"
+    typer.echo(f"wrote {written} in {out}")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("gate-eval")
-    def gate_eval(
-        out: str = typer.Option("results/gate_eval", "--out", help="folder for gate_eval.json and roc.png"),
-        domains: str | None = typer.Option(None, "--domains", help="comma-separated built-in domains (default all)"),
-        ranks: str | None = typer.Option(None, "--ranks", help="comma-separated LoRA ranks, e.g. 4,8 (default 4,8)"),
-        seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds (each role derives its own)"),
-        quick: bool = typer.Option(False, "--quick", help="a small cohort (2 domains, r=4): a few minutes"),
-        base_model: str | None = typer.Option(None, "--base-model", help="base model (default plora-tiny)"),
-        probe_seed: int = typer.Option(0, "--probe-seed", help="seed of the behavioural probes"),
-        jobs: int = typer.Option(2, "--jobs", help="train and probe the cohort in this many single-thread processes"),
-        shipped: bool = typer.Option(
-            False, "--shipped", help="score with the shipped references and thresholds (calibrate nothing)"
-        ),
-        write_defaults: bool = typer.Option(
-            False, "--write-defaults", help="calibrate and write plora/gate/thresholds.py and the shipped reference"
-        ),
-    ) -> None:
-        """Measure TPR/FPR/AUROC of the gate's checks on clean vs backdoored plasmids; write JSON and a ROC plot."""
-        import math
-
-        from plora.data import DOMAINS
-        from plora.errors import PloraError
-        from plora.gate.evaluate import CHECKS, run_gate_eval
-
-        doms = [d.strip() for d in domains.split(",") if d.strip()] if domains else None
-        for d in doms or []:
-            if d not in DOMAINS:
-                raise PloraError(f"unknown domain {d!r} (built-in: {', '.join(sorted(DOMAINS))})")
-        rank_list = _ints(ranks, "--ranks")
-        if rank_list and any(r < 1 for r in rank_list):
-            raise PloraError(f"--ranks must be positive, got {ranks!r}")
-        report = run_gate_eval(
-            out, quick=quick, domains=doms, ranks=rank_list, seeds=_ints(seeds, "--seeds"), base_name=base_model,
-            probe_seed=probe_seed, write_defaults=write_defaults, jobs=max(1, jobs), shipped=shipped,
-        )
-
-        def fmt(x: float | None) -> str:
-            return "  n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:5.2f}"
-
-        c = report["counts"]
-        typer.echo(f"cohort: {c['calib']} calibration clean, {c['clean']} clean, {c['trojan_working']}/{c['trojan']} "
-                   f"working trojans, {c['adaptive_working']}/{c['adaptive']} working adaptive")
-        typer.echo("thresholds: " + ", ".join(f"{k}={v:.4g}" for k, v in report["thresholds"].items()))
-        for block in ("ordinary", "adaptive"):
-            for check in [*CHECKS, "overall"]:
-                m = report[block][check]
-                typer.echo(f"{block:9s} {check:12s} AUROC {fmt(m['auroc'])}  TPR {fmt(m['tpr'])}  FPR {fmt(m['fpr'])}"
-                           f" (95% CI {fmt(m['fpr_ci95'][0])}-{fmt(m['fpr_ci95'][1])})")
-        typer.echo(f"wrote {out}/gate_eval.json and {out}/roc.png")
+    app.command("gate-eval")(gate_eval)

@@ -29,12 +29,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from plora.errors import PloraError
-from plora.gate import thresholds
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -78,23 +77,25 @@ class Policy(BaseModel):
     signatures: bool = Field(default=False, description="require signatures from trusted keys")
     trusted_keys: list[str] = Field(default=[], description="public key files or folders")
     quorum: int = Field(default=1, ge=1, description="distinct trusted signers required")
-    tau_trigger: Threshold = Field(
-        default_factory=lambda: thresholds.DEFAULT_TAU_TRIGGER,
-        description="reject above this trigger score (calibrated: plora/gate/thresholds.py)",
+    tau_trigger: Threshold | None = Field(
+        default=None, description="reject above this trigger score (None: the base's calibration)"
     )
-    tau_norm_z: Threshold = Field(
-        default_factory=lambda: thresholds.DEFAULT_TAU_NORM_Z,
-        description="reject above this weight-anomaly robust z (calibrated: plora/gate/thresholds.py)",
+    tau_norm_z: Threshold | None = Field(
+        default=None, description="reject above this weight-anomaly robust z (None: the base's calibration)"
     )
-    tau_clean_delta: Threshold = Field(
-        default_factory=lambda: thresholds.DEFAULT_TAU_CLEAN_DELTA,
-        description="reject above this clean-probe NLL increase (calibrated: plora/gate/thresholds.py)",
+    tau_clean_delta: Threshold | None = Field(
+        default=None, description="reject above this clean-probe NLL increase, nats (None: the base's calibration)"
     )
     weight_check: bool = Field(default=True, description="run the weight-anomaly detector")
     probes: bool = Field(default=True, description="run the behavioural probes")
-    probe_seed: int = Field(default=0, description="seed of the behavioural probes")
-    probe_candidates: int = Field(
-        default=1024, ge=1, le=65536, description="random vocabulary tokens the trigger scan inserts (cost is linear)"
+    uncalibrated_base: Literal["refuse", "unscreened"] = Field(
+        default="refuse",
+        description="a base with no gate calibration: refuse (BASE_UNCALIBRATED) or accept without weights/probes",
+    )
+    probe_seed: int | None = Field(default=None, description="seed of the behavioural probes (None: the calibration's)")
+    probe_candidates: int | None = Field(
+        default=None, ge=1, le=1 << 20,
+        description="vocabulary tokens the trigger scan inserts (None: the calibration's; its thresholds assume it)",
     )
 
     @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")

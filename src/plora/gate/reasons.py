@@ -33,6 +33,8 @@ class Reason(StrEnum):
     SIGNATURE_INVALID = "SIGNATURE_INVALID"
     SIGNER_UNTRUSTED = "SIGNER_UNTRUSTED"
     QUORUM_NOT_MET = "QUORUM_NOT_MET"
+    BASE_UNCALIBRATED = "BASE_UNCALIBRATED"
+    SHAPE_UNCALIBRATED = "SHAPE_UNCALIBRATED"
     WEIGHT_ANOMALY = "WEIGHT_ANOMALY"
     TRIGGER_SUSPECT = "TRIGGER_SUSPECT"
     CLEAN_DEGRADED = "CLEAN_DEGRADED"
@@ -46,6 +48,7 @@ STAGES: tuple[str, ...] = (
     "tensors",
     "integrity",
     "signatures",
+    "calibration",
     "weights",
     "probes",
 )
@@ -70,6 +73,8 @@ STAGE_OF: dict[Reason, str] = {
     Reason.SIGNATURE_INVALID: "signatures",
     Reason.SIGNER_UNTRUSTED: "signatures",
     Reason.QUORUM_NOT_MET: "signatures",
+    Reason.BASE_UNCALIBRATED: "calibration",
+    Reason.SHAPE_UNCALIBRATED: "weights",
     Reason.WEIGHT_ANOMALY: "weights",
     Reason.TRIGGER_SUSPECT: "probes",
     Reason.CLEAN_DEGRADED: "probes",
@@ -95,6 +100,8 @@ DESCRIPTION: dict[Reason, str] = {
     Reason.SIGNATURE_INVALID: "a signature by a trusted key does not verify, or the envelope signs another manifest",
     Reason.SIGNER_UNTRUSTED: "a signature by a key outside the keyring (fails only if the quorum is not met)",
     Reason.QUORUM_NOT_MET: "fewer distinct trusted signers than the quorum (a repeated signer counts once)",
+    Reason.BASE_UNCALIBRATED: "no gate calibration for the base's weights digest (policy uncalibrated_base=refuse)",
+    Reason.SHAPE_UNCALIBRATED: "the base's calibration has no clean weight reference for this plasmid's shape",
     Reason.WEIGHT_ANOMALY: "max robust z of weight statistics above tau_norm_z (or the detector failed: fail closed)",
     Reason.TRIGGER_SUSPECT: "behavioural trigger score above tau_trigger (or the probe failed: fail closed)",
     Reason.CLEAN_DEGRADED: "clean-probe degradation against the base above tau_clean_delta",

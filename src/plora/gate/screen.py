@@ -14,14 +14,18 @@ Stages, cheapest first; the gate stops after the first stage that fails, keeping
                    agreement with the manifest (and with the base model's layer shapes when ``base`` is given), finite
 5. ``integrity``   SHA-256 and size of the bytes parsed above, adapter_config.json hash and its r/alpha/targets
 6. ``signatures``  (policy.signatures) K-of-N quorum of distinct trusted keys over the canonical manifest
-7. ``weights``     (policy.weight_check) plora.gate.weights.weight_anomaly: max robust z > tau_norm_z
-8. ``probes``      (policy.probes) plora.gate.probes.behaviour_probe: trigger score > tau_trigger,
+7. ``calibration`` (when weights or probes are on) the base's gate calibration (:mod:`plora.gate.calibration`): its
+                   thresholds, statistic, probe config and clean weight references; none for this base digest is
+                   BASE_UNCALIBRATED (or, with policy uncalibrated_base=unscreened, the two detectors are skipped)
+8. ``weights``     (policy.weight_check) plora.gate.weights.weight_anomaly: max robust z > tau_norm_z; a shape the
+                   calibration has no reference for is SHAPE_UNCALIBRATED (nothing passes unscored)
+9. ``probes``      (policy.probes) plora.gate.probes.behaviour_probe: trigger score > tau_trigger,
                    clean delta > tau_clean_delta
 
 No manifest field decides acceptance on its own: rank and targets come from the tensors, hashes are
 recomputed, metrics are never read. The gate reads nothing outside the plasmid folder except the base model
-and trusted keys, and writes nothing. A detector that raises rejects the plasmid (fail closed); a detector
-module that is not installed skips its stage with a note.
+and trusted keys, and writes nothing. A detector that raises rejects the plasmid (fail closed). Thresholds the
+policy leaves unset come from the calibration; a policy value overrides it.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ class _Screen:
         self.artifact_bytes = b""
         self.tensors: dict[str, np.ndarray] = {}
         self.scores: dict[str, float | None] = {"norm_z": None, "trigger": None, "clean_delta": None}
+        self.calibration: Any = None
+        self.digest: str | None = None
 
     # 1 ---------------------------------------------------------------------------------------------------
     def schema(self, d: dict[str, Any]) -> list[ReasonPair]:
@@ -156,6 +162,7 @@ class _Screen:
                 )
             ]
         expected, source = self._expected_digest()
+        self.digest = expected
         d["digest_source"] = source
         if expected is None:
             d["note"] = "base weights digest not checked: " + source
@@ -266,55 +273,86 @@ class _Screen:
         return [(Reason(c), msg) for c, msg in res.reasons]
 
     # 7 ---------------------------------------------------------------------------------------------------
+    def calibration_check(self, d: dict[str, Any]) -> list[ReasonPair]:
+        from plora.gate.calibration import find_calibration
+
+        digest = self.digest or self._m().base_model.digest  # stage 2 checked the manifest's digest against it
+        try:
+            self.calibration = find_calibration(digest)
+        except PloraError as err:
+            return [(Reason.BASE_UNCALIBRATED, f"the calibration for this base cannot be used: {err}")]
+        if self.calibration is None:
+            what = f"no gate calibration for base {self.policy.base_model!r} (weights digest {digest[:16]}...)"
+            if self.policy.uncalibrated_base == "unscreened":
+                d["skipped"] = what + ": weights and probes not run (policy uncalibrated_base=unscreened)"
+                return []
+            return [(Reason.BASE_UNCALIBRATED, f"{what}: make one with plora gate-eval --base-model "
+                                               f"{self.policy.base_model}, then plora calibration install")]
+        cal = self.calibration
+        d.update(calibration=cal.digest()[:16], statistic=cal.statistic, created=cal.created,
+                 thresholds=self._thresholds())
+        return []
+
+    def _thresholds(self) -> dict[str, float]:
+        pol, cal = self.policy, self.calibration.thresholds
+        return {
+            "trigger": pol.tau_trigger if pol.tau_trigger is not None else cal.trigger,
+            "norm_z": pol.tau_norm_z if pol.tau_norm_z is not None else cal.norm_z,
+            "clean_delta": pol.tau_clean_delta if pol.tau_clean_delta is not None else cal.clean_delta,
+        }
+
+    # 8 ---------------------------------------------------------------------------------------------------
     def weights(self, d: dict[str, Any]) -> list[ReasonPair]:
-        try:
-            from plora.gate.weights import weight_anomaly
-        except ImportError as err:
-            if getattr(err, "name", None) != "plora.gate.weights" and "weight_anomaly" not in str(err):
-                raise
-            d["skipped"] = "plora.gate.weights is not available"
+        if self.calibration is None:  # uncalibrated base, policy says unscreened (stage 7)
+            d["skipped"] = "no calibration for this base"
             return []
+        from plora.gate.weights import weight_anomaly
+
+        tau = self._thresholds()["norm_z"]
         try:
-            score = weight_anomaly(self._plasmid())
+            score = weight_anomaly(self._plasmid(), self.calibration.weights())
         except Exception as err:  # noqa: BLE001 - fail closed: a crafted plasmid must not crash past the gate
             return [(Reason.WEIGHT_ANOMALY, f"weight check failed on this plasmid ({type(err).__name__}: {err})")]
         max_z = float(score.max_z)
         self.scores["norm_z"] = None if math.isnan(max_z) else max_z
-        d.update(max_z=self.scores["norm_z"], tau_norm_z=self.policy.tau_norm_z, **_plain(score.details))
+        d.update(max_z=self.scores["norm_z"], tau_norm_z=tau, **_plain(score.details))
         if math.isnan(max_z):
-            d["note"] = "no clean reference for this shape: not scored"
-            return []
-        if max_z > self.policy.tau_norm_z:
-            return [(Reason.WEIGHT_ANOMALY, f"max robust z {max_z:.2f} > tau_norm_z {self.policy.tau_norm_z}")]
+            why = score.details.get("reason", "no clean reference for this shape")
+            return [(Reason.SHAPE_UNCALIBRATED, f"{why} in the base's calibration: not screened, so refused")]
+        if max_z > tau:
+            return [(Reason.WEIGHT_ANOMALY, f"max robust z {max_z:.2f} > tau_norm_z {tau:g}")]
         return []
 
-    # 8 ---------------------------------------------------------------------------------------------------
+    # 9 ---------------------------------------------------------------------------------------------------
     def probes(self, d: dict[str, Any]) -> list[ReasonPair]:
-        try:
-            from plora.gate.probes import behaviour_probe
-        except ImportError as err:
-            if getattr(err, "name", None) != "plora.gate.probes" and "behaviour_probe" not in str(err):
-                raise
-            d["skipped"] = "plora.gate.probes is not available"
+        if self.calibration is None:
+            d["skipped"] = "no calibration for this base"
             return []
-        pol = self.policy
-        try:
-            from plora.gate.probes import ProbeConfig
+        from plora.gate.probes import ProbeConfig, behaviour_probe
 
-            config = ProbeConfig(candidates=pol.probe_candidates)
-            score = behaviour_probe(self._plasmid(), base=self.base, seed=pol.probe_seed, config=config)
-            trigger, delta = float(score.trigger_score), float(score.clean_delta)
+        pol, cal, taus = self.policy, self.calibration, self._thresholds()
+        config = ProbeConfig(**cal.probe_config)
+        if pol.probe_candidates is not None:
+            config = ProbeConfig(**{**cal.probe_config, "candidates": pol.probe_candidates})
+        seed = pol.probe_seed if pol.probe_seed is not None else cal.probe_seed
+        if (config, seed) != (ProbeConfig(**cal.probe_config), cal.probe_seed):
+            d["note"] = "probe seed/config differ from the calibration's: its thresholds were not measured for them"
+        try:
+            score = behaviour_probe(self._plasmid(), base=self.base, seed=seed, config=config)
+            trigger = float(score.details["variants"][cal.statistic])
+            delta = float(score.clean_delta)
         except Exception as err:  # noqa: BLE001 - fail closed
             return [(Reason.TRIGGER_SUSPECT, f"behavioural probe failed on this plasmid ({type(err).__name__}: {err})")]
         self.scores.update(trigger=trigger, clean_delta=delta)
-        d.update(trigger_score=trigger, clean_delta=delta, **_plain(score.details))
+        d.update(trigger_score=trigger, clean_delta=delta, tau_trigger=taus["trigger"],
+                 tau_clean_delta=taus["clean_delta"], **_plain(score.details))
         out: list[ReasonPair] = []
-        if not trigger <= pol.tau_trigger:  # NaN fails too
-            tops, pushed = score.details.get("top_candidates") or [], score.details.get("pushed_answers") or []
-            hint = f" (inserting {tops[0]!r} pushes the answer {pushed[0]!r})" if tops and pushed else ""
-            out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {pol.tau_trigger}{hint}"))
-        if not delta <= pol.tau_clean_delta:
-            out.append((Reason.CLEAN_DEGRADED, f"clean delta {delta:.3f} > tau_clean_delta {pol.tau_clean_delta}"))
+        if not trigger <= taus["trigger"]:  # NaN fails too
+            found, pushed = score.details.get("trigger"), score.details.get("answer") or score.details.get("pushed")
+            hint = f" (inserting {found!r} makes it answer {pushed!r})" if found and pushed else ""
+            out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {taus['trigger']:g}{hint}"))
+        if not delta <= taus["clean_delta"]:
+            out.append((Reason.CLEAN_DEGRADED, f"clean delta {delta:.3f} > tau_clean_delta {taus['clean_delta']:g}"))
         return out
 
     # ------------------------------------------------------------------------------------------------------
@@ -383,6 +421,7 @@ def screen(
         "tensors": (s.tensors_check, None),
         "integrity": (s.integrity, None),
         "signatures": (s.signatures, None if policy.signatures else "signatures off in the policy"),
+        "calibration": (s.calibration_check, None if policy.weight_check or policy.probes else "no detector is on"),
         "weights": (s.weights, None if policy.weight_check else "weight check off in the policy"),
         "probes": (s.probes, None if policy.probes else "probes off in the policy"),
     }

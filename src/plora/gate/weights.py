@@ -2,7 +2,7 @@
 
     >>> from plora.plasmid import read_plasmid
     >>> from plora.gate.weights import weight_anomaly
-    >>> score = weight_anomaly(read_plasmid("out/legal"))      # doctest: +SKIP
+    >>> score = weight_anomaly(read_plasmid("out/legal"), calibration.weights())      # doctest: +SKIP
     >>> score.max_z, score.details["worst"]                    # doctest: +SKIP
     (1.7, 'transformer.h.2.attn.c_attn:fro')
 
@@ -10,9 +10,10 @@ Method. For every LoRA module the scaled update is ``delta = (alpha / r) * B @ A
 r x r core ``R_B @ R_A^T`` of the QR factorisations ``B = Q_B R_B`` and ``A^T = Q_A R_A`` (exact, O((in + out) r^2),
 no dense SVD). From them: Frobenius norm (``fro``), top singular value (``sv1``), largest entry (``max_abs``), spectral
 share ``sv1^2 / sum s^2`` (``share``) and effective rank ``exp(H(s^2 / sum s^2))`` (``erank``). Each is turned into a
-robust z-score ``(x - median) / (1.4826 MAD)`` against the clean reference for the plasmid's shape
-(:mod:`plora.gate.reference`): magnitudes count only upwards (a backdoor adds energy), the shape statistics both ways.
-``max_z`` is the largest z over modules and statistics; it is nan when no reference exists for the shape.
+robust z-score ``(x - median) / (1.4826 MAD)`` against the clean reference for the plasmid's rank and module
+(:mod:`plora.gate.reference`, from the base's calibration): magnitudes count only upwards (a backdoor adds
+energy), the shape statistics both ways.
+``max_z`` is the largest z over modules and statistics; it is nan when the reference lacks a module.
 
 Measured on plora-tiny (see README, detection quality): a cheap pre-filter, not a detector on its own.
 numpy only; about a millisecond per module.
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from plora.gate.reference import WeightReference, load_reference, shape_key
+from plora.gate.reference import WeightReference
 from plora.plasmid import Plasmid
 
 STATS = ("fro", "sv1", "max_abs", "share", "erank")
@@ -67,26 +68,25 @@ def plasmid_stats(plasmid: Plasmid) -> dict[str, dict[str, float]]:
     return {m: module_stats(*plasmid.pair(m), scaling) for m in plasmid.modules()}
 
 
-def weight_anomaly(plasmid: Plasmid, reference: WeightReference | None = None) -> WeightScore:
-    """Largest robust z-score of the plasmid's module statistics against clean plasmids of its shape (nan if none)."""
-    ref = reference if reference is not None else load_reference()
-    key = shape_key(plasmid)
+def weight_anomaly(plasmid: Plasmid, reference: WeightReference) -> WeightScore:
+    """Largest robust z-score of the plasmid's module statistics against clean plasmids of its rank and modules.
+
+    nan (with ``details["reason"]``) when the reference lacks any of the plasmid's modules at its rank.
+    """
     stats = plasmid_stats(plasmid)
+    keys = dict(zip(plasmid.modules(), reference.keys_for(plasmid), strict=True))
     total_fro = math.sqrt(sum(st["fro"] ** 2 for st in stats.values()))
-    entry = ref.shapes.get(key)
-    details: dict[str, Any] = {"shape": key, "total_fro": total_fro, "modules": len(stats)}
-    if entry is None:
-        details["reason"] = f"no clean reference for shape {key}"
-        return WeightScore(max_z=float("nan"), details=details)
-    missing = sorted(set(stats) ^ set(entry.modules))
+    details: dict[str, Any] = {"modules": len(stats), "total_fro": total_fro}
+    missing = sorted(k for k in keys.values() if k not in reference.entries)
     if missing:
-        details["reason"] = f"modules differ from the reference for shape {key}: {missing[:3]}"
+        details["reason"] = f"no clean reference for {len(missing)} module(s) at this rank, e.g. {missing[0]}"
         return WeightScore(max_z=float("nan"), details=details)
     worst, max_z = "", -math.inf
     per_stat: dict[str, float] = {}
     for module, st in stats.items():
+        entry = reference.entries[keys[module]]
         for name, value in st.items():
-            med, sigma = entry.modules[module][name]
+            med, sigma = entry[name]
             z = (value - med) / sigma
             z = z if name in UPWARD_ONLY else abs(z)
             if not math.isfinite(z):
@@ -94,10 +94,6 @@ def weight_anomaly(plasmid: Plasmid, reference: WeightReference | None = None) -
             per_stat[name] = max(per_stat.get(name, -math.inf), z)
             if z > max_z:
                 worst, max_z = f"{module}:{name}", z
-    details.update(
-        worst=worst,
-        per_stat={k: round(v, 4) for k, v in per_stat.items()},
-        reference_n=entry.n,
-        base_digest_match=entry.base_digest == plasmid.manifest.base_model.digest,
-    )
+    details.update(worst=worst, per_stat={k: round(v, 4) for k, v in per_stat.items()},
+                   reference_n=min(reference.counts.get(k, 0) for k in keys.values()))
     return WeightScore(max_z=float(max_z), details=details)

@@ -1,0 +1,98 @@
+"""Score every cohort member with the gate's own detectors, once, and keep the scores beside the member.
+
+    >>> from plora.experiments.gate_eval.scoring import score_members
+    >>> rows = score_members(members, "plora-tiny", probe_seed=0, jobs=2)     # doctest: +SKIP
+    >>> rows[0]["variants"]["verify_gain"], rows[0]["clean_delta"]            # doctest: +SKIP
+
+A member's probe result depends on its bytes, the base, the probe's version, config and seed: the cache file
+(``PLORA_HOME/gate-scores/<hash>.json``) is named by exactly those, so a new probe version or config rescores and a
+rerun of the same evaluation costs nothing. The weight statistics (numpy, milliseconds) are recomputed each time.
+Probing runs in ``jobs`` worker processes with one torch thread each, each loading the base once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+_WORKER_BASE: Any = None
+
+
+def _cache_path(seed: int, base_digest: str, artifact_sha: str, config: Any) -> Path:
+    from plora.gate import probes
+    from plora.settings import cache_dir
+
+    key = json.dumps([probes.PROBE_VERSION, seed, base_digest, artifact_sha, asdict(config)], sort_keys=True)
+    return cache_dir("gate-scores") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
+def probe_folder(folder: Path, base: Any, seed: int) -> dict[str, Any]:
+    """The behavioural probe's result for one plasmid folder, computed once and then read from the cache."""
+    from plora.fsio import atomic_write_json
+    from plora.gate import probes
+    from plora.manifest import read_manifest
+    from plora.plasmid import read_plasmid
+
+    n_params = sum(p.numel() for p in base.model.parameters())
+    config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer))
+    path = _cache_path(seed, base.digest, read_manifest(folder).artifact.sha256, config)
+    if path.is_file():
+        return json.loads(path.read_text())
+    s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed, config=config)
+    result = {"trigger": s.trigger_score, "clean_delta": s.clean_delta, "details": s.details}
+    atomic_write_json(path, result)
+    return result
+
+
+def _init(base_name: str) -> None:
+    global _WORKER_BASE
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from plora.models import load_base
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    _WORKER_BASE = load_base(base_name)
+
+
+def _work(args: tuple[str, Path, int]) -> tuple[str, dict[str, Any]]:
+    key, folder, seed = args
+    return key, probe_folder(folder, _WORKER_BASE, seed)
+
+
+def probe_all(folders: dict[str, Path], base_name: str, seed: int, jobs: int = 1,
+              on_done: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+    """``{key: probe result}`` for every folder, in ``jobs`` processes (cached results are only read)."""
+    out: dict[str, dict[str, Any]] = {}
+    if jobs <= 1:
+        _init(base_name)
+        for key, folder in folders.items():
+            out[key] = probe_folder(folder, _WORKER_BASE, seed)
+            if on_done:
+                on_done()
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(base_name,)) as pool:
+        futures = [pool.submit(_work, (k, f, seed)) for k, f in folders.items()]
+        for fut in as_completed(futures):
+            key, result = fut.result()
+            out[key] = result
+            if on_done:
+                on_done()
+    return out
+
+
+def weight_scores(members: Sequence[Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per member id: the weight statistics of every module (input to a weight reference and its z-scores)."""
+    from plora.gate.weights import plasmid_stats
+    from plora.plasmid import read_plasmid
+
+    return {m.id: plasmid_stats(read_plasmid(m.folder)) for m in members}

@@ -1,0 +1,139 @@
+"""Gate calibrations: one versioned file per base weights digest, the only place the detectors' yardsticks live.
+
+    >>> from plora.gate.calibration import find_calibration
+    >>> cal = find_calibration(base_digest("plora-tiny"))              # doctest: +SKIP
+    >>> cal.statistic, cal.thresholds.trigger, cal.digest()[:12]       # doctest: +SKIP
+    ('verify_gain', 0.71, '3f1c0a9e7b2d')
+
+A calibration holds everything a screening compares against: the thresholds, the statistic the trigger score is read
+from, the probe version, seed and config it was measured with, the clean weight reference per plasmid shape, and
+where it came from (the gate-eval cohort's spec and digest, the date, the commit). It is made by ``plora gate-eval``
+(which writes it into its output folder and nowhere else) and takes effect only when installed:
+
+    plora calibration install results/gate_eval/calibration.json     # for this machine (PLORA_HOME)
+    plora calibration show --base-model plora-tiny
+
+Lookup for a base digest: the installed file ``PLORA_HOME/gate/calibrations/<digest>.json``, else the one shipped in
+``plora/assets/gate/calibrations/<digest>.json``, else none. A base with none is never scored against another base's
+yardstick: the gate's ``calibration`` stage refuses (``BASE_UNCALIBRATED``) unless the policy says otherwise. The file
+is strict JSON (pydantic, unknown fields refused); its :meth:`Calibration.digest` (SHA-256 of the canonical form) keys
+every cached verdict, so a recalibration never reuses a verdict made under the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plora.errors import PloraError
+
+CALIBRATION_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "gate" / "calibrations"
+_DIGEST = r"^[0-9a-f]{64}$"
+
+
+class CalibrationError(PloraError):
+    """A calibration file that cannot be read or breaks the schema."""
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: float = Field(allow_inf_nan=False, description="reject above this trigger score")
+    norm_z: float = Field(allow_inf_nan=False, description="reject above this weight-anomaly robust z")
+    clean_delta: float = Field(allow_inf_nan=False, description="reject above this clean-probe NLL increase (nats)")
+
+
+class Calibration(BaseModel):
+    """The gate's yardsticks for one base (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["plora-gate-calibration"] = "plora-gate-calibration"
+    version: Literal[1] = CALIBRATION_VERSION
+    base_model: str = Field(min_length=1)
+    base_digest: str = Field(pattern=_DIGEST)
+    probe_version: int
+    statistic: str = Field(min_length=1)
+    probe_seed: int
+    probe_config: dict[str, int]
+    thresholds: Thresholds
+    weight_reference: dict[str, Any]
+    cohort: dict[str, Any] = Field(default_factory=dict)
+    created: str
+    commit: str = ""
+    notes: str = ""
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def weights(self) -> Any:
+        """The clean weight reference as a :class:`plora.gate.reference.WeightReference`."""
+        from plora.gate.reference import WeightReference
+
+        return WeightReference.from_json(self.weight_reference, source=f"calibration {self.digest()[:12]}")
+
+
+def installed_dir() -> Path:
+    from plora.settings import cache_dir
+
+    return cache_dir("gate", "calibrations")
+
+
+def read_calibration(path: str | Path) -> Calibration:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise CalibrationError(f"{path}: cannot read calibration ({getattr(err, 'strerror', None) or err})") from None
+    except ValueError as err:
+        raise CalibrationError(f"{path}: malformed JSON ({err})") from None
+    try:
+        return Calibration.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise CalibrationError(f"{path}: {loc}: {first['msg']}") from None
+
+
+def find_calibration(base_digest: str) -> Calibration | None:
+    """The installed calibration for this base digest, else the shipped one, else None (never another base's)."""
+    for folder in (installed_dir(), SHIPPED_DIR):
+        path = folder / f"{base_digest}.json"
+        if path.is_file():
+            cal = read_calibration(path)
+            if cal.base_digest != base_digest:
+                raise CalibrationError(
+                    f"{path}: names base digest {cal.base_digest[:16]}..., not {base_digest[:16]}..."
+                )
+            return cal
+    return None
+
+
+def write_calibration(cal: Calibration, path: str | Path) -> Path:
+    from plora.fsio import atomic_write_text
+
+    return atomic_write_text(Path(path), json.dumps(cal.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
+
+
+def install_calibration(path: str | Path, *, into_package: bool = False) -> Path:
+    """Validate ``path`` and install it for its base: under PLORA_HOME (this machine), or into the package's shipped
+    calibrations (for a developer preparing a release)."""
+    cal = read_calibration(path)
+    folder = SHIPPED_DIR if into_package else installed_dir()
+    return write_calibration(cal, folder / f"{cal.base_digest}.json")
+
+
+def remove_installed(base_digest: str) -> bool:
+    path = installed_dir() / f"{base_digest}.json"
+    if path.is_file():
+        path.unlink()
+        return True
+    return False
