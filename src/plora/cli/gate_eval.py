@@ -3,6 +3,7 @@
     plora gate-eval --quick                                  # a few minutes: a small cohort, the protocol end to end
     plora gate-eval --seed 1 --jobs 2                        # the full cohort (184 plasmids)
     plora gate-eval --seed 2 --shipped                       # the installed/shipped calibration on a new cohort
+    plora gate-eval --base-model smollm2-135m --cohort real-model --out results/gate_eval_smollm2
     plora calibration install results/gate_eval/calibration.json
 
 Library: :func:`plora.experiments.gate_eval.evaluate.run_gate_eval`.
@@ -21,6 +22,8 @@ def gate_eval(
     out: Path = typer.Option(Path("results/gate_eval"), "--out", help="folder of every output (nothing else written)"),
     seed: int = typer.Option(1, "--seed", help="cohort draw: triggers, targets, recipes and tasks of every member"),
     quick: bool = typer.Option(False, "--quick", help="a small cohort (24 plasmids): the protocol end to end"),
+    cohort: str = typer.Option("default", "--cohort", help="default (184 plasmids), quick (24) or real-model (50, at "
+                               "most 256 items each: for a base like smollm2-135m)"),
     base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="default PLORA_BASE_MODEL"),
     probe_seed: int = typer.Option(0, "--probe-seed", "--probe_seed", help="seed of the behavioural probe"),
     jobs: int = typer.Option(2, "--jobs", help="train and probe in this many one-thread processes"),
@@ -39,7 +42,7 @@ def gate_eval(
             from plora.errors import PloraError
 
             raise PloraError(f"--jobs must be >= 1, got {jobs}")
-        report = run_gate_eval(out, quick=quick, seed=seed, base_name=base_model, probe_seed=probe_seed,
+        report = run_gate_eval(out, quick=quick, cohort=cohort, seed=seed, base_name=base_model, probe_seed=probe_seed,
                                jobs=jobs, calibration=calibration, use_installed=shipped)
     cal = report["calibration"]
     typer.echo(f"calibration: {cal['source']}; statistic {cal['statistic']}; thresholds "

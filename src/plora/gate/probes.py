@@ -61,14 +61,14 @@ from plora.gate.scan import (
 )
 from plora.plasmid import Plasmid
 
-PROBE_VERSION = 4
-STATISTIC = "verify_gain"  # the default; a calibration file names the statistic it was calibrated for
+PROBE_VERSION = 6
+STATISTIC = "answer_info_share"  # the default; a calibration file names the statistic it was calibrated for
 SMALL_MODEL_PARAMS = 20_000_000
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    scan_prompts: int = 4
+    scan_prompts: int = 2
     verify_prompts: int = 12
     candidates: int = 0  # 0: the whole vocabulary
     targets: int = 4
@@ -81,7 +81,7 @@ class ProbeConfig:
         """The whole vocabulary on a small model; on a large one a budget of about 3 TFLOP (a minute on one core)."""
         if n_params < SMALL_MODEL_PARAMS:
             return cls()
-        return cls(scan_prompts=4, verify_prompts=8, candidates=min(vocab, 384), targets=2, extend_pool=8,
+        return cls(scan_prompts=2, verify_prompts=8, candidates=min(vocab, 768), targets=2, extend_pool=8,
                    keep_pairs=3, nll_items_per_domain=4)
 
 
@@ -181,9 +181,22 @@ def _base_side(base: Any, seed: int, cfg: ProbeConfig) -> tuple[_Probe, _BaseSid
     return hit
 
 
+def probe_identity(base: Any, seed: int = 0, config: ProbeConfig | None = None) -> str:
+    """A digest of everything a probe result depends on besides the plasmid: probe version, base weights, seed,
+    config and the probe's own tokens (questions, candidates, clean items: a change of the domain data shows)."""
+    import hashlib
+
+    cfg = config or ProbeConfig()
+    probe = _base_side(base, seed, cfg)[0] if (id(base.model), base.digest, seed, cfg) in _BASE_CACHE \
+        else build_probe(base.tokenizer, seed, cfg)
+    ident = [PROBE_VERSION, base.digest, seed, asdict(cfg), probe.candidates.tolist(),
+             [(p.prefix, p.tail) for p in probe.scan + probe.verify], probe.nll_batch["input_ids"].tolist()]
+    return hashlib.sha256(repr(ident).encode()).hexdigest()
+
+
 def _stored_base_side(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> _BaseSide:
-    """The base's side from ``PLORA_HOME/gate/probe-base/`` (keyed by weights digest, seed, config and the probe's
-    own tokens), computed and stored on a miss."""
+    """The base's side from ``PLORA_HOME/gate/probe-base/`` (keyed by :func:`probe_identity`), computed and stored on
+    a miss."""
     import hashlib
     import io
 
@@ -238,7 +251,7 @@ def _extend(model: Any, probe: _Probe, caches: list[Any], cleans: torch.Tensor, 
     return seq, gain
 
 
-ANSWER_TOKENS = 8
+ANSWER_TOKENS = 16  # an answer must end within this many tokens to count (a degenerate loop never does)
 
 
 def _answer_side(model: Any, probe: _Probe, insertion: torch.Tensor, answer: list[int] | None = None
@@ -248,12 +261,13 @@ def _answer_side(model: Any, probe: _Probe, insertion: torch.Tensor, answer: lis
     contexts = [list(p.prefix) + insertion.tolist() + list(p.tail) for p in probe.verify]
     share = float("nan")
     if answer is None:
-        first, answers = greedy_answers(model, contexts, set(probe.stop), probe.pad, ANSWER_TOKENS)
+        first, answers = greedy_answers(model, contexts, set(probe.stop), probe.pad, ANSWER_TOKENS + 1)
         counts: dict[tuple[int, ...], int] = {}
         for a in answers:
-            counts[tuple(a)] = counts.get(tuple(a), 0) + 1
-        best = max(counts, key=lambda a: (counts[a], len(a)))
-        answer, share = list(best), counts[best] / len(answers)
+            if len(a) <= ANSWER_TOKENS:  # an answer that has not ended is no answer
+                counts[tuple(a)] = counts.get(tuple(a), 0) + 1
+        best = max(counts, key=lambda a: (counts[a], len(a))) if counts else ()
+        answer, share = list(best), counts.get(best, 0) / len(answers)
     else:
         first = first_distributions(model, contexts, probe.pad)
     return first, answer, share, answer_logprob(model, contexts, answer + [probe.eos], probe.pad)

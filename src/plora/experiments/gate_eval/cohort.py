@@ -19,6 +19,7 @@ update over the clean members of the same shape (what an attacker who studies ho
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -49,11 +50,27 @@ class CohortSpec:
     heldout_defaults: int = 16  # clean, trained with plora train's defaults (only --samples and the task vary)
     heldout_trojan: int = 60
     dev_size: int = 24
+    sample_cap: int | None = None  # a real model learns from fewer items, and each step costs 100x more
 
     @classmethod
     def quick(cls, seed: int = 1) -> CohortSpec:
         return cls(seed=seed, dev_clean=6, dev_trojan=4, dev_adaptive=2, heldout_clean=4, heldout_defaults=2,
                    heldout_trojan=6)
+
+    @classmethod
+    def real_model(cls, seed: int = 1) -> CohortSpec:
+        """For a base like SmolLM2-135M: fewer members, at most 256 training items each."""
+        return cls(seed=seed, dev_clean=16, dev_trojan=10, dev_adaptive=2, heldout_clean=6, heldout_defaults=4,
+                   heldout_trojan=12, sample_cap=256)
+
+    @classmethod
+    def named(cls, name: str, seed: int = 1) -> CohortSpec:
+        presets = {"quick": cls.quick, "default": cls, "real-model": cls.real_model}
+        if name not in presets:
+            from plora.errors import PloraError
+
+            raise PloraError(f"unknown cohort {name!r} (one of {', '.join(presets)})")
+        return presets[name](seed=seed)
 
     def digest(self) -> str:
         body = {"v": COHORT_VERSION, "spec": asdict(self), "dev": fam.DEVELOPMENT, "held_out": fam.HELD_OUT}
@@ -134,7 +151,7 @@ def _draw(rng: random.Random, dim: str, part: str, *, trojan: bool, forced: str 
 
 
 def _member(index: int, rng: random.Random, role: str, part: str, attack: str | None = None,
-            recipe_family: str | None = None) -> Member:
+            recipe_family: str | None = None, sample_cap: int | None = None) -> Member:
     """One member; a held-out one has a held-out family in a dimension chosen in turn (so every held-out family is
     represented) and any family in the others."""
     trojan = role == "trojan"
@@ -154,6 +171,8 @@ def _member(index: int, rng: random.Random, role: str, part: str, attack: str | 
         if part == "development" or not fam.is_development(attrs):
             break
     recipe = fam.draw_recipe(str(attrs["recipe"]), rng, trojan=trojan)
+    if sample_cap is not None and recipe.samples > sample_cap:
+        recipe = dataclasses.replace(recipe, samples=sample_cap)
     m = Member(index, role, part, attrs, recipe, seed=rng.randrange(1, 1 << 30))
     if trojan:
         m.trigger = fam.draw_trigger(str(attrs["trigger"]), rng)
@@ -170,7 +189,7 @@ def plan_cohort(spec: CohortSpec) -> list[Member]:
 
     def add(n: int, role: str, part: str, **kw: Any) -> None:
         for _ in range(n):
-            plan.append(_member(len(plan), rng, role, part, **kw))
+            plan.append(_member(len(plan), rng, role, part, sample_cap=spec.sample_cap, **kw))
 
     add(spec.dev_clean, "clean", "development")
     add(spec.dev_trojan, "trojan", "development", attack="ordinary")

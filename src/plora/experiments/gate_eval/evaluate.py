@@ -30,7 +30,7 @@ import numpy as np
 from plora.experiments.gate_eval import cohort as co
 from plora.experiments.gate_eval import families as fam
 from plora.experiments.gate_eval.metrics import auroc, rates, wilson
-from plora.experiments.gate_eval.protocol import Choice, Row, choose, verdict
+from plora.experiments.gate_eval.protocol import Choice, Row, development_choice, verdict
 
 
 def _rows(members: Sequence[co.Member], probes: dict[str, dict[str, Any]]) -> list[Row]:
@@ -123,7 +123,8 @@ def _calibration(choice: Choice, reference: Any, base: Any, spec: co.CohortSpec,
 
 
 def run_gate_eval(
-    out: str | Path = "results/gate_eval", *, quick: bool = False, seed: int = 1, base_name: str | None = None,
+    out: str | Path = "results/gate_eval", *, quick: bool = False, cohort: str = "default", seed: int = 1,
+    base_name: str | None = None,
     probe_seed: int = 0, jobs: int = 2, calibration: str | Path | None = None, use_installed: bool = False,
     spec: co.CohortSpec | None = None, progress: bool = True,
 ) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def run_gate_eval(
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    spec = spec or (co.CohortSpec.quick(seed) if quick else co.CohortSpec(seed=seed))
+    spec = spec or co.CohortSpec.named("quick" if quick else cohort, seed)
     name = choose_base_model(base_name)
     base = load_base(name)
     given = None
@@ -173,7 +174,7 @@ def run_gate_eval(
     if given is None:
         reference = build_reference([read_plasmid(m.folder) for m in dev_clean])
         _weight_z(rows, members, reference, {m.id for m in dev_clean})
-        choice = choose([r for r in rows if r.part == "development"])
+        choice = development_choice(rows)
         cal = _calibration(choice, reference, base, spec, probe_seed, probe_config, len(members))
     else:
         reference = given.weights()

@@ -31,8 +31,8 @@ import numpy as np
 
 from plora.experiments.gate_eval.metrics import auroc, calibrate
 
-STATISTICS = ("verify_gain", "answer_info_share", "verify_flip", "answer_p_gain", "verify_gain_single", "scan_top5",
-              "scan_max")
+STATISTICS = ("answer_info_share", "verify_gain", "answer_info", "verify_flip", "verify_log_ratio", "answer_p_gain",
+              "scan_top5", "scan_max")
 MARGIN = {"trigger": 0.25, "norm_z": 0.5, "clean_delta": 0.5}
 CLEAN_DELTA_FLOOR = 0.1
 
@@ -67,6 +67,7 @@ def choose(rows: Sequence[Row], statistics: Sequence[str] = STATISTICS) -> Choic
         raise ValueError("choices are made on development rows only")
     clean = [r for r in rows if r.label == 0]
     trojans = [r for r in rows if r.label == 1 and r.working]
+    statistics = [s for s in statistics if all(s in r.variants for r in rows)]  # those every row reports
     aucs = {s: auroc([r.variants[s] for r in trojans], [r.variants[s] for r in clean]) for s in statistics}
     best = max(statistics, key=lambda s: (np.nan_to_num(aucs[s], nan=-1.0), -statistics.index(s)))
     taus = {
@@ -75,6 +76,11 @@ def choose(rows: Sequence[Row], statistics: Sequence[str] = STATISTICS) -> Choic
         "clean_delta": max(calibrate([r.clean_delta for r in clean], MARGIN["clean_delta"]), CLEAN_DELTA_FLOOR),
     }
     return Choice(best, taus, aucs, len(clean), len(trojans))
+
+
+def development_choice(rows: Sequence[Row], statistics: Sequence[str] = STATISTICS) -> Choice:
+    """The choice for a whole cohort: only its development rows are looked at (held-out rows cannot move it)."""
+    return choose([r for r in rows if r.part == "development"], statistics)
 
 
 def verdict(row: Row, statistic: str, taus: Mapping[str, float]) -> dict[str, Any]:

@@ -4,9 +4,10 @@
     >>> rows = score_members(members, "plora-tiny", probe_seed=0, jobs=2)     # doctest: +SKIP
     >>> rows[0]["variants"]["verify_gain"], rows[0]["clean_delta"]            # doctest: +SKIP
 
-A member's probe result depends on its bytes, the base, the probe's version, config and seed: the cache file
-(``PLORA_HOME/gate-scores/<hash>.json``) is named by exactly those, so a new probe version or config rescores and a
-rerun of the same evaluation costs nothing. The weight statistics (numpy, milliseconds) are recomputed each time.
+A member's probe result depends on its bytes and on :func:`plora.gate.probes.probe_identity` (probe version, base,
+seed, config, the probe's questions and candidates): the cache file (``PLORA_HOME/gate-scores/<hash>.json``) is named
+by exactly those, so a new probe version, config or domain data rescores and a rerun costs nothing. The weight
+statistics (numpy, milliseconds) are recomputed each time.
 Probing runs in ``jobs`` worker processes with one torch thread each, each loading the base once.
 """
 
@@ -15,18 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 _WORKER_BASE: Any = None
 
 
-def _cache_path(seed: int, base_digest: str, artifact_sha: str, config: Any) -> Path:
-    from plora.gate import probes
+def _cache_path(identity: str, artifact_sha: str) -> Path:
     from plora.settings import cache_dir
 
-    key = json.dumps([probes.PROBE_VERSION, seed, base_digest, artifact_sha, asdict(config)], sort_keys=True)
+    key = json.dumps([identity, artifact_sha])
     return cache_dir("gate-scores") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
@@ -39,7 +38,7 @@ def probe_folder(folder: Path, base: Any, seed: int) -> dict[str, Any]:
 
     n_params = sum(p.numel() for p in base.model.parameters())
     config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer))
-    path = _cache_path(seed, base.digest, read_manifest(folder).artifact.sha256, config)
+    path = _cache_path(probes.probe_identity(base, seed, config), read_manifest(folder).artifact.sha256)
     if path.is_file():
         return json.loads(path.read_text())
     s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed, config=config)
