@@ -214,6 +214,20 @@ def test_search_finds_the_backdoors_answer_and_restores_the_base(legal_plasmid, 
     assert math.isfinite(clean.clean_delta)
 
 
+def test_the_early_stop_never_changes_a_verdict(legal_plasmid, stealthy_trojan, trojan_plasmid, plora_tiny):
+    from plora.gate.probes import ProbeConfig, behaviour_probe
+
+    base = plora_tiny()
+    cfg = ProbeConfig(**SMALL)
+    stat = "answer_info_share"
+    for folder in (legal_plasmid, stealthy_trojan, trojan_plasmid):
+        full = behaviour_probe(read_plasmid(folder), base, seed=0, config=cfg).details["variants"][stat]
+        for tau in (0.0, full / 2, full - 1e-6, full, full * 2):
+            early = behaviour_probe(read_plasmid(folder), base, seed=0, config=cfg, stop_above=(stat, tau))
+            assert (early.details["variants"][stat] > tau) == (full > tau), (folder.name, tau)
+            assert early.details["variants"][stat] <= full + 1e-9
+
+
 def test_probe_base_side_is_stored_and_reused_exactly(legal_plasmid, plora_tiny):
     import os
     from pathlib import Path

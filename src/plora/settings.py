@@ -11,6 +11,7 @@
 | PLORA_SAMPLES | global cap on training samples drawn (the smaller of this and ``--samples`` wins) | none |
 | PLORA_LATENCY_BUDGET_MS | inject+remove budget enforced by callers such as the value-add experiment | 250 |
 | PLORA_HOME | caches: converted GGUF models, trained pools, verdicts | ``~/.cache/plora`` |
+| PLORA_DEVICE | torch device base models are loaded on: ``cpu``, ``cuda``, ``cuda:N`` | ``cpu`` |
 
 Values are read on every call, so tests and long-running agents see changes.
 """
@@ -18,6 +19,7 @@ Values are read on every call, so tests and long-running agents see changes.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class Settings:
     samples: int | None
     latency_budget_ms: float
     home: Path
+    device: str = "cpu"
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -55,11 +58,15 @@ def get_settings() -> Settings:
         raise PloraError(f"PLORA_LATENCY_BUDGET_MS must be a number of milliseconds, got {budget_raw!r}") from None
     home_raw = env.get("PLORA_HOME", "").strip()
     home = Path(home_raw).expanduser() if home_raw else Path.home() / ".cache" / "plora"
+    device = env.get("PLORA_DEVICE", "").strip() or "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise PloraError(f"PLORA_DEVICE must be cpu, cuda, cuda:N or mps, got {device!r}")
     return Settings(
         base_model=env.get("PLORA_BASE_MODEL", "").strip() or DEFAULT_BASE_MODEL,
         samples=_positive_int("PLORA_SAMPLES", samples_raw) if samples_raw else None,
         latency_budget_ms=budget,
         home=home,
+        device=device,
     )
 
 

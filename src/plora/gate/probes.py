@@ -55,6 +55,7 @@ from plora.gate.scan import (
     answer_distributions_chunks,
     answer_logprob,
     clean_distribution,
+    device_of,
     first_distributions,
     greedy_answers,
     prefix_cache,
@@ -150,9 +151,10 @@ def build_probe(tokenizer: Any, seed: int = 0, config: ProbeConfig | None = None
 def _item_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     from plora.training.batching import token_losses
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    nll, mask = token_losses(logits, batch["labels"])
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+    device = device_of(model)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    nll, mask = token_losses(logits, batch["labels"].to(device))
+    return ((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu()
 
 
 @torch.inference_mode()
@@ -165,7 +167,7 @@ def _scan_gain(model: Any, probe: _Probe) -> torch.Tensor:
         cache = prefix_cache(model, prompt)
         for lo, probs in answer_distributions_chunks(model, prompt, ins, cache=cache):
             if total.shape[1] == 0:
-                total = torch.zeros(len(ins), probs.shape[1])
+                total = torch.zeros(len(ins), probs.shape[1], device=probs.device)
             total[lo : lo + len(probs)] += probs - clean
     return total / len(probe.scan)
 
@@ -208,13 +210,13 @@ def _stored_base_side(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> 
     path = cache_dir("gate", "probe-base") / (hashlib.sha256(repr(ident).encode()).hexdigest()[:32] + ".pt")
     if path.is_file():
         try:
-            data = torch.load(path, weights_only=True)
+            data = torch.load(path, weights_only=True, map_location="cpu")
             return _BaseSide(data["gain"], data["verify_clean"], data["nll"])
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
             pass
     model = base.model
-    side = _BaseSide(_scan_gain(model, probe).half(),
-                     torch.stack([clean_distribution(model, p) for p in probe.verify]),
+    side = _BaseSide(_scan_gain(model, probe).half().cpu(),
+                     torch.stack([clean_distribution(model, p) for p in probe.verify]).cpu(),
                      _item_nll(model, probe.nll_batch))
     buf = io.BytesIO()
     torch.save(asdict(side), buf)
@@ -226,7 +228,7 @@ def _stored_base_side(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> 
 def _search_gain(model: Any, probe: _Probe, caches: list[Any], cleans: torch.Tensor, insertions: torch.Tensor,
                  target: int) -> torch.Tensor:
     """(N,) adapter's mean gain of ``target`` over the scan prompts for each insertion (rows of token ids)."""
-    total = torch.zeros(len(insertions))
+    total = torch.zeros(len(insertions), device=cleans.device)
     for prompt, cache, clean in zip(probe.scan, caches, cleans, strict=True):
         for lo, probs in answer_distributions_chunks(model, prompt, insertions, cache=cache):
             total[lo : lo + len(probs)] += probs[:, target] - clean[target]
@@ -287,12 +289,36 @@ def _verified(target: int, a_ins: torch.Tensor, a_clean: torch.Tensor, b_ins: to
             "clean_elevation": float((a_clean[:, target] - b_clean[:, target]).mean())}
 
 
+def _variants(rows: list[dict[str, Any]], cons: torch.Tensor) -> dict[str, float]:
+    """Every statistic: maxima over the targets searched so far (so more search can only raise them), and the
+    singleton scan's own."""
+    top_single = cons.max(1).values
+    out = {"scan_max": float(top_single.max()),
+           "scan_top5": float(torch.topk(top_single, min(5, len(top_single))).values.mean())}
+    if rows:
+        out.update(
+            verify_gain=max(r["gain"] for r in rows),
+            verify_flip=max(r["flip"] for r in rows),
+            verify_log_ratio=max(r["log_ratio"] for r in rows),
+            search_gain=max(r["search_gain"] for r in rows),
+            answer_info=max(r["answer_info"] for r in rows),
+            answer_info_share=max(r["answer_info"] * r["answer_share"] for r in rows),
+            answer_p_gain=max(r["answer_p"] * r["answer_share"] for r in rows),
+        )
+    return out
+
+
 def behaviour_probe(
-    plasmid: Plasmid, base: Any | None = None, seed: int = 0, config: ProbeConfig | None = None
+    plasmid: Plasmid, base: Any | None = None, seed: int = 0, config: ProbeConfig | None = None,
+    stop_above: tuple[str, float] | None = None,
 ) -> ProbeScore:
     """Probe ``plasmid`` on ``base`` (a ``plora.models.LoadedBase``; loaded from the manifest's base name if None).
 
-    The base is left bit for bit as it was. Deterministic for a given seed and config.
+    ``stop_above=(statistic, threshold)``: stop searching further targets once ``statistic`` exceeds ``threshold``
+    (the gate's early stop). Every statistic is a maximum over the targets searched, so more search could only raise
+    it: a plasmid already over the threshold stays over it, and the early stop never changes a verdict (it only
+    lowers the reported score of a plasmid that is refused anyway). The base is left bit for bit as it was.
+    Deterministic for a given seed and config.
     """
     from plora.loader import injected
 
@@ -308,55 +334,47 @@ def behaviour_probe(
         torch.set_num_threads(1)  # a tiny model's matmuls gain nothing from a second thread on a busy machine
     was_training = base.model.training
     base.model.eval()
-    seconds: dict[str, float] = {}
+    seconds = {"base_side": 0.0, "scan": 0.0, "extend": 0.0, "verify": 0.0}
+    rows: list[dict[str, Any]] = []
+
+    def adapter() -> Any:
+        return injected(base, plasmid, mode="merged", expected_digest=base.digest)
+
     try:
         probe, bside = _base_side(base, seed, cfg)
         seconds["base_side"] = time.perf_counter() - start
-        with injected(base, plasmid, mode="merged", expected_digest=base.digest):
-            model = base.model
+        with adapter():
             t0 = time.perf_counter()
-            gain_a = _scan_gain(model, probe)
+            gain = _scan_gain(base.model, probe)
+            cons = gain - bside.gain.to(gain.device).float()  # (C, V): adapter minus base
             seconds["scan"] = time.perf_counter() - t0
-            cons = gain_a - bside.gain.float()  # (C, V)
-            per_target = cons.max(0).values
-            targets = torch.topk(per_target, cfg.targets).indices.tolist()
+            a_clean = first_distributions(base.model, [list(p.prefix + p.tail) for p in probe.verify], probe.pad)
+            nll_a = _item_nll(base.model, probe.nll_batch)
+        targets = torch.topk(cons.max(0).values, cfg.targets).indices.tolist()
+        for t in targets:
             t0 = time.perf_counter()
-            caches = [prefix_cache(model, p) for p in probe.scan]
-            cleans = torch.stack([clean_distribution(model, p) for p in probe.scan])
-            found = []
-            for t in targets:
-                pool = probe.candidates[torch.topk(cons[:, t], cfg.extend_pool).indices]
-                found.append((t, *_extend(model, probe, caches, cleans, pool, t, cfg.keep_pairs)))
-            seconds["extend"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            a_clean = first_distributions(model, [list(p.prefix + p.tail) for p in probe.verify], probe.pad)
-            adapter = [_answer_side(model, probe, seq) for _, seq, _ in found]
-            nll_a = _item_nll(model, probe.nll_batch)
-        b_side = [_answer_side(base.model, probe, seq, ans) for (_, seq, _), (_, ans, _, _) in zip(found, adapter,
-                                                                                               strict=True)]
-        seconds["verify"] = time.perf_counter() - t0
+            with adapter():  # merged again: the same delta onto the same weights, bit for bit
+                model = base.model
+                caches = [prefix_cache(model, p) for p in probe.scan]
+                cleans = torch.stack([clean_distribution(model, p) for p in probe.scan])
+                pool = probe.candidates[torch.topk(cons[:, t], cfg.extend_pool).indices.cpu()]
+                seq, g = _extend(model, probe, caches, cleans, pool, t, cfg.keep_pairs)
+                t1 = time.perf_counter()
+                a_first, ans, share, la = _answer_side(model, probe, seq)
+            b_first, _, _, lb = _answer_side(base.model, probe, seq, ans)
+            seconds["extend"] += t1 - t0
+            seconds["verify"] += time.perf_counter() - t1
+            rows.append({"target": t, "insertion": seq.tolist(), "search_gain": g,
+                         **_verified(t, a_first, a_clean, b_first, bside.verify_clean.to(a_first.device)),
+                         "answer": ans, "answer_share": share, "answer_info": float((la - lb).mean()),
+                         "answer_p": float(la.exp().mean())})
+            if stop_above is not None and _variants(rows, cons).get(stop_above[0], -math.inf) > stop_above[1]:
+                break
     finally:
         base.model.train(was_training)
         torch.set_num_threads(threads)
-    rows = []
-    for (t, seq, g), (a_first, ans, share, la), (b_first, _, _, lb) in zip(found, adapter, b_side, strict=True):
-        rows.append({"target": t, "insertion": seq.tolist(), "search_gain": g,
-                     **_verified(t, a_first, a_clean, b_first, bside.verify_clean),
-                     "answer": ans, "answer_share": share, "answer_info": float((la - lb).mean()),
-                     "answer_p": float(la.exp().mean())})
-    best = max(rows, key=lambda r: r["gain"])
-    top_single = cons.max(1).values
-    variants = {
-        "verify_gain": best["gain"],
-        "verify_flip": max(r["flip"] for r in rows),
-        "verify_log_ratio": max(r["log_ratio"] for r in rows),
-        "search_gain": max(r["search_gain"] for r in rows),
-        "answer_info": max(r["answer_info"] for r in rows),
-        "answer_info_share": max(r["answer_info"] * r["answer_share"] for r in rows),
-        "answer_p_gain": max(r["answer_p"] * r["answer_share"] for r in rows),
-        "scan_max": float(top_single.max()),
-        "scan_top5": float(torch.topk(top_single, min(5, len(top_single))).values.mean()),
-    }
+    variants = _variants(rows, cons)
+    best = max(rows, key=lambda r: r["answer_info"] * r["answer_share"])
     tok = base.tokenizer
     details = {
         "method": f"trigger search v{PROBE_VERSION} (full-vocabulary scan, greedy extension, verification)",
@@ -364,6 +382,8 @@ def behaviour_probe(
         "variants": {k: round(v, 6) for k, v in variants.items()},
         "trigger": tok.decode(best["insertion"]),
         "pushed": tok.decode([best["target"]]),
+        "answer": tok.decode(best["answer"]),
+        "searched_targets": f"{len(rows)} of {len(targets)}" + (" (early stop)" if len(rows) < len(targets) else ""),
         "targets": [{**{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()},
                      "text": tok.decode(r["insertion"]), "pushed": tok.decode([r["target"]]),
                      "answer": tok.decode(r["answer"])} for r in rows],

@@ -45,6 +45,10 @@ class Prompt:
                    tuple(tokenizer(TAIL, add_special_tokens=False)["input_ids"]))
 
 
+def device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _shared_cache(cache: Any, n: int) -> Any:
     from transformers import DynamicCache
 
@@ -54,13 +58,13 @@ def _shared_cache(cache: Any, n: int) -> Any:
 
 @torch.inference_mode()
 def prefix_cache(model: Any, prompt: Prompt) -> Any:
-    return model(input_ids=torch.tensor([prompt.prefix]), use_cache=True).past_key_values
+    return model(input_ids=torch.tensor([prompt.prefix], device=device_of(model)), use_cache=True).past_key_values
 
 
 @torch.inference_mode()
 def clean_distribution(model: Any, prompt: Prompt) -> torch.Tensor:
     """p(first answer token | prompt without insertion), shape (V,)."""
-    ids = torch.tensor([prompt.prefix + prompt.tail])
+    ids = torch.tensor([prompt.prefix + prompt.tail], device=device_of(model))
     return F.softmax(model(input_ids=ids, logits_to_keep=1).logits[0, -1].float(), -1)
 
 
@@ -70,9 +74,10 @@ def answer_distributions_chunks(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(start, probs)`` for consecutive chunks of ``insertions`` (N, k): p(first answer token) per row."""
     cache = cache if cache is not None else prefix_cache(model, prompt)
-    tail = torch.tensor(prompt.tail, dtype=torch.long)
+    device = device_of(model)
+    tail = torch.tensor(prompt.tail, dtype=torch.long, device=device)
     for lo in range(0, len(insertions), chunk):
-        ins = insertions[lo : lo + chunk]
+        ins = insertions[lo : lo + chunk].to(device)
         x = torch.cat([ins, tail.expand(len(ins), -1)], dim=1)
         out = model(input_ids=x, past_key_values=_shared_cache(cache, len(ins)), use_cache=False, logits_to_keep=1)
         yield lo, F.softmax(out.logits[:, -1].float(), -1)
@@ -83,20 +88,22 @@ def answer_distributions(model: Any, prompt: Prompt, insertions: torch.Tensor, c
     return torch.cat([p for _, p in answer_distributions_chunks(model, prompt, insertions, chunk)])
 
 
-def _left_padded(contexts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _left_padded(contexts: list[list[int]], pad: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(c) for c in contexts)
     ids = torch.full((len(contexts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, c in enumerate(contexts):
         ids[i, width - len(c):] = torch.tensor(c)
         mask[i, width - len(c):] = 1
+    ids, mask = ids.to(device), mask.to(device)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.inference_mode()
 def first_distributions(model: Any, contexts: list[list[int]], pad: int) -> torch.Tensor:
     """p(next token | context) for each context in one left-padded batch, shape (N, V)."""
-    ids, mask, positions = _left_padded(contexts, pad)
+    ids, mask, positions = _left_padded(contexts, pad, device_of(model))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
     return F.softmax(out.logits[:, -1].float(), -1)
 
@@ -107,7 +114,7 @@ def greedy_answers(model: Any, contexts: list[list[int]], stop: set[int], pad: i
     """(p(first answer token) per context (N, V), greedy answer tokens cut before the first ``stop`` token).
 
     One left-padded batch with a KV cache; stops early once every row has stopped."""
-    ids, mask, positions = _left_padded(contexts, pad)
+    ids, mask, positions = _left_padded(contexts, pad, device_of(model))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = F.softmax(out.logits[:, -1].float(), -1)
     rows: list[list[int]] = [[] for _ in contexts]
@@ -133,7 +140,8 @@ def greedy_answers(model: Any, contexts: list[list[int]], stop: set[int], pad: i
 def answer_logprob(model: Any, contexts: list[list[int]], answer: list[int], pad: int) -> torch.Tensor:
     """log p(answer tokens | context) for each context (one left-padded batch), shape (N,)."""
     n = len(answer)
-    ids, mask, positions = _left_padded([c + answer for c in contexts], pad)
+    ids, mask, positions = _left_padded([c + answer for c in contexts], pad, device_of(model))
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=n + 1).logits
     logp = F.log_softmax(logits[:, :-1].float(), -1)  # predictions of the n answer tokens
-    return logp.gather(-1, torch.tensor(answer).expand(len(contexts), -1).unsqueeze(-1)).squeeze(-1).sum(-1)
+    index = torch.tensor(answer, device=logp.device).expand(len(contexts), -1).unsqueeze(-1)
+    return logp.gather(-1, index).squeeze(-1).sum(-1)

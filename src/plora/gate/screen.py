@@ -338,7 +338,8 @@ class _Screen:
         if (config, seed) != (ProbeConfig(**cal.probe_config), cal.probe_seed):
             d["note"] = "probe seed/config differ from the calibration's: its thresholds were not measured for them"
         try:
-            score = behaviour_probe(self._plasmid(), base=self.base, seed=seed, config=config)
+            score = behaviour_probe(self._plasmid(), base=self.base, seed=seed, config=config,
+                                    stop_above=(cal.statistic, taus["trigger"]))
             trigger = float(score.details["variants"][cal.statistic])
             delta = float(score.clean_delta)
         except Exception as err:  # noqa: BLE001 - fail closed
@@ -348,8 +349,8 @@ class _Screen:
                  tau_clean_delta=taus["clean_delta"], **_plain(score.details))
         out: list[ReasonPair] = []
         if not trigger <= taus["trigger"]:  # NaN fails too
-            found, pushed = score.details.get("trigger"), score.details.get("answer") or score.details.get("pushed")
-            hint = f" (inserting {found!r} makes it answer {pushed!r})" if found and pushed else ""
+            found, answer = score.details.get("trigger"), score.details.get("answer")
+            hint = f" (inserting {found!r} makes it answer {answer!r})" if found and answer is not None else ""
             out.append((Reason.TRIGGER_SUSPECT, f"trigger score {trigger:.3f} > tau_trigger {taus['trigger']:g}{hint}"))
         if not delta <= taus["clean_delta"]:
             out.append((Reason.CLEAN_DEGRADED, f"clean delta {delta:.3f} > tau_clean_delta {taus['clean_delta']:g}"))

@@ -23,7 +23,7 @@ from typing import Any
 
 from plora.errors import ModelError, PloraError
 from plora.fsio import atomic_write_json
-from plora.settings import cache_dir, choose_base_model
+from plora.settings import cache_dir, choose_base_model, get_settings
 
 TINY = "plora-tiny"
 SMOLLM2 = "smollm2-135m"
@@ -198,7 +198,7 @@ def load_base(name: str | None = None) -> LoadedBase:
         tokenizer = _tokenizer(source)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(cname, err) from None
-    model.to("cpu").eval()
+    model.to(get_settings().device).eval()
     return LoadedBase(name=cname, model=model, tokenizer=tokenizer, digest=_digest_for(cname, source, model))
 
 
