@@ -12,8 +12,9 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
    signed copy (clean plasmids signed by the swarm key, trojans by an intruder key; ``--trusted_pubkeys`` replaces
    the trust set). Labels serve the FN/FP accounting only; no agent ever sees them.
 2. roles, holdings and overlay are drawn exactly as the sim draws them from the same seed (graph, roles and rounds
-   seeds from :func:`plora.swarm.sim.stream_seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
-   starting with the trojan plasmid of their domain ``i mod D``; honest agent i starting with the clean one.
+   seeds from :func:`plora.swarm.sim.stream_seeds`; roles by :func:`plora.swarm.roles.assign_roles`, as in the sim):
+   Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents starting with the trojan plasmid of their
+   domain ``i mod D``; honest agent i starting with the clean one.
 3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
    own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
    or by other agents are reused: see plora.swarm.agent); each learns its neighbours' addresses once all listen.
@@ -138,13 +139,11 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
     graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
-    n_trojan = int(round(cfg.trojan_rate * cfg.agents))
-    rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans
-    trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
+    trojan_agents, first = initial_plasmids(cfg.agents, pool, domains, cfg.trojan_rate, role_seed)
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
     work.mkdir(parents=True, exist_ok=True)
     policy_path = atomic_write_json(work / "policy.json", policy.model_dump(mode="json")) if policy else None
-    seeded = _seed_stores(cfg, work, pool, domains, trojan_agents)
+    seeded = _seed_stores(work, first)
     procs: dict[int, subprocess.Popen] = {}
     addresses: dict[int, str] = {}
     state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()})
@@ -196,21 +195,27 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     return report
 
 
-def _seed_stores(cfg: NetConfig, work: Path, pool: list[Any], domains: list[str],
-                 trojan_agents: set[int]) -> dict[int, Any]:
-    """Agent i starts with the clean (trojan agents: the trojan) plasmid of domain i mod D, as in the sim."""
-    seeded: dict[int, Any] = {}
-    for i in range(cfg.agents):
-        d = domains[i % len(domains)]
-        kind = [p for p in pool if p.domain == d and p.trojan == (i in trojan_agents)]
-        if not kind:
-            raise PloraError(f"the pool has no {'trojan' if i in trojan_agents else 'clean'} plasmid for {d}")
-        seeded[i] = kind[(i // len(domains)) % len(kind)]
+def initial_plasmids(agents: int, pool: list[Any], domains: list[str], trojan_rate: float,
+                     role_seed: int) -> tuple[set[int], dict[int, Any]]:
+    """(trojan agents, agent -> the pool entry it starts with): :func:`plora.swarm.roles.assign_roles`, the sim's
+    draw, so the same seed makes the same agents trojans and seeds the same plasmids."""
+    from plora.swarm.roles import assign_roles
+
+    index = {d: i for i, d in enumerate(domains)}
+    roles = assign_roles(agents, np.array([index.get(p.domain, -1) for p in pool], dtype=np.int64),
+                         np.array([p.trojan for p in pool], dtype=bool), trojan_rate, role_seed, None, domains)
+    trojan_agents = {int(i) for i in np.flatnonzero(roles.trojan_agents)}
+    return trojan_agents, {i: pool[int(j)] for i, j in enumerate(roles.initial) if j >= 0}
+
+
+def _seed_stores(work: Path, first: dict[int, Any]) -> dict[int, Any]:
+    """Each agent's store, holding the plasmid it starts with."""
+    for i, entry in first.items():
         store = work / f"a{i}" / "store"
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
-        _copy_plasmid(Path(seeded[i].folder), store / seeded[i].plasmid_id)
-    return seeded
+        _copy_plasmid(Path(entry.folder), store / entry.plasmid_id)
+    return first
 
 
 def _copy_plasmid(src: Path, dest: Path) -> None:
