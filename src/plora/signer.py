@@ -1,12 +1,14 @@
 """Keys, signatures and K-of-N quorum for plasmids (``cryptography`` only: no torch).
 
     >>> from plora.signer import generate_keypair, sign_plasmid, Keyring, verify_plasmid
-    >>> generate_keypair("rsa", "keys/alice")                       # doctest: +SKIP
-    (PosixPath('keys/alice'), PosixPath('keys/alice.pub'))
-    >>> sign_plasmid("out/legal", "keys/alice")                     # doctest: +SKIP
-    >>> result = verify_plasmid("out/legal", Keyring.load(["keys/"]), quorum=1)   # doctest: +SKIP
-    >>> result.ok, result.reasons, result.valid_signers             # doctest: +SKIP
-    (True, [], ['5b0f...'])
+    >>> generate_keypair("rsa", "keys/bob")
+    (PosixPath('keys/bob'), PosixPath('keys/bob.pub'))
+    >>> m = sign_plasmid("out/legal", "keys/bob")       # out/legal is already signed by keys/alice
+    >>> [s.algo for s in m.signatures]
+    ['rsa-pss-sha256', 'rsa-pss-sha256']
+    >>> result = verify_plasmid("out/legal", Keyring.load(["keys/"]), quorum=2)
+    >>> result.ok, result.reasons, len(result.valid_signers)
+    (True, [], 2)
 
 What is signed: :func:`plora.manifest.canonical_bytes` (every manifest field except ``signatures``, as
 sorted-key compact JSON), which holds the artifact's and the adapter_config's SHA-256, the base model, rank,

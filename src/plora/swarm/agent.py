@@ -1,10 +1,17 @@
 """One networked swarm agent: its own store, keys and gate, serving over gRPC and gossiping push-pull with peers.
 
+    >>> import json, shutil
     >>> from plora.swarm.agent import Agent, AgentConfig
-    >>> agent = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", peers=["127.0.0.1:50052"]))  # doctest: +SKIP
-    >>> agent.step(0)["events"]                                                                       # doctest: +SKIP
-    [{'round': 0, 'peer': '127.0.0.1:50052', 'id': 'legal-s41', 'accepted': True, ...}]
-    >>> agent.stop()                                                                                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> _ = shutil.copytree("out/legal", "a0/store/legal")
+    >>> a0 = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", name="a0", policy_file="quick.json"))
+    >>> a1 = Agent(AgentConfig(listen="127.0.0.1:0", root="a1/store", name="a1", peers=[a0.address],
+    ...                        policy_file="quick.json"))
+    >>> [(e["via"], e["id"], e["accepted"]) for e in a1.step(0)["events"]]   # a1 pulls from a0, screened by its gate
+    [('pull', 'legal', True)]
+    >>> sorted(a1.holdings())
+    ['legal']
+    >>> a1.stop(); a0.stop()
 
 A round (``step``): pick one peer uniformly at random (seeded by seed, agent name and round), PULL (get its
 inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH (send an Offer carrying this agent's

@@ -1,9 +1,11 @@
 """The networked swarm: N real agent processes on loopback gossiping plasmids push-pull over gRPC.
 
     >>> from plora.swarm.net import NetConfig, run_swarm_net
-    >>> report = run_swarm_net(NetConfig(agents=8, rounds=10, graph_p=0.25, trojan_rate=0.3, seed=42))  # doctest: +SKIP
-    >>> report["final"]["coverage"]                                                                    # doctest: +SKIP
-    {'arithmetic': 1.0, 'legal': 1.0, 'medical': 1.0, 'science': 1.0}
+    >>> cfg = NetConfig(agents=3, rounds=4, graph_p=1.0, trojan_rate=0.0, seed=42, domains=("legal", "medical"),
+    ...                 pool_dir="mypool", security=False, progress=False)
+    >>> report = run_swarm_net(cfg)          # 3 agent processes on 127.0.0.1
+    >>> report["meta"]["engine"], report["final"]["coverage"]
+    ('net', {'legal': 1.0, 'medical': 1.0})
 
 What the coordinator does (``plora swarm net``), with the same flags and seed as Swarm Sim v2 (``plora swarm sim``):
 

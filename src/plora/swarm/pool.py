@@ -1,11 +1,16 @@
 """The simulation's plasmid pool: REAL clean and trojan plasmids, trained once and cached by content, and the REAL
 gate's verdict on each, computed once per (plasmid content, policy) and cached on disk.
 
+    >>> from plora.gate.policy import load_policy
     >>> from plora.swarm.pool import PoolSpec, PlasmidPool
-    >>> pool = PlasmidPool.build(PoolSpec(domains=("legal", "medical")))      # doctest: +SKIP  (trains on a cold cache)
-    >>> [(e.domain, e.trojan) for e in pool.entries]                          # doctest: +SKIP
-    [('legal', False), ('legal', True), ('medical', False), ('medical', True)]
-    >>> [v.accepted for v in pool.verdicts(policy)]                           # doctest: +SKIP
+    >>> spec = PoolSpec(domains=("legal",), trojan_per_domain=0, samples=32, epochs=1.0)   # the default: 800 x 2
+    >>> pool = PlasmidPool.build(spec, progress=False)   # trains what the cache lacks, once
+    >>> [(e.plasmid_id, e.domain, e.trojan) for e in pool.entries]
+    [('legal-s...', 'legal', False)]
+    >>> [v.accepted for v in pool.verdicts(load_policy(probes=False))]   # probes off: keeps this example quick
+    [True]
+    >>> [e.plasmid_id for e in PlasmidPool.from_dir(pool.root).entries] == [pool.entries[0].plasmid_id]
+    True
 
 Layout: each plasmid is trained once by ``plora.training.train_plasmid`` into
 ``PLORA_HOME/pool/plasmids/<sha256 of its training config and the base weights digest>/<id>`` (ids are neutral:

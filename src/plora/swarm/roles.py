@@ -4,8 +4,10 @@
     >>> from plora.swarm.roles import assign_roles
     >>> roles = assign_roles(8, domain_of=np.array([0, 0, 1, 1]), trojan=np.array([False, True, False, True]),
     ...                      trojan_rate=0.25, seed=3)
-    >>> int(roles.trojan_agents.sum()), roles.initial.tolist()    # pool index each agent starts with (-1: none)
-    (2, [0, 2, 0, 2, 0, 3, 1, 2])
+    >>> roles.trojan_agents.nonzero()[0].tolist()    # round(0.25 * 8) agents, drawn by the seed
+    [0, 5]
+    >>> roles.initial.tolist()                       # the pool index each agent starts with (-1: none)
+    [1, 2, 0, 2, 0, 3, 0, 2]
 
 Swarm Sim v2 (:func:`plora.swarm.sim.initial_state`) and the networked swarm (:func:`plora.swarm.net.initial_plasmids`)
 both call :func:`assign_roles`, so the same seed makes the same agents trojans and seeds the same stores.

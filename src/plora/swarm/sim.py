@@ -1,8 +1,15 @@
 """Swarm Sim v2 end to end: overlay, roles, pool and verdicts, the vectorised engine, theory, and the report.
 
+    >>> import json
     >>> from plora.swarm import SimConfig, run_simulation
-    >>> report = run_simulation(SimConfig(agents=6, rounds=5, graph_p=0.25, trojan_rate=0.3))   # doctest: +SKIP
-    >>> report["final"]["coverage"], report["meta"]["timings"]["report_path"]                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> cfg = SimConfig(agents=6, rounds=5, graph_p=0.25, domains=("legal", "medical"), pool_dir="mypool",
+    ...                 policy_file="quick.json", trojan_rate=0.0)
+    >>> report = run_simulation(cfg, progress=False)    # every received plasmid screened by the gate
+    >>> report["final"]["coverage_reachable"], report["final"]["gate"]["rejected_clean"]
+    ({'legal': 1.0, 'medical': 1.0}, 0)
+    >>> report["meta"]["timings"]["report_path"]
+    'results/sim-v2-n6-seed0-....json'
 
 Roles and initial holdings (all drawn from ``seed`` by :func:`plora.swarm.roles.assign_roles`, which the networked
 swarm calls too): ``round(trojan_rate * agents)`` agents, chosen uniformly, are trojan agents and start holding a
