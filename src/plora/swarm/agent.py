@@ -168,7 +168,7 @@ class Agent:
 
     def _claim(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
         held = self.holdings()
-        wanted = []
+        wanted: list[RemoteEntry] = []
         with self._lock:
             for e in entries:
                 if len(wanted) >= self.cfg.max_per_contact:

@@ -220,7 +220,7 @@ class PlasmidPool:
         index = root / "pool.json"
         # neutral ids (domain + training seed): nothing a gate can read names the ground truth. Seeds and triggers
         # depend on the domain's name, not its position, so pools over different domain lists share plasmids.
-        plan = []
+        plan: list[tuple[str, str, str | None, str | None, int]] = []
         for domain in spec.domains:
             h = int(hashlib.sha256(domain.encode()).hexdigest()[:8], 16)
             for i in range(spec.clean_per_domain):
@@ -265,7 +265,7 @@ class PlasmidPool:
         from plora.manifest import MANIFEST_NAME
         from plora.settings import cache_dir
 
-        train = {
+        train: dict[str, Any] = {
             "domain": domain,
             "base_model": base_name,
             "rank": spec.rank,

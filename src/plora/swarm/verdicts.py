@@ -46,8 +46,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-SCHEMA_VERSION = 1
-
 
 class ReasonRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,7 +57,7 @@ class VerdictRecord(BaseModel):
     """One stored verdict (the file's whole content)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     key: str
     plasmid: str
     sha256: str | None
