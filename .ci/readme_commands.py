@@ -15,7 +15,8 @@ Where: a copy of the repository's files (``git ls-files``: tracked and untracked
 plus your edits) with the repository's ``.venv`` linked in, ``PATH`` starting with ``.venv/bin`` (the README's
 "activate the venv"), a new empty ``PLORA_HOME`` (cold caches, as on a new machine; ``--home`` reuses one) and
 ``HF_HUB_OFFLINE=1``. Each command's output goes to ``<report>/NN.log``; ``<report>/readme_commands.json`` has one
-record per command (status, exit code, seconds, what ran).
+record per command (status, exit code, seconds, what ran); the commands' own ``results/`` (value-add, swarm and
+gate-eval reports) is copied to ``<report>/results/``.
 """
 
 from __future__ import annotations
@@ -365,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _copy_repo(work)
         outcomes = run(steps, work, home, report, float(config.get("defaults", {}).get("timeout_s", 600)))
+        if (work / "results").is_dir():  # what the commands reported (value-add, swarm, gate-eval): CI keeps it
+            shutil.copytree(work / "results", report / "results", dirs_exist_ok=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
