@@ -340,6 +340,8 @@ class PlasmidPool:
             self._verdicts = VerdictCache(policy, by="swarm sim")
         out = []
         for e in self.entries:
-            record = self._verdicts.verdict(e.folder or "", e.plasmid_id)
+            if e.folder is None:
+                raise PloraError(f"pool entry {e.plasmid_id} has no folder: the gate has nothing to screen")
+            record = self._verdicts.verdict(e.folder, e.plasmid_id)
             out.append(Verdict(record.accepted, record.codes))
         return out
