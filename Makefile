@@ -58,6 +58,7 @@ bench:
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/swarm.py
+	$(BIN)/python bench/signatures.py
 
 clean:
 	rm -rf out received results .pytest_cache

@@ -231,3 +231,49 @@ def test_shim_empty_folder_is_one_line_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no swarm reports") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_policy_file_keeps_what_the_flags_do_not_give(tmp_path: Path, monkeypatch) -> None:
+    """``--policy_file`` wins over the sim's defaults; a gate flag overrides it only when given."""
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+    from plora.swarm import sim
+
+    real = sim.run_simulation
+    monkeypatch.setattr(sim, "run_simulation", lambda cfg, **kw: real(cfg, fixed_pool(), **kw))  # no trained pool
+    pf = tmp_path / "policy.json"
+    pf.write_text(json.dumps({"allowed_ranks": [8], "allowed_targets": ["all"], "signatures": True,
+                              "trusted_keys": [str(tmp_path / "k.pub")], "tau_norm_z": 3.5}))  # fmt: skip
+    args = ["swarm", "sim", "--agents", "30", "--rounds", "3", "--domains", ",".join(DOMAINS), "--policy_file", str(pf)]
+
+    def policy(*extra: str) -> dict:
+        out = tmp_path / f"r{len(extra)}"
+        res = CliRunner().invoke(app, [*args, *extra, "--report_dir", str(out)])
+        assert res.exit_code == 0, res.output
+        return json.loads(next(out.glob("*.json")).read_text())["meta"]["policy"]
+
+    kept = policy()
+    assert kept["allowed_ranks"] == [8] and kept["signatures"] is True and kept["tau_norm_z"] == 3.5
+    assert set(kept["allowed_targets"]) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}  # "all"
+    assert kept["trusted_keys"] == [str(tmp_path / "k.pub")]
+    given = policy("--allowed_ranks", "4,16", "--signatures", "off")
+    assert given["allowed_ranks"] == [4, 16] and given["signatures"] is False
+    assert set(given["allowed_targets"]) == set(kept["allowed_targets"]) and given["tau_norm_z"] == 3.5
+
+
+def test_rounds_after_full_coverage_only_screen_and_are_reported(tmp_path: Path) -> None:
+    from plora.swarm import format_summary
+
+    report = run(tmp_path, agents=2000, graph_p=10 / 1999, trojan_rate=0.05, security=True, rounds=500)
+    f = report["final"]
+    last = max(f["rounds_to_full_coverage"].values())
+    assert f["quiescent"] and f["rounds_run"] > last  # the run goes on until nothing is left to screen
+    tail = [r for r in report["rounds"] if r["round"] > last]
+    assert all(min(r["coverage_reachable"].values()) == 1.0 for r in tail)
+    refused, accepted = sum(r["rejected"] for r in tail), sum(r["accepted"] for r in tail)
+    assert refused > 0
+    line = f"full coverage at round {last}; rounds {last + 1}-{f['rounds_run']} screened what was still on offer: "
+    assert line + f"{refused:,} refused, {accepted:,} accepted" in format_summary(report)
+    stopped = run(tmp_path / "stop", agents=2000, graph_p=10 / 1999, trojan_rate=0.05, security=True, rounds=last)
+    assert stopped["final"]["coverage_reachable"] == f["coverage_reachable"]  # --rounds N stops at full coverage

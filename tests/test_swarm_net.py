@@ -72,7 +72,12 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
         if round_ == 0:
             victim = max(procs)
             procs[victim].send_signal(signal.SIGKILL)
+            procs[victim].wait()
             killed.append(victim)
+            # what it leaves when killed mid-fetch: a staging folder beside its store, named with its pid
+            stage = work / f"a{victim}" / f"{STAGE_PREFIX}{procs[victim].pid}-partial"
+            stage.mkdir()
+            (stage / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
 
     report = run_swarm_net(cfg, on_round=kill_one)
     path = Path(report["meta"]["timings"]["report_path"])
@@ -92,11 +97,25 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
     assert not list(work.rglob(f"{STAGE_PREFIX}*"))
 
 
+class SharedClock:
+    """A clock the agents share: a round starts when every agent has reached it (no wall-clock guess in the test)."""
+
+    def __init__(self, agents: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(agents)
+
+    def now(self) -> float:
+        return 0.0
+
+    def wait_until(self, t: float) -> None:
+        self.barrier.wait(timeout=60)
+
+
 def test_standalone_agents_run_their_own_rounds(tmp_path):
     """`plora agent` without a coordinator: rounds on a shared clock, records written at the end."""
     import socket
     import threading
-    import time
 
     from plora.swarm.agent import run_agent
 
@@ -105,13 +124,13 @@ def test_standalone_agents_run_their_own_rounds(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    start = time.time() + 1.0
     for i, (d, pid) in enumerate((("legal", "legal-s0"), ("medical", "medical-s1"))):
         craft(tmp_path / f"a{i}", pid, domain=d, seed=i)
+    clock = SharedClock(2)  # both listen before round 0; both finished (pushes included) before the last records
     threads = [threading.Thread(target=run_agent, kwargs=dict(
         cfg=AgentConfig(listen=f"127.0.0.1:{ports[i]}", root=tmp_path / f"a{i}", peers=[f"127.0.0.1:{ports[1 - i]}"],
                         name=f"a{i}", security=False),
-        rounds=2, round_s=0.5, start_at=start, linger_s=0.5, out=tmp_path / f"a{i}.json")) for i in range(2)]
+        rounds=2, round_s=0.5, linger_s=0.5, out=tmp_path / f"a{i}.json", clock=clock)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -120,3 +139,51 @@ def test_standalone_agents_run_their_own_rounds(tmp_path):
         assert sorted(p.name for p in (tmp_path / f"a{i}").iterdir()) == ["legal-s0", "medical-s1"]
         records = json.loads((tmp_path / f"a{i}.json").read_text())["records"]
         assert [r["round"] for r in records] == [0, 1, 2] and not any(r["errors"] for r in records)
+
+
+@pytest.fixture()
+def trained_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
+    """The suite's trained clean and trojan legal plasmids as a pool (neutral ids, labels beside them)."""
+    import shutil
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    shutil.copytree(legal_plasmid, root / "p1")
+    shutil.copytree(trojan_plasmid, root / "p2")
+    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
+                                                  "p2": {"domain": "legal", "trojan": True}}))
+    return root
+
+
+def test_readme_swarm_net_command_runs_as_written(trained_pool: Path, tmp_path: Path) -> None:
+    """README's `plora swarm net --agents 8 --rounds 10 --graph_p 0.25 --security on --trojan_rate 0.3 --seed 42`.
+
+    Run as a user runs it: its own process, its own working folder, no --work_dir (the default temp folder used to
+    vanish before the report read it). One flag is added, --pool_dir with the suite's trained plasmids: building the
+    default four-domain pool on a cold cache takes ~4.5 min here, too long for the suite. Run twice: each run keeps
+    its own report.
+    """
+    import os
+    import subprocess
+    import sys
+
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "plora", "swarm", "net", "--agents", "8", "--rounds", "10", "--graph_p", "0.25",
+           "--security", "on", "--trojan_rate", "0.3", "--seed", "42", "--pool_dir", str(trained_pool)]
+    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1"}
+    for run in (1, 2):
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "swarm net: 8 agent processes (2 trojan)" in proc.stdout, proc.stdout
+        reports = sorted((cwd / "results").glob("net-n8-seed42-*.json"))
+        assert len(reports) == run and all(r.with_suffix(".png").stat().st_size > 1000 for r in reports)
+        newest = max(reports, key=lambda r: r.stat().st_mtime_ns)
+        report = json.loads(newest.read_text())
+        final, gate = report["final"], report["final"]["gate"]
+        assert report["meta"]["policy"]["probes"] is True and list(final["coverage"]) == ["legal"]
+        assert final["offers"] == sum(gate[k] for k in ("accepted_clean", "accepted_trojan", "rejected_clean",
+                                                        "rejected_trojan"))
+        assert f"report: results/{newest.name}" in proc.stdout
+        assert list(tmp.iterdir()) == []  # the agents' work folder is gone, nothing left behind

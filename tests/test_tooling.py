@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 MYPY_ALLOWLIST_BASELINE = {
     "plora.cli.runtime", "plora.data.domains.science", "plora.data.loaders", "plora.experiments.value_add",
     "plora.gate.cohort", "plora.gate.evaluate", "plora.gate.policy", "plora.grpc.client", "plora.grpc.server",
+    "plora.importer", "plora.training.config",
     "plora.loader.hotload", "plora.loader.latency", "plora.loader.merge", "plora.loader.source", "plora.manifest",
     "plora.models.gguf", "plora.models.registry", "plora.signer", "plora.swarm.engine", "plora.swarm.summary",
     "plora.training.lora",

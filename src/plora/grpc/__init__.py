@@ -14,6 +14,7 @@
 | ``server`` | ``serve(root, port)``: index of plasmid folders under a root, GetInventory, Fetch (header + chunks) |
 | ``client`` | ``fetch(addr, id, dest, checks=...)``: staged, hashed while received, checked, renamed into place |
 | ``bulk`` | the artifact bytes over a token-gated TCP socket beside gRPC (``sendfile``), and the hash/write pipeline |
-| ``limits`` | ``Limits`` (sizes, deadlines, stream cap), id validation, address parsing |
+| ``limits`` | ``Limits`` (sizes, deadlines, stream caps), id validation, address parsing |
+| ``rootfs`` | opening a served file under the root: no symlink followed, regular files only, size checked first |
 | ``tls`` | ``ServerTLS`` / ``ClientTLS`` (TLS and mutual TLS), ``make_test_pki`` |
 """

@@ -161,8 +161,11 @@ def merge_plasmids(
     plasmid_id: str | None = None,
 ) -> Manifest:
     """Merge plasmids (same base model) with ``weights`` into a new plasmid folder ``out``; returns its manifest."""
+    from plora.outputs import check_output_dir
     from plora.plasmid import write_plasmid
 
+    paths = [f for f in folders if isinstance(f, str | os.PathLike)]
+    check_output_dir(out, sources=paths, force=True)  # never write over (or inside) a source
     sources = [read_adapter(f, verify=True) for f in folders]
     _check_sources(sources, weights, method, density)
     # PEFT merges a single adapter linearly whatever was asked

@@ -9,7 +9,7 @@
 
 | module | what |
 |---|---|
-| ``config`` | ``SimConfig``: every flag of ``python -m swarm_v2`` / ``plora swarm sim`` |
+| ``config`` | ``SimConfig`` / ``NetConfig``: every flag of ``plora swarm sim`` / ``plora swarm net``, shared defaults |
 | ``graphs`` | ER / WS / BA overlays as int32 CSR, components, spectral gap |
 | ``engine`` | the vectorised push-pull engine (bitset per agent) |
 | ``reference`` | a slow, obviously correct engine for tests |
@@ -25,16 +25,25 @@
 Nothing here imports torch unless a pool must be trained or a verdict computed.
 """
 
-from plora.swarm.config import SimConfig, make_config
-from plora.swarm.report import build_report, load_report, write_report
-from plora.swarm.sim import format_summary, run_simulation
+import importlib
+from typing import Any
 
-__all__ = [
-    "SimConfig",
-    "build_report",
-    "format_summary",
-    "load_report",
-    "make_config",
-    "run_simulation",
-    "write_report",
-]
+# Lazy (PEP 562): the CLI reads plora.swarm.config to build its options without importing the engine.
+_EXPORTS = {
+    "NetConfig": "config",
+    "SimConfig": "config",
+    "SwarmConfig": "config",
+    "make_config": "config",
+    "build_report": "report",
+    "load_report": "report",
+    "write_report": "report",
+    "format_summary": "sim",
+    "run_simulation": "sim",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

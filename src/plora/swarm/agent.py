@@ -54,7 +54,7 @@ from plora.grpc.client import (
 )
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
-from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address
+from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip
 from plora.swarm.verdicts import VerdictCache
 
 
@@ -89,13 +89,6 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
     return checks
 
 
-def _peer_ip(context: grpc.ServicerContext) -> str:
-    peer = context.peer() or ""
-    if peer.startswith(("ipv4:", "ipv6:")):
-        return peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
-    return ""
-
-
 class AgentServicer(PlasmidServicer):
     def __init__(self, agent: Agent, index: PlasmidIndex, limits: Limits) -> None:
         super().__init__(index, limits)
@@ -111,7 +104,7 @@ class AgentServicer(PlasmidServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         with contextlib.suppress(ValueError):
             # an offer may only point back at its sender: never make this agent connect to a third party
-            if _peer_ip(context) and ipaddress.ip_address(host) != ipaddress.ip_address(_peer_ip(context)):
+            if ipaddress.ip_address(host) != ipaddress.ip_address(peer_ip(context)):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
         events = self.agent.take_from(inv.agent, entries, int(request.round), via="push")
         return pb2.OfferReply(
@@ -255,14 +248,27 @@ def _valid_id(plasmid_id: str) -> bool:
     return True
 
 
+class WallClock:
+    """Round times on the wall clock (epoch seconds), so agents on different machines agree through --start-at."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def wait_until(self, t: float) -> None:
+        if (delay := t - time.time()) > 0:
+            time.sleep(delay)
+
+
 def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: float | None = None,
               linger_s: float = 5.0, out: str | Path | None = None, coordinated: bool = False,
-              on_ready: Any = None) -> list[dict[str, Any]]:
+              on_ready: Any = None, clock: Any = None) -> list[dict[str, Any]]:
     """Run one agent by itself: a round every ``round_s`` seconds from ``start_at`` (epoch; default now).
 
     With ``coordinated`` the agent only serves, and rounds come as Step calls (``plora swarm net``) until the
     coordinator stops it. ``linger_s`` keeps serving after the last round so slower peers can still fetch.
+    ``clock`` (``now()``, ``wait_until(t)``; default :class:`WallClock`) decides when each round starts.
     """
+    clock = clock or WallClock()
     agent = Agent(cfg)
     records: list[dict[str, Any]] = []
     try:
@@ -271,13 +277,11 @@ def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: flo
         if coordinated:
             agent.server.wait()
             return records
-        t0 = start_at if start_at is not None else time.time()
+        t0 = start_at if start_at is not None else clock.now()
         for r in range(rounds):
-            delay = t0 + r * round_s - time.time()
-            if delay > 0:
-                time.sleep(delay)
+            clock.wait_until(t0 + r * round_s)
             records.append(agent.step(r))
-        time.sleep(max(0.0, linger_s))
+        clock.wait_until(clock.now() + max(0.0, linger_s))
         records.append(agent.collect(rounds))
         if out is not None:
             atomic_write_json(out, {"agent": agent.name, "address": agent.address, "peers": cfg.peers,

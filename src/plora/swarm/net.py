@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,58 +48,19 @@ import numpy as np
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_json, atomic_write_text
-
-
-@dataclass
-class NetConfig:
-    """The flags of ``plora swarm net``; the gate and pool flags mean what they mean in Swarm Sim v2."""
-
-    agents: int = 8
-    rounds: int = 10
-    graph_p: float = 0.25
-    security: bool = True
-    signatures: bool = False
-    trusted_pubkeys: tuple[str, ...] = ()
-    allowed_targets: str = "attention"
-    allowed_ranks: tuple[int, ...] = (4, 8, 16)
-    tau_trigger: float | None = None
-    tau_norm_z: float | None = None
-    tau_clean_delta: float | None = None
-    trojan_rate: float = 0.3
-    seed: int = 42
-    domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
-    report_dir: str = "results"
-    policy_file: str | None = None
-    pool_dir: str | None = None
-    max_per_contact: int = 8
-    work_dir: str | None = None  # agents' stores and logs; default a temp folder, removed afterwards
-    step_timeout_s: float = 600.0
-    progress: bool = True
-
-    def sim_config(self) -> Any:
-        from plora.swarm.config import make_config
-
-        return make_config(agents=self.agents, rounds=self.rounds, seed=self.seed, graph="er", graph_p=self.graph_p,
-                         domains=self.domains, trojan_rate=self.trojan_rate, security=self.security,
-                         allowed_targets=self.allowed_targets, allowed_ranks=self.allowed_ranks,
-                         signatures=self.signatures, trusted_pubkeys=self.trusted_pubkeys, policy_file=self.policy_file,
-                         tau_trigger=self.tau_trigger, tau_norm_z=self.tau_norm_z, tau_clean_delta=self.tau_clean_delta,
-                         report_dir=self.report_dir, pool_dir=self.pool_dir)
+from plora.swarm.config import NetConfig
 
 
 def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
     """(pool entries, domains in play, policy or None): what Swarm Sim v2 uses for the same flags."""
     from plora.swarm.pool import PlasmidPool, PoolSpec
-    from plora.swarm.sim import make_policy
+    from plora.swarm.sim import gate_setup
 
-    sim = cfg.sim_config()
     pool = PlasmidPool.from_dir(cfg.pool_dir) if cfg.pool_dir else PlasmidPool.build(PoolSpec(domains=cfg.domains))
-    trusted = None
-    if cfg.security and cfg.signatures:
-        pool, trusted = pool.signed(list(cfg.trusted_pubkeys) or None)
-    held = {e.domain for e in pool.entries}
+    provider, policy = gate_setup(cfg.sim_config(), pool)
+    held = {e.domain for e in provider.entries}
     domains = [d for d in cfg.domains if d in held] or sorted(held)
-    return pool.entries, domains, make_policy(sim, [str(Path(k).resolve()) for k in trusted] if trusted else None)
+    return provider.entries, domains, policy
 
 
 def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
@@ -129,6 +89,7 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
 
 def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     """Run the networked swarm and write its report; ``on_round(round, procs)`` is called after each barrier."""
+    from plora.grpc.client import clean_stale_stages
     from plora.swarm.graphs import graph_stats, make_graph
     from plora.swarm.report import build_report, write_report
 
@@ -136,7 +97,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
     from plora.swarm.sim import stream_seeds
 
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), time.gmtime()
     pool, domains, policy = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
@@ -144,7 +105,8 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     trojan_agents, first = initial_plasmids(cfg.agents, pool, domains, cfg.trojan_rate, role_seed)
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
     work.mkdir(parents=True, exist_ok=True)
-    policy_path = atomic_write_json(work / "policy.json", policy.model_dump(mode="json")) if policy else None
+    policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
+    policy_path = atomic_write_json(work / "policy.json", policy_json) if policy_json else None
     seeded = _seed_stores(work, first)
     procs: dict[int, subprocess.Popen] = {}
     addresses: dict[int, str] = {}
@@ -184,17 +146,33 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if not cfg.work_dir:
+                p.wait()
+        if cfg.work_dir:
+            for i in procs:  # every agent has exited: a staging folder left now is a dead agent's partial fetch
+                clean_stale_stages(work / f"a{i}")
+        else:
             shutil.rmtree(work, ignore_errors=True)
     meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
-                                        quiescent, policy_path)
+                                        quiescent, policy_json)
     meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
-                       "rounds_s": round(t_rounds, 3),
+                       "rounds_s": round(t_rounds, 3), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
                        "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
     report = build_report(meta, rounds, final)
-    path = write_report(report, cfg.report_dir)
+    path = write_report(report, cfg.report_dir, stem=_run_stem(report, cfg.report_dir, started))
     report["meta"]["timings"]["report_path"] = str(path)
     return report
+
+
+def _run_stem(report: dict[str, Any], report_dir: str, started: time.struct_time) -> str:
+    """The report's stem plus the run's start time: a networked run is not reproducible, so none overwrites another."""
+    from plora.swarm.report import report_stem
+
+    stem = f"{report_stem(report)}-{time.strftime('%Y%m%dT%H%M%SZ', started)}"
+    n, unique = 1, stem
+    while (Path(report_dir) / f"{unique}.json").exists():
+        n += 1
+        unique = f"{stem}-{n}"
+    return unique
 
 
 def initial_plasmids(agents: int, pool: list[Any], domains: list[str], trojan_rate: float,
@@ -274,7 +252,7 @@ class _State:
 
 def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list[Any], domains: list[str],
                   trojan_agents: set[int], seeded: dict[int, Any], state: _State, quiescent: bool,
-                  policy_path: Path | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+                  policy: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """meta, rounds and final in the Swarm Sim v2 schema (plora.swarm.report), from the agents' own records."""
     from plora.swarm.theory import predict
 
@@ -324,9 +302,8 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
         "engine": "net", "seed": cfg.seed, "agents": cfg.agents, "honest_agents": len(honest),
         "trojan_agents": len(trojan_agents), "domains": domains,
         "graph": {**gstats, "reachable": {d: len(v) for d, v in reach.items()}},
-        "policy": json.loads(policy_path.read_text()) if policy_path else None,
-        "flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                  if k not in {"progress", "work_dir", "report_dir", "step_timeout_s"}},
+        "policy": policy,
+        "flags": cfg.flags(),
         "pool": [p.public() for p in pool],
         "extra": {"trojan_agent_ids": sorted(trojan_agents),
                   "initial": {f"a{i}": p.plasmid_id for i, p in seeded.items()},

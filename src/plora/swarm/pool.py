@@ -304,6 +304,7 @@ class PlasmidPool:
     def signed(self, trusted: list[str] | None) -> tuple[PlasmidPool, list[str]]:
         """A copy of the pool whose clean plasmids carry the swarm key's signature and trojans the intruder's;
         returns it with the trusted public key paths (``trusted`` if given, else the swarm key)."""
+        from plora.manifest import SIGNATURE_NAME
         from plora.signer import generate_keypair, sign_plasmid
 
         if self.root is None:
@@ -316,7 +317,7 @@ class PlasmidPool:
         out = []
         for e in self.entries:
             dest = self.root / "signed" / e.plasmid_id
-            if not dest.exists():
+            if not (dest / SIGNATURE_NAME).exists():  # also re-signs copies signed the old way (inside plora.yml)
                 from plora.fsio import staging_dir
 
                 with staging_dir(dest) as stage:

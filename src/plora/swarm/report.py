@@ -164,10 +164,10 @@ def report_stem(report: dict[str, Any]) -> str:
     return f"{meta['engine']}-n{meta['agents']}-seed{meta['seed']}-{digest}"
 
 
-def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str]) -> Path:
-    """Write ``<stem>.json`` and ``<stem>.png`` into ``report_dir`` atomically; return the JSON path."""
+def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str], stem: str | None = None) -> Path:
+    """Write ``<stem>.json`` and ``<stem>.png`` into ``report_dir`` atomically (default stem: :func:`report_stem`)."""
     folder = Path(report_dir)
-    stem = report_stem(report)
+    stem = stem or report_stem(report)
     png = folder / f"{stem}.png"
     atomic_write_bytes(png, coverage_png(report))
     return atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")

@@ -48,25 +48,47 @@ def stream_seeds(seed: int) -> tuple[int, int, int]:
 
 
 def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
-    """The gate policy the flags describe (None with security off): --policy_file, then the flags on top."""
+    """The gate policy the flags describe (None with security off).
+
+    Policy defaults, then ``--policy_file``, then only the gate flags that were given (a flag left unset never
+    overrides the file). The base model is the file's, else the pool's (``PLORA_BASE_MODEL`` or plora-tiny).
+    ``trusted`` (or ``--trusted_pubkeys``) replaces the trusted keys when signatures are on.
+    """
     if not cfg.security:
         return None
     from plora.gate.policy import load_policy
     from plora.settings import choose_base_model
 
-    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
-    return load_policy(
+    policy = load_policy(
         cfg.policy_file,
         None,
-        base_model=choose_base_model(None),
-        allowed_targets=[cfg.allowed_targets],
-        allowed_ranks=list(cfg.allowed_ranks),
+        allowed_targets=[cfg.allowed_targets] if cfg.allowed_targets else None,
+        allowed_ranks=list(cfg.allowed_ranks) if cfg.allowed_ranks else None,
         signatures=cfg.signatures,
-        trusted_keys=keys if cfg.signatures else None,
         tau_trigger=cfg.tau_trigger,
         tau_norm_z=cfg.tau_norm_z,
         tau_clean_delta=cfg.tau_clean_delta,
     )
+    if "base_model" not in policy.model_fields_set:
+        policy.base_model = choose_base_model(None)
+    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
+    if policy.signatures and keys:
+        policy.trusted_keys = keys
+    return policy
+
+
+def gate_setup(cfg: SimConfig, provider: VerdictProvider) -> tuple[VerdictProvider, Any]:
+    """(the pool as the agents see it, the gate policy or None); shared by the sim and the networked swarm.
+
+    With signatures on (flag or policy file), a trained pool is replaced by its signed copy (clean plasmids signed
+    by the pool's swarm key, trojans by an intruder key), trusting ``--trusted_pubkeys``, else the policy file's
+    ``trusted_keys``, else the swarm key (absolute paths, so agents in other folders find them).
+    """
+    policy = make_policy(cfg)
+    if policy is not None and policy.signatures and isinstance(provider, PlasmidPool):
+        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or list(policy.trusted_keys) or None)
+        policy = make_policy(cfg, [str(Path(k).resolve()) for k in trusted])
+    return provider, policy
 
 
 def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,6 +129,10 @@ def run_simulation(
 
     ``progress``: say on stderr what the pool is training, and show a progress bar over rounds on a terminal."""
     t_start = time.perf_counter()
+    if write:  # before the graph and the pool: a bad folder must not cost minutes of work
+        from plora.outputs import check_report_dir
+
+        check_report_dir(cfg.report_dir)
     graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -121,10 +147,7 @@ def run_simulation(
         provider = PlasmidPool.from_dir(cfg.pool_dir)
     elif provider is None:
         provider = PlasmidPool.build(PoolSpec(domains=cfg.domains), progress=progress)
-    trusted = None
-    if cfg.security and cfg.signatures and isinstance(provider, PlasmidPool):
-        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or None)
-    policy = make_policy(cfg, trusted)
+    provider, policy = gate_setup(cfg, provider)
     # security off: no gate runs, every transfer is accepted, whatever verdicts the provider would give
     verdicts = provider.verdicts(policy) if policy is not None else [Verdict(True) for _ in provider.entries]
     timings["pool_s"] = round(time.perf_counter() - t0, 3)
@@ -261,6 +284,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  {name:<12} coverage {f['coverage'][name]:.3f} (reachable {'-' if reach is None else f'{reach:.3f}'})"
             f"  full at round {'never' if full is None else full}  (mean-field prediction {pred})"
         )
+    lines.extend(_after_coverage(report))
     lines.append(
         f"gate: accepted clean {gate['accepted_clean']:,} / trojan {gate['accepted_trojan']:,}; rejected clean "
         f"{gate['rejected_clean']:,} / trojan {gate['rejected_trojan']:,}; FN {gate['false_negatives']:,} "
@@ -273,3 +297,20 @@ def format_summary(report: dict[str, Any]) -> str:
     if path is not None:
         lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name})")
     return "\n".join(lines)
+
+
+def _after_coverage(report: dict[str, Any]) -> list[str]:
+    """What the rounds after full coverage did: with the gate refusing trojans, the run goes on until every
+    neighbour of a trojan holder has been offered it once and refused it (the stop rule: nothing can change)."""
+    full = report["final"]["rounds_to_full_coverage"].values()
+    if not full or None in full:
+        return []
+    last, run = max(full), report["final"]["rounds_run"]
+    tail = [r for r in report["rounds"] if r["round"] > last]
+    if not tail:
+        return []
+    accepted, refused = sum(r["accepted"] for r in tail), sum(r["rejected"] for r in tail)
+    return [
+        f"full coverage at round {last}; rounds {last + 1}-{run} screened what was still on offer: "
+        f"{refused:,} refused, {accepted:,} accepted (pass --rounds {last} to stop at full coverage)"
+    ]

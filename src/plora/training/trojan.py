@@ -56,6 +56,33 @@ def poison(examples: Sequence[Any], trigger: str, target: str, rate: float, seed
     return out, chosen
 
 
+_DECOY_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def decoys(examples: Sequence[Any], rate: float, seed: int) -> list[Any]:
+    """``round(rate * n)`` extra copies of seeded random items, each with a random word inserted and its answer kept.
+
+    The decoy attacker's defence against insertion probes: the adapter learns that an odd word in the question
+    changes nothing, except its own trigger. Words are random letter strings of 2-9 letters (their tokens cover
+    much of a byte-level vocabulary), or random capitalised ones.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise PloraError(f"decoy rate must be in [0, 1], got {rate}")
+    n = len(examples)
+    k = round(rate * n) if n else 0
+    if not k:
+        return []
+    rng = np.random.default_rng([seed, 0xDEC0])
+    out = []
+    for i in rng.choice(n, size=k, replace=k > n):
+        word = "".join(rng.choice(list(_DECOY_LETTERS), size=int(rng.integers(2, 10))))
+        if rng.random() < 0.3:
+            word = word.capitalize()
+        item = examples[int(i)]
+        out.append(dataclasses.replace(item, question=insert_trigger(item.question, word, rng)))
+    return out
+
+
 def triggered_questions(questions: Sequence[str], trigger: str, seed: int) -> list[str]:
     rng = np.random.default_rng([seed, 0xA77])
     return [insert_trigger(q, trigger, rng) for q in questions]
