@@ -101,7 +101,8 @@ def test_the_key_moves_with_everything_that_decides_a_verdict(legal_plasmid: Pat
         assert gate_fingerprint(policy, "d" * 64) != g0
     assert gate_fingerprint(policy, "d" * 64) == g0 and gate_fingerprint(policy, "e" * 64) != g0
 
-    calibration = _home() / "gate" / "trigger_reference.json"  # a recalibrated gate in PLORA_HOME
+    calibration = _home() / "gate" / f"calibration-{tmp_path.name}.json"  # the gate recalibrated in PLORA_HOME
+    assert not calibration.exists()  # never touch a file that other tests of the session wrote
     calibration.parent.mkdir(parents=True, exist_ok=True)
     calibration.write_text("{}")
     try:
