@@ -42,8 +42,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / ".ci" / "readme_commands.toml"
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
-ENTRY_KEYS = {"match", "why", "action", "set", "replace", "prepare", "background", "ready_port", "timeout_s",
-              "ok_exit", "ok_output", "known_failure"}
+ENTRY_KEYS = {
+    "match",
+    "why",
+    "action",
+    "set",
+    "replace",
+    "prepare",
+    "background",
+    "ready_port",
+    "timeout_s",
+    "ok_exit",
+    "ok_output",
+    "known_failure",
+}
 
 
 @dataclass
@@ -221,8 +233,13 @@ class Outcome:
 
 
 def _copy_repo(work: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file() and not src.is_symlink():
@@ -237,9 +254,15 @@ def _copy_repo(work: Path) -> None:
 
 def _environment(work: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLORA_", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{work / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}", PLORA_HOME=str(home),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               COLUMNS="120")
+    env.update(
+        PATH=f"{work / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        PLORA_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        COLUMNS="120",
+    )
     return env
 
 
@@ -283,12 +306,26 @@ def run(steps: list[Step], work: Path, home: Path, report: Path, default_timeout
         t0 = time.monotonic()
         with open(log, "wb") as out:
             if e.get("prepare"):
-                subprocess.run(["bash", "-c", _fill(e["prepare"], work)], cwd=work, env=env, stdout=out,
-                               stderr=subprocess.STDOUT, check=True, timeout=120)
+                subprocess.run(
+                    ["bash", "-c", _fill(e["prepare"], work)],
+                    cwd=work,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=120,
+                )
             out.write(f"$ {ran}\n".encode())
             out.flush()
-            proc = subprocess.Popen(argv, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=work,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             timeout = float(e.get("timeout_s", default_timeout))
             if is_server(step):
                 port = e.get("ready_port")
@@ -310,8 +347,9 @@ def run(steps: list[Step], work: Path, home: Path, report: Path, default_timeout
         base.exit_code = code
         base.seconds = round(time.monotonic() - t0, 1)
         output = log.read_text(encoding="utf-8", errors="replace")
-        ok = code in e.get("ok_exit", [0]) and (code == 0 or not e.get("ok_output")
-                                                  or re.search(e["ok_output"], output) is not None)
+        ok = code in e.get("ok_exit", [0]) and (
+            code == 0 or not e.get("ok_output") or re.search(e["ok_output"], output) is not None
+        )
         if code is None:
             base.status = "TIMEOUT"
         elif e.get("known_failure"):
@@ -320,8 +358,10 @@ def run(steps: list[Step], work: Path, home: Path, report: Path, default_timeout
         else:
             base.status = "ok" if ok else "FAIL"
         outcomes.append(base)
-        print(f"[{k:>2}] {base.status:<13} {base.seconds:>6.1f}s exit {code}  README:{c.line} {ran.splitlines()[0]}",
-              flush=True)
+        print(
+            f"[{k:>2}] {base.status:<13} {base.seconds:>6.1f}s exit {code}  README:{c.line} {ran.splitlines()[0]}",
+            flush=True,
+        )
         if base.status in {"FAIL", "TIMEOUT"}:
             tail = output.strip().splitlines()[-6:]
             print("\n".join("      | " + t[:200] for t in tail), flush=True)
@@ -348,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             extra = s.entry.get("why") or s.entry.get("known_failure") or ""
             ran = command_to_run(s, Path("{work}")) if c.kind == "shell" else "(python snippet)"
             changed = "" if ran == c.text else f"\n        runs: {ran}"
-            print(f"README:{c.line:<4} {s.action:<8} {c.text.splitlines()[0]}{changed}"
-                  + (f"\n        ({extra})" if extra else ""))
+            print(
+                f"README:{c.line:<4} {s.action:<8} {c.text.splitlines()[0]}{changed}"
+                + (f"\n        ({extra})" if extra else "")
+            )
     for p in problems:
         print(f"readme-commands: {p}", file=sys.stderr)
     if problems or args.list:
@@ -376,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    (report / "readme_commands.json").write_text(json.dumps(
-        {"wall_s": wall, "counts": counts, "commands": [asdict(o) for o in outcomes]}, indent=1))
+    (report / "readme_commands.json").write_text(
+        json.dumps({"wall_s": wall, "counts": counts, "commands": [asdict(o) for o in outcomes]}, indent=1)
+    )
     print(f"readme-commands: {wall:.0f} s; " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for o in bad:
         print(f"  {o.status}: README:{o.line} {o.command.splitlines()[0]}  (log {report / (o.log or '')})")

@@ -247,8 +247,11 @@ class VerdictCache:
             sha256=sha,
             accepted=result.accepted,
             reasons=tuple(ReasonRecord(code=str(c), message=str(m)) for c, m in result.reasons),
-            scores={k: None if v is None else float(v) for k, v in result.scores.items()
-                    if v is None or isinstance(v, numbers.Real)},
+            scores={
+                k: None if v is None else float(v)
+                for k, v in result.scores.items()
+                if v is None or isinstance(v, numbers.Real)
+            },
             seconds=round(result.seconds, 3),
             by=self.by,
         )
