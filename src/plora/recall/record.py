@@ -54,7 +54,7 @@ from plora.signer.dsse import (
     tally_envelope,
     write_envelope,
 )
-from plora.signer.keys import Keyring, fingerprint, load_private_key, load_public_key
+from plora.signer.keys import Keyring, PrivateKey, fingerprint, load_private_key, load_public_key
 
 SCHEMA_VERSION = 1
 REVOCATION_PAYLOAD_TYPE = payload_type("revocation", SCHEMA_VERSION)
@@ -164,12 +164,12 @@ def make_revocation(target: ArtifactTarget | SignerTarget, reason: str, issuer: 
         raise RevocationError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
-def issue_revocation(target: ArtifactTarget | SignerTarget, reason: str, key: str | os.PathLike[str], *,
+def issue_revocation(target: ArtifactTarget | SignerTarget, reason: str, key: str | os.PathLike[str] | PrivateKey, *,
                      issuer: str | None = None, issued_at: datetime | None = None,
                      out: str | os.PathLike[str] | None = None) -> Envelope:
-    """A new revocation signed by ``key`` (written to ``out`` atomically when given). ``issuer`` defaults to the
-    key's fingerprint."""
-    private = load_private_key(key)
+    """A new revocation signed by ``key`` (a private key file, or a loaded key), written to ``out`` atomically when
+    given. ``issuer`` defaults to the key's fingerprint."""
+    private = load_private_key(key) if isinstance(key, str | os.PathLike) else key
     record = make_revocation(target, reason, issuer or fingerprint(private.public_key()), issued_at)
     envelope = sign_envelope(REVOCATION_PAYLOAD_TYPE, record.canonical_bytes(), private)
     if out is not None:

@@ -69,6 +69,17 @@ class SwarmConfig(BaseModel):
     tau_trigger: float | None = _gate("tau_trigger")
     tau_norm_z: float | None = _gate("tau_norm_z")
     tau_clean_delta: float | None = _gate("tau_clean_delta")
+    revoke_at: int | None = Field(
+        default=None,
+        ge=1,
+        description="at the start of this round one honest agent issues a revocation (signed by the swarm key) of "
+        "every trojan the gate accepts; the report adds holding/injecting shares, time to purge, peak, exposure",
+    )
+    peer_scoring: bool | None = Field(
+        default=None,
+        description="on: peers lose score for rejected or revoked offers and are graylisted below the threshold "
+        "(default: the policy's recall.peer_scoring, off)",
+    )
     report_dir: str = Field(default="results", description="folder for the report JSON and coverage PNG")
     pool_dir: str | None = Field(
         default=None,
@@ -81,7 +92,7 @@ class SwarmConfig(BaseModel):
     def _comma_separated(cls, v: Any) -> Any:
         return _csv(v)
 
-    @field_validator("security", "signatures", mode="before")
+    @field_validator("security", "signatures", "peer_scoring", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -119,6 +130,15 @@ class SimConfig(SwarmConfig):
     max_fetch_per_contact: int | None = Field(
         default=None, ge=1, description="plasmids each side may fetch per contact (default: no cap)"
     )
+    compare_peer_scoring: bool = Field(
+        default=False,
+        description="also run the same seed with peer scoring flipped: both arms side by side in final.recall.arms",
+    )
+
+    @field_validator("compare_peer_scoring", mode="before")
+    @classmethod
+    def _on_off_compare(cls, v: Any) -> Any:
+        return SwarmConfig._on_off(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> SimConfig:

@@ -259,14 +259,23 @@ def run_engine(inp: EngineInput) -> EngineResult:
             **stats,
         }
         if extra is not None:
+            extra = {"trojan_holders": int(prevalence), **extra}
             if recall is not None:
                 target = held & recall.target
                 issued = recall.issued
+                holding = (target != 0) & honest
+                holders = int(np.count_nonzero(holding))
+                injectors = int(np.count_nonzero(((target & own) != 0) & honest))
+                informed = int(np.count_nonzero(((recall.rev & issued) == issued) & honest)) if issued else 0
+                reach_rev = recall.plan.reach
                 extra = {
-                    "holding": round(float(np.count_nonzero((target != 0) & honest)) / n_honest, 6),
-                    "injecting": round(float(np.count_nonzero(((target & own) != 0) & honest)) / n_honest, 6),
-                    "revocation": round(float(np.count_nonzero(((recall.rev & issued) == issued) & honest))
-                                        / n_honest, 6) if issued else 0.0,
+                    "holding": round(holders / n_honest, 6),
+                    "injecting": round(injectors / n_honest, 6),
+                    "revocation": round(informed / n_honest, 6),
+                    "holders": holders,
+                    "injectors": injectors,
+                    "informed": informed,
+                    "holders_reachable": holders if reach_rev is None else int(np.count_nonzero(holding & reach_rev)),
                     **extra,
                 }
             row["recall"] = extra

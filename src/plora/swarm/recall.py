@@ -15,10 +15,11 @@ The protocol (:mod:`plora.swarm.engine` runs it; :mod:`plora.swarm.reference` im
   At the end of the round every obeying agent keeps the records it received and purges the plasmids they revoke
   (stops offering, quarantines, unloads); it never takes them back. Agents that do not obey (trojan agents) neither
   keep, forward nor apply revocations, and keep offering what they hold.
-* **Peer scores** (gossipsub v1.1's idea, :class:`Scoring`): one float per directed edge, the receiver's view of the
-  sender, read and updated lazily as ``score * decay ** (rounds since last update)``. A rejected transfer costs the
-  sender ``penalty_rejected``; a revoked plasmid it offers costs ``penalty_revoked``. A sender below ``threshold`` is
-  graylisted: its plasmid inventory is not asked for and nothing is fetched from it (revocations still flow).
+* **Peer scores** (gossipsub v1.1's idea, :class:`plora.recall.scoring.Scoring`): one float per directed edge,
+  the receiver's view of the sender, read and updated lazily as ``score * decay ** (rounds since last update)``.
+  A rejected transfer costs the sender ``penalty_rejected``; a revoked plasmid it offers costs ``penalty_revoked``.
+  A sender below ``threshold`` is graylisted: its plasmid inventory is not asked for and nothing is fetched from it
+  (revocations still flow).
 
 Everything here is O(N) per round (gathers, bitwise ops, one scatter-OR over the agents that learnt something);
 nothing is allocated per edge unless peer scoring is on (a float64 score, an int32 round and the reverse-edge index
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from plora.errors import PloraError
+from plora.recall.scoring import Scoring
 
 MAX_RECORDS = 16  # a record bitset indexes a table of 2**records plasmid masks
 
@@ -43,25 +45,17 @@ class RevocationPlan:
     start of round ``issue_round[r]`` agent ``origin[r]`` holds it (and purges them). ``obey`` marks the agents that
     keep, forward and apply revocations (honest ones). ``record_bytes`` is each signed envelope's size."""
 
+
     masks: list[int]
     issue_round: list[int]
     origin: list[int]
     record_bytes: list[int]
     obey: np.ndarray
+    reach: np.ndarray | None = None  # agents the revocations can reach: the engine counts the holders among them
 
     @property
     def size(self) -> int:
         return len(self.masks)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """Peer-scoring parameters (see the module docstring); the policy's ``recall`` section holds them."""
-
-    penalty_rejected: float
-    penalty_revoked: float
-    decay: float
-    threshold: float
 
 
 def decay_table(decay: float, rounds: int) -> np.ndarray:
