@@ -278,7 +278,8 @@ def verify_revocation(source: Envelope | bytes | str | os.PathLike[str], keyring
     except EnvelopeError as err:
         return RevocationCheck(False, [("ENVELOPE_INVALID", str(err))], quorum=quorum)
     tally = Tally()
-    if not tally_envelope(envelope, REVOCATION_PAYLOAD_TYPE, keyring, tally, source="revocation"):
+    name = Path(source).name if isinstance(source, str | os.PathLike) else "revocation"
+    if not tally_envelope(envelope, REVOCATION_PAYLOAD_TYPE, keyring, tally, source=name):
         return RevocationCheck(False, list(tally.invalid), quorum=quorum)
     record, reasons = None, []
     try:
