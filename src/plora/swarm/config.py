@@ -159,6 +159,11 @@ class NetConfig(SwarmConfig):
         default=None, description="keep the agents' stores and logs here (default: a temporary folder, removed)"
     )
     step_timeout_s: float = Field(default=600.0, gt=0, description="seconds a round may take before an agent is dead")
+    live_model: bool = Field(
+        default=False,
+        description="every agent hot-loads (merged) the accepted plasmids of its domain into a live base model and "
+        "unloads revoked ones, checking the weights bit for bit (torch in every agent)",
+    )
     progress: bool = Field(default=True, description="show a progress bar over rounds")
 
     def sim_config(self) -> SimConfig:
@@ -167,6 +172,11 @@ class NetConfig(SwarmConfig):
 
     def flags(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s"})
+
+    @field_validator("live_model", mode="before")
+    @classmethod
+    def _on_off_live(cls, v: Any) -> Any:
+        return SwarmConfig._on_off(v)
 
 
 def make_config(cls: type[SwarmConfig] = SimConfig, /, **fields: Any) -> Any:
