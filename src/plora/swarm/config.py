@@ -73,7 +73,8 @@ class SwarmConfig(BaseModel):
         default=None,
         ge=1,
         description="at the start of this round one honest agent issues a revocation (signed by the swarm key) of "
-        "every trojan the gate accepts; the report adds holding/injecting shares, time to purge, peak, exposure",
+        "every trojan in play that the gate accepts; the report adds holding/injecting shares, time to purge, peak, "
+        "exposure",
     )
     peer_scoring: bool | None = Field(
         default=None,

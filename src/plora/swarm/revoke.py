@@ -9,8 +9,9 @@ report's ``final.recall`` block (shared by Swarm Sim v2 and the networked swarm)
     >>> int(reachable_from(g, 0, passable).sum()) == int((g.components()[1] == g.components()[1][0]).sum())
     True
 
-What is revoked: every trojan plasmid the gate accepts under the run's policy (the operator has learnt, out of band,
-that it is a trojan: the ground truth decides only which records are issued, never how agents act). One record per
+What is revoked: every trojan plasmid in play (some agent starts with it) that the gate accepts under the run's
+policy (the operator has learnt, out of band, that it is a trojan: the ground truth decides only which records are
+issued, never how agents act). One record per
 such plasmid, naming its artifact SHA-256, signed by the pool's swarm key (``PLORA_HOME/pool/<pool>/keys/swarm``; for
 a pool without one, such as verdicts fixed by hand, an Ed25519 key made for the run) and verified for real against
 the receivers' revocation keys (the policy's ``recall.revocation_keys``, else its ``trusted_keys``, else the swarm
@@ -49,25 +50,21 @@ def revocation_seed(seed: int) -> int:
 
 
 def reachable_from(graph: Graph, origin: int, passable: np.ndarray) -> np.ndarray:
-    """Agents reachable from ``origin`` through agents that are ``passable`` (a level-synchronous BFS over CSR,
-    O(N + E) with numpy). ``origin`` itself is included if passable."""
+    """Agents reachable from ``origin`` through agents that are ``passable`` (``origin`` included if passable): one
+    breadth-first search in C (scipy.sparse.csgraph) over the edges whose ends are both passable; O(N + E)."""
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import breadth_first_order
+
     seen = np.zeros(graph.n, dtype=bool)
     if not passable[origin]:
         return seen
-    seen[origin] = True
-    frontier = np.array([origin], dtype=np.int64)
-    while len(frontier):
-        starts, ends = graph.indptr[frontier], graph.indptr[frontier + 1]
-        deg = ends - starts
-        total = int(deg.sum())
-        if total == 0:
-            break
-        first = np.cumsum(deg) - deg
-        nbrs = graph.indices[np.repeat(starts - first, deg) + np.arange(total)]
-        nbrs = np.unique(nbrs)
-        nbrs = nbrs[passable[nbrs] & ~seen[nbrs]]
-        seen[nbrs] = True
-        frontier = nbrs.astype(np.int64)
+    rows = np.repeat(np.arange(graph.n, dtype=np.int32), np.diff(graph.indptr))
+    keep = passable[graph.indices] & passable[rows]
+    indptr = np.zeros(graph.n + 1, dtype=np.int64)  # new arrays: the graph's own are never touched
+    np.cumsum(np.bincount(rows[keep], minlength=graph.n), out=indptr[1:])
+    indices = graph.indices[keep]
+    adj = csr_array((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(graph.n, graph.n))
+    seen[breadth_first_order(adj, origin, directed=True, return_predecessors=False)] = True
     return seen
 
 
@@ -114,12 +111,14 @@ def issue_records(entries: list[Any], targets: list[int], private: Any, keyring:
     return out
 
 
-def accepted_trojans(entries: list[Any], verdicts: list[Any]) -> list[int]:
-    targets = [i for i, (e, v) in enumerate(zip(entries, verdicts, strict=True)) if e.trojan and v.accepted]
+def accepted_trojans(entries: list[Any], verdicts: list[Any], in_play: set[int]) -> list[int]:
+    """The trojans to revoke: accepted by the gate and held by some agent at the start (in play)."""
+    targets = [i for i, (e, v) in enumerate(zip(entries, verdicts, strict=True))
+               if e.trojan and v.accepted and i in in_play]
     if not targets:
-        raise PloraError("--revoke_at: the gate accepts no trojan plasmid under this policy, so there is nothing to "
-                         "recall; use a policy or pool that lets one through (e.g. --tau_trigger 1000, or --security "
-                         "off)")
+        raise PloraError("--revoke_at: no trojan in play is accepted by the gate under this policy, so there is "
+                         "nothing to recall; give trojan agents (--trojan_rate) and a policy or pool that lets one "
+                         "through (e.g. --tau_trigger 1000, or --security off)")
     return targets
 
 
@@ -262,7 +261,8 @@ def plan_recall(cfg: Any, provider: Any, view: Any, verdicts: list[Any], policy:
     setup = RecallSetup(recall_policy(cfg, policy))
     if cfg.revoke_at is None:
         return setup
-    targets = accepted_trojans(provider.entries, verdicts)
+    in_play = {p for p in range(len(provider.entries)) if np.any((held >> held.dtype.type(p)) & held.dtype.type(1))}
+    targets = accepted_trojans(provider.entries, verdicts, in_play)
     private, keyring, quorum, _ = revocation_keys(provider, policy)
     records = issue_records(provider.entries, targets, private, keyring, quorum)
     valid = [r for r in records if r["verified"]]
