@@ -281,7 +281,7 @@ def test_rounds_after_full_coverage_only_screen_and_are_reported(tmp_path: Path)
 
 # ------------------------------------------------------------------------------------------------------ recall
 def with_recall(inp: EngineInput, seed: int, scoring=None, revoke: bool = True) -> EngineInput:
-    """Two revocation records (trojans the gate accepts: at round 3, and at round 5) entering at honest agents; trojan agents
+    """Two revocation records (trojans the gate accepts) entering at honest agents at rounds 3 and 5; trojan agents
     ignore them. ``scoring``: peer-scoring parameters or None."""
     import dataclasses
 
