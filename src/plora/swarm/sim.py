@@ -342,11 +342,16 @@ def recall_lines(recall: dict[str, Any] | None) -> list[str]:
     if recall.get("revoke_at") is not None:
         refused = [r for r in recall["records"] if not r["verified"]]
         theory = recall.get("theory") or {}
+        spread = recall["spread_rounds"]
+        reached = (f"trojan reached every reachable agent in {spread} rounds" if spread is not None else
+                   "revoked before the trojan reached every reachable agent")
+        purge = recall["time_to_purge"]
+        verdict = "met" if recall["within_target"] else "missed"
+        target = f" (target <= spread + 2: {verdict})" if spread and purge else ""
         lines.append(
             f"recall: {len(recall['records'])} revocation(s) issued at round {recall['revoke_at']} by agent "
-            f"{recall['origin']}; trojan reached every reachable agent in {recall['spread_rounds']} rounds, purged in "
-            f"{recall['time_to_purge']} (target <= spread + 2: {recall['within_target']}); mean field "
-            f"{theory.get('spread_rounds')} / {theory.get('time_to_purge')}"
+            f"{recall['origin']}; {reached}, {f'purged in {purge} rounds' if purge else 'not purged'}{target}; "
+            f"mean field {theory.get('spread_rounds')} / {theory.get('time_to_purge')}"
         )
         lines.append(
             f"  peak prevalence {recall['peak_prevalence']:.3f} (round {recall['peak_round']}), injecting "
