@@ -58,7 +58,7 @@ class NetRecall:
             self.keys = [str(Path(k).resolve()) for k in self.recall.revocation_keys]
         elif policy is not None and policy.trusted_keys:
             self.keys = [str(Path(k).resolve()) for k in policy.trusted_keys]
-        elif root is not None:
+        elif root is not None and cfg.revoke_at is not None:  # the key that will sign (made by prepare())
             self.keys = [str((root / "keys" / "swarm.pub").resolve())]
         self.origin = pick_origin(graph, self.honest, cfg.seed) if cfg.revoke_at is not None else None
         self.graph = graph
