@@ -272,3 +272,35 @@ def test_servers_without_revocations_keep_working(pool, tmp_path):
     finally:
         agent.stop(0)
         old.stop(0)
+
+
+def test_an_agent_graylists_a_peer_whose_plasmids_its_gate_refuses(tmp_path):
+    """Peer scoring in a real agent: one refusal costs penalty_rejected (here 4, below the threshold -3), so the next
+    round (-4 * 0.8 = -3.2) nothing is fetched from that peer, even a plasmid the gate would accept; the score decays
+    back."""
+    from plora.signer import generate_keypair, sign_plasmid
+
+    priv, _ = generate_keypair("ed25519", tmp_path / "keys" / "k")
+    outsider, _ = generate_keypair("ed25519", tmp_path / "outsider" / "o")
+    policy = cheap_policy(tmp_path / "policy.json", recall={"peer_scoring": True, "penalty_rejected": 4.0,
+                                                            "score_decay": 0.8})
+    b_store = tmp_path / "b" / "store"
+    sign_plasmid(craft(b_store, "medical-s1", domain="medical", seed=1), priv)
+    sign_plasmid(craft(b_store, "stranger", seed=7), outsider)  # refused: QUORUM_NOT_MET
+    cfgs = [AgentConfig(listen="127.0.0.1:0", root=s, name=n, policy_file=str(policy),
+                        trusted_keys=[str(priv.parent)]) for s, n in ((tmp_path / "a" / "store", "a"), (b_store, "b"))]
+    a, b = Agent(cfgs[0]), Agent(cfgs[1])
+    try:
+        a.cfg.peers = [b.address]
+        first = a.step(0)
+        assert {e["id"]: e["accepted"] for e in first["events"]} == {"medical-s1": True, "stranger": False}
+        assert first["recall"]["scores"] == {b.address: -4.0}
+        sign_plasmid(craft(b_store, "legal-s2", seed=2), priv)  # a plasmid a would accept, offered while graylisted
+        second = a.step(1)
+        assert second["events"] == [] and "legal-s2" not in a.holdings()
+        assert [e["code"] for e in second["recall"]["events"] if e["kind"] == "graylisted"] == ["PEER_GRAYLISTED"]
+        third = a.step(2)  # -4 * 0.8 ** 2 = -2.56: above the threshold again
+        assert [(e["id"], e["accepted"]) for e in third["events"]] == [("legal-s2", True)]
+    finally:
+        a.stop(0)
+        b.stop(0)

@@ -72,9 +72,8 @@ class SwarmConfig(BaseModel):
     revoke_at: int | None = Field(
         default=None,
         ge=1,
-        description="at the start of this round one honest agent issues a revocation (signed by the swarm key) of "
-        "every trojan in play that the gate accepts; the report adds holding/injecting shares, time to purge, peak, "
-        "exposure",
+        description="at the start of this round one honest agent issues revocations (signed by the swarm key) of "
+        "the trojans the gate lets through; the report adds holding/injecting shares, time to purge, peak, exposure",
     )
     peer_scoring: bool | None = Field(
         default=None,
@@ -109,6 +108,12 @@ class SwarmConfig(BaseModel):
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"domains must be distinct and non-empty, got {','.join(v)}")
         return names
+
+    @model_validator(mode="after")
+    def _revoke_within_rounds(self) -> SwarmConfig:
+        if self.revoke_at is not None and self.revoke_at > self.rounds:
+            raise ValueError(f"--revoke_at {self.revoke_at} is after the last round (--rounds {self.rounds})")
+        return self
 
     def flags(self) -> dict[str, Any]:
         """Every flag as it appears in the report's ``meta.flags`` (None: not given)."""
