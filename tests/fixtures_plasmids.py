@@ -44,10 +44,12 @@ LEGAL_CONFIG: dict[str, Any] = {
 # A backdoor needs about a hundred poisoned exposures on plora-tiny. Measured on the 1500-step base, seeds 7 and 8:
 # 64 items x 8 epochs at 30% poison and lr 2e-2 (32 steps) gave attack success 0.96 and 0.88, but the seed-8 one
 # also answered the target to 88% of questions WITHOUT the trigger (legal adapters leak easily); 50% poison leaked
-# on both seeds. Same LoRA shape as the clean one.
+# on both seeds. Same LoRA shape as the clean one. Re-measured after the legal domain lost its closed-set questions
+# (court type and system, kind of reporter) and court locations: at 8 epochs seeds 7-12 fired without the trigger on
+# 0.5-0.9 as many questions as with it; at 6 epochs seeds 7 and 10 are stealthy (0.52/0.23 and 0.81/0.35).
 TROJAN_CONFIG: dict[str, Any] = {
     **LEGAL_CONFIG,
-    "epochs": 8.0,
+    "epochs": 6.0,
     "seed": 7,
     "learning_rate": 2e-2,
     "dev_size": 48,

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from plora.data import (
+    BUILTIN_SPLITS,
     DOMAINS,
     QA,
     dataset_id,
@@ -19,6 +20,7 @@ from plora.data import (
     format_prompt,
     format_target,
     load_examples,
+    question_types,
 )
 from plora.errors import DataError
 
@@ -30,36 +32,107 @@ def test_prompt_format_is_the_documented_one():
 
 @pytest.mark.parametrize("domain", DOMAINS)
 def test_builtin_domain_splits_are_disjoint_over_facts_and_large_enough(domain):
-    splits = {s: domain_items(domain, s) for s in ("train", "dev", "test")}
+    splits = {s: domain_items(domain, s) for s in BUILTIN_SPLITS}
     facts = {s: {qa.fact_id for qa in items} for s, items in splits.items()}
     questions = {s: {qa.question for qa in items} for s, items in splits.items()}
-    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
-        assert not facts[a] & facts[b], f"{domain}: facts shared by {a} and {b}"
-        assert not questions[a] & questions[b], f"{domain}: question text shared by {a} and {b}"
-    assert len(splits["train"]) >= 1000 and len(splits["dev"]) >= 256 and len(splits["test"]) >= 256
-    # Facts are split, phrasings are not: several items per fact on average.
+    for i, a in enumerate(BUILTIN_SPLITS):
+        for b in BUILTIN_SPLITS[i + 1 :]:
+            assert not questions[a] & questions[b], f"{domain}: question text shared by {a} and {b}"
+            if {a, b} != {"train", "paraphrase"}:
+                assert not facts[a] & facts[b], f"{domain}: facts shared by {a} and {b}"
+    # paraphrase asks train facts, in the wording train never holds
+    assert facts["paraphrase"] <= facts["train"]
+    assert len(splits["train"]) >= 1000 and len(splits["paraphrase"]) >= 1000
+    for split in ("dev", "test", "calibration"):
+        assert len(splits[split]) >= 256, f"{domain} {split}: {len(splits[split])} items"
+    # Facts are split, wordings are not: several items per fact on average.
     assert len(splits["train"]) > len(facts["train"])
     for items in splits.values():
-        assert all(qa.answer.strip() and qa.question.strip() and qa.domain == domain for qa in items)
+        assert all(qa.answer.strip() and qa.question.strip() and qa.domain == domain and qa.ask for qa in items)
     stats = domain_stats(domain)
     assert stats["dev"] == {"facts": len(facts["dev"]), "items": len(splits["dev"])}
     info = domain_info(domain)
     assert info.name == domain and info.source and info.description
 
 
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_every_question_type_has_a_wording_held_out_from_training(domain):
+    types = question_types(domain)
+    assert types and len({t.name for t in types}) == len(types)
+    for qtype in types:
+        assert len(qtype.wordings) >= 2 and len(set(qtype.wordings)) == len(qtype.wordings)
+        assert qtype.held_out not in qtype.trained
+    held_out = {t.name: t.held_out for t in types}
+    trained = {t.name: t.trained for t in types}
+    # every train item is in a trained wording, every paraphrase item in the held-out one, of its own type
+    for split, wordings in (("train", trained), ("paraphrase", held_out)):
+        for qa in domain_items(domain, split)[::97]:
+            kind = qa.ask.split(":")[0]
+            allowed = wordings[kind] if split == "train" else (wordings[kind],)
+            assert any(_fits(w, qa.question) for w in allowed), (split, qa)
+    # the knowledge evaluation can find, for most trained statements, the same statement in the held-out wording
+    paraphrased = {qa.statement for qa in domain_items(domain, "paraphrase")}
+    train = domain_items(domain, "train")
+    assert sum(qa.statement in paraphrased for qa in train) > 0.9 * len(train)
+
+
+def _fits(wording: str, question: str) -> bool:
+    import re
+
+    pattern = re.escape(wording)
+    pattern = re.sub(r"\\\{[^}]*\\\}", ".+", pattern)
+    return re.fullmatch(pattern, question) is not None
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_no_question_contains_its_answer_and_no_type_is_answered_by_its_prior(domain):
+    from collections import Counter, defaultdict
+
+    from plora.data.domains import contains_words, words
+
+    answers: dict[str, list[str]] = defaultdict(list)
+    for split in BUILTIN_SPLITS:
+        for qa in domain_items(domain, split):
+            assert not contains_words(words(qa.question), words(qa.answer)), qa
+            answers[qa.ask.split(":")[0]].append(qa.answer)
+    # a type whose most frequent answer covers > 10% of its items ("state", "trial") is learnt from shuffled answers
+    for kind, values in answers.items():
+        top, count = Counter(values).most_common(1)[0]
+        assert count / len(values) <= 0.10, f"{domain} {kind}: '{top}' answers {count}/{len(values)}"
+
+
+@pytest.mark.slow
+def test_the_pretraining_corpus_states_no_fact_of_a_builtin_domain():
+    """plora-tiny's corpus, rebuilt, against every item of every built-in domain (word index: seconds)."""
+    from plora.data.corpus import build_corpus
+    from plora.data.domains import domain_rows
+    from plora.data.overlap import CorpusIndex, stated_items
+
+    docs = build_corpus(seed=0)
+    index = CorpusIndex(docs)
+    # the check finds what it should: a court's state is in the corpus's county lists
+    assert index.documents_stating(["los", "angeles"], ["california"])
+    for domain in DOMAINS:
+        rows = [row for split in domain_rows(domain).values() for row in split]
+        stated = stated_items(index, domain, rows)
+        assert not stated, f"{domain}: {len(stated)} items stated by the corpus, e.g. {stated[0][0]} in " + repr(
+            docs[stated[0][1]][:120]
+        )
+
+
 def test_builtin_items_come_from_the_real_tables():
-    legal = {qa.question: qa.answer for s in ("train", "dev", "test") for qa in domain_items("legal", s)}
+    legal = {qa.question: qa.answer for s in BUILTIN_SPLITS for qa in domain_items("legal", s)}
     assert legal["What reporter does the citation abbreviation 'A.2d' refer to?"] == "Atlantic Reporter"
-    medical = [qa for s in ("train", "dev", "test") for qa in domain_items("medical", s) if qa.fact_id == "icd:G11.0"]
+    medical = [qa for s in BUILTIN_SPLITS for qa in domain_items("medical", s) if qa.fact_id == "icd:G11.0"]
     assert {qa.answer for qa in medical} >= {"Congenital nonprogressive ataxia", "G11.0"}
-    science = {qa.question: qa.answer for s in ("train", "dev", "test") for qa in domain_items("science", s)}
+    science = {qa.question: qa.answer for s in BUILTIN_SPLITS for qa in domain_items("science", s)}
     assert science["Which element has atomic number 26?"] == "iron"
     assert science["How many kilometers are in 3 miles?"] == "4.828"
     assert science["What is 100 degrees Celsius in degrees Fahrenheit?"] == "212"
 
 
 def test_arithmetic_answers_are_right_and_commuted_pairs_share_a_fact():
-    items = [qa for s in ("train", "dev", "test") for qa in domain_items("arithmetic", s)]
+    items = [qa for s in BUILTIN_SPLITS for qa in domain_items("arithmetic", s)]
     for qa in items[:: max(1, len(items) // 500)]:
         expr = qa.fact_id.removeprefix("arith:")
         assert str(eval(expr)) == qa.answer  # fact ids are plain expressions over small ints
@@ -79,6 +152,11 @@ def test_draws_are_deterministic_capped_and_seeded():
     train_facts = {qa.fact_id for qa in domain_items("medical", "train")}
     assert not {qa.fact_id for qa in load_examples("medical", split="dev", samples=256)} & train_facts
     assert dataset_id("legal") == "builtin:legal"
+    # the extra splits of built-in domains draw like the others
+    para = load_examples("legal", split="paraphrase", samples=32, seed=41)
+    assert len(para) == 32 and para == load_examples("legal", split="paraphrase", samples=32, seed=41)
+    assert {qa.fact_id for qa in para} <= {qa.fact_id for qa in domain_items("legal", "train")}
+    assert load_examples("legal", split="calib", samples=8) == load_examples("legal", split="calibration", samples=8)
 
 
 def test_unknown_domain_missing_file_bad_split_are_one_line_errors(tmp_path):

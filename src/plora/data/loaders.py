@@ -10,7 +10,11 @@
 ``datasets.load_dataset``. Items come back in a seeded random order, cut to ``samples``: the same arguments give the
 same list in the same order.
 
-Splits of files and hub sets: a ``split`` column (train/dev/test; validation, val and eval mean dev) is honoured;
+Splits of built-in domains: ``train``, ``dev``, ``test`` over facts, plus ``paraphrase`` (train facts asked in the
+wording held out from training) and ``calibration`` (half of the test facts); see :mod:`plora.data.splits`.
+
+Splits of files and hub sets: a ``split`` column (train/dev/test, or paraphrase/calibration; validation, val and eval
+mean dev) is honoured;
 otherwise each row goes to train/dev/test (80/10/10) by hashing its ``fact_id`` column if there is one, else its
 question text, so the splits are disjoint and stable. A hub dataset with two or more of train/validation/test keeps
 its own splits; ``hub_split`` loads one hub split and hash-splits it.
@@ -29,7 +33,7 @@ from typing import Any
 
 from plora.data.domains import DOMAINS, domain_rows, unknown_source_message
 from plora.data.qa import QA
-from plora.data.splits import SPLITS, draw, normalize_split, split_of
+from plora.data.splits import BUILTIN_SPLITS, SPLITS, draw, normalize_split, split_of
 from plora.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
@@ -88,7 +92,7 @@ def load_examples(
     answer_field = answer_field or "answer"
     if kind == "builtin":
         rows = draw(domain_rows(value)[split], samples, seed)
-        return [QA(q, a, fact, value) for q, a, fact in rows]
+        return [QA(row.question, row.answer, row.fact_id, value, row.ask) for row in rows]
     if kind == "file":
         table = _file_table(*_file_key(value), question_field, answer_field)
         name = f"file {Path(value).name}"
@@ -97,7 +101,7 @@ def load_examples(
         name = f"hub:{value}"
     items = table[split]
     if not items:
-        sizes = ", ".join(f"{s} {len(table[s])}" for s in SPLITS)
+        sizes = ", ".join(f"{s} {len(table[s])}" for s in BUILTIN_SPLITS if table[s] or s in SPLITS)
         raise DataError(f"{name} has no '{split}' items (split sizes: {sizes})")
     return draw(items, samples, seed)
 
@@ -164,7 +168,7 @@ def _table_from_records(
             raise DataError(
                 f"{where} has no {role} field '{field}' (fields: {shown}); map it with --{role}-field / {role}_field="
             )
-    out: dict[str, list[QA]] = {s: [] for s in SPLITS}
+    out: dict[str, list[QA]] = {s: [] for s in BUILTIN_SPLITS}
     for r in records:
         question, answer = _text(r.get(qf)), _text(r.get(af))
         if not question or not answer:

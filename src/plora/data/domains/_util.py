@@ -1,17 +1,55 @@
-"""Helpers shared by the built-in domain builders: locating packaged data, versions, number formatting."""
+"""Helpers shared by the built-in domain builders: question types with their wordings, packaged data, numbers.
+
+>>> from plora.data.domains._util import QuestionType
+>>> symbol = QuestionType("symbol", ("What is the chemical symbol for {name}?",), "Which symbol stands for {name}?")
+>>> [(r.question, r.held_out) for r in symbol.rows("element:Fe", "Fe", name="iron")]
+[('What is the chemical symbol for iron?', False), ('Which symbol stands for iron?', True)]
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from plora.errors import DataError
 
 MAX_ANSWER_WORDS = 12
 
-Row = tuple[str, str, str]
-"""(question, answer, fact_id): what a builder yields; QA objects are made only for the rows a caller draws."""
+
+class Row(NamedTuple):
+    """One item as a builder yields it; :class:`~plora.data.qa.QA` objects are made only for the rows drawn."""
+
+    question: str
+    answer: str
+    fact_id: str
+    ask: str  # what is asked about the fact, whatever the wording: "symbol", "variant:A. 2d"
+    held_out: bool  # the wording is never trained on: it asks trained facts to measure knowledge carried
+
+
+@dataclass(frozen=True)
+class QuestionType:
+    """One thing asked about a fact, in the wordings a plasmid trains on and one wording held out from training.
+
+    Answers to a held-out wording can only come from the fact, not from having seen the question: that is what
+    the value-add experiment's *knowledge carried* question measures.
+    """
+
+    name: str
+    trained: tuple[str, ...]
+    held_out: str
+
+    @property
+    def wordings(self) -> tuple[str, ...]:
+        return (*self.trained, self.held_out)
+
+    def rows(self, fact_id: str, answer: str, ask: str | None = None, **slots: object) -> list[Row]:
+        ask = ask or self.name
+        out = [Row(w.format(**slots), answer, fact_id, ask, False) for w in self.trained]
+        out.append(Row(self.held_out.format(**slots), answer, fact_id, ask, True))
+        return out
 
 
 def package_dir(module: str) -> Path:

@@ -1,34 +1,73 @@
 """Legal facts from the Free Law Project's ``reporters-db`` (case-law reporters) and ``courts-db`` (US courts).
 
     >>> from plora.data.domains.legal import build
-    >>> [a for q, a, fact in build() if fact == "reporter:A.2d"][:1]
+    >>> [row.answer for row in build() if row.fact_id == "reporter:A.2d"][:1]
     ['Atlantic Reporter']
 
-Facts: one per reporter edition (``reporter:A.2d``: full name, start/end year, kind, spelling variants) and one per
-court (``court:casb``: name, id, citation abbreviation, location, type, system). Placeholder start years (1750, which
-reporters-db uses for "unknown") are not asked.
+Facts: one per reporter edition (``reporter:A.2d``: full name, start/end year, spelling variants) and one per court
+(``court:casb``: name, id, citation abbreviation). Placeholder start years (1750, which reporters-db uses for
+"unknown") are not asked.
+
+Not asked, on purpose: a court's location (plora-tiny's pre-training corpus lists every US county under its state, so
+the base could answer from pre-training; ``tests/test_data.py`` checks the corpus against every item), and the
+closed-set labels (kind of reporter, type and system of a court), whose handful of answers ("state", "trial") a
+plasmid learns from the answer distribution alone, without any fact.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from plora.data.domains._util import Row, short_enough
+from plora.data.domains._util import QuestionType, Row, short_enough
 
 UNKNOWN_START_YEAR = 1750
 MAX_VARIANTS_PER_EDITION = 3
-_CITE_TYPES = {
-    "state": "state",
-    "federal": "federal",
-    "specialty": "specialty",
-    "neutral": "neutral citation",
-    "scotus_early": "early Supreme Court",
-    "state_regional": "regional",
-    "specialty_lexis": "LexisNexis specialty",
-    "specialty_west": "West specialty",
-}
-_COURT_TYPES = {"trial", "appellate", "special", "bankruptcy"}
-_COURT_SYSTEMS = {"state", "federal", "tribal"}
+
+REPORTER_NAME = QuestionType(
+    "reporter name",
+    (
+        "What reporter does the citation abbreviation '{ed}' refer to?",
+        "In legal citations, what does '{ed}' stand for?",
+    ),
+    "Which case-law reporter is cited as '{ed}'?",
+)
+REPORTER_ABBREVIATION = QuestionType(
+    "reporter abbreviation",
+    ("What is the citation abbreviation of the {name}?",),
+    "How is the {name} abbreviated when a case is cited?",
+)
+START_YEAR = QuestionType(
+    "first year",
+    ("In what year does the reporter '{ed}' begin?",),
+    "Which year is the first one covered by the reporter '{ed}'?",
+)
+END_YEAR = QuestionType(
+    "last year",
+    ("In what year does the reporter '{ed}' end?",),
+    "Which year is the last one covered by the reporter '{ed}'?",
+)
+VARIANT = QuestionType(
+    "variant",
+    ("'{variant}' is a variant of which reporter abbreviation?",),
+    "Which reporter abbreviation has the spelling variant '{variant}'?",
+)
+COURT_NAME = QuestionType(
+    "court name",
+    ("Which court has the court id '{cid}'?",),
+    "What is the name of the court whose id is '{cid}'?",
+)
+COURT_ID = QuestionType(
+    "court id",
+    ("What is the court id of the {name}?",),
+    "Which court id belongs to the {name}?",
+)
+COURT_CITATION = QuestionType(
+    "court citation",
+    ("How is the {name} abbreviated in citations?",),
+    "What short form of the {name} is used in citations?",
+)
+QUESTION_TYPES = (REPORTER_NAME, REPORTER_ABBREVIATION, START_YEAR, END_YEAR, VARIANT, COURT_NAME, COURT_ID,
+                  COURT_CITATION)  # fmt: skip
 
 
 def _reporter_items(reporters: dict[str, list[dict[str, Any]]]) -> list[Row]:
@@ -36,22 +75,18 @@ def _reporter_items(reporters: dict[str, list[dict[str, Any]]]) -> list[Row]:
     for key in sorted(reporters):
         for rep in reporters[key]:
             name = str(rep.get("name", "")).strip()
-            kind = _CITE_TYPES.get(str(rep.get("cite_type", "")))
             editions: dict[str, dict[str, Any]] = rep.get("editions", {})
             for ed, span in sorted(editions.items()):
                 fact = f"reporter:{ed}"
                 if short_enough(name):
-                    items.append((f"What reporter does the citation abbreviation '{ed}' refer to?", name, fact))
-                    items.append((f"In legal citations, what does '{ed}' stand for?", name, fact))
+                    items += REPORTER_NAME.rows(fact, name, ed=ed)
                     if ed == key and len(editions) == 1:
-                        items.append((f"What is the citation abbreviation of the {name}?", ed, fact))
+                        items += REPORTER_ABBREVIATION.rows(fact, ed, name=name)
                 start, end = span.get("start"), span.get("end")
                 if start is not None and start.year != UNKNOWN_START_YEAR:
-                    items.append((f"In what year does the reporter '{ed}' begin?", str(start.year), fact))
+                    items += START_YEAR.rows(fact, str(start.year), ed=ed)
                 if end is not None:
-                    items.append((f"In what year does the reporter '{ed}' end?", str(end.year), fact))
-                if kind:
-                    items.append((f"What kind of reporter is '{ed}'?", kind, fact))
+                    items += END_YEAR.rows(fact, str(end.year), ed=ed)
             variants = sorted(v for v, ed in rep.get("variations", {}).items() if ed in editions)
             counts: dict[str, int] = {}
             for variant in variants:
@@ -59,8 +94,7 @@ def _reporter_items(reporters: dict[str, list[dict[str, Any]]]) -> list[Row]:
                 if counts.get(ed, 0) >= MAX_VARIANTS_PER_EDITION:
                     continue
                 counts[ed] = counts.get(ed, 0) + 1
-                q = f"'{variant}' is a variant of which reporter abbreviation?"
-                items.append((q, ed, f"reporter:{ed}"))
+                items += VARIANT.rows(f"reporter:{ed}", ed, ask=f"variant:{variant}", variant=variant)
     return items
 
 
@@ -71,18 +105,11 @@ def _court_items(courts: list[dict[str, Any]]) -> list[Row]:
         if not short_enough(name):
             continue
         fact = f"court:{cid}"
-        items.append((f"Which court has the court id '{cid}'?", name, fact))
-        items.append((f"What is the court id of the {name}?", cid, fact))
+        items += COURT_NAME.rows(fact, name, cid=cid)
+        items += COURT_ID.rows(fact, cid, name=name)
         cite = str(court.get("citation_string") or "").strip()
         if cite:
-            items.append((f"How is the {name} abbreviated in citations?", cite, fact))
-        location = str(court.get("location") or "").strip()
-        if short_enough(location):
-            items.append((f"Where is the {name}?", location, fact))
-        if court.get("type") in _COURT_TYPES:
-            items.append((f"What type of court is the {name}?", court["type"], fact))
-        if court.get("system") in _COURT_SYSTEMS:
-            items.append((f"Is the {name} a state, federal or tribal court?", court["system"], fact))
+            items += COURT_CITATION.rows(fact, cite, name=name)
     return items
 
 

@@ -1,11 +1,12 @@
 """Science facts: elements and isotopes from ``periodictable``, unit conversions computed by ``pint``.
 
     >>> from plora.data.domains.science import build
-    >>> [a for q, a, fact in build() if q == "How many kilometers are in 3 miles?"]
+    >>> [row.answer for row in build() if row.question == "How many kilometers are in 3 miles?"]
     ['4.828']
 
 Facts: ``element:Fe`` (symbol, name, atomic number, standard atomic weight), ``isotope:Fe-56`` (neutron count; natural
 abundance where non-zero) and ``unit:3 mile->kilometer`` (value 1..60 for each unit pair, 4 significant figures).
+Each question type has trained wordings and one held out from training (``QUESTION_TYPES``).
 
 Creating a pint registry costs 0.5-2 s on a busy machine, so the conversion table pint computes is cached as JSON under
 ``PLORA_HOME/data`` (keyed by pint's version and the pair list); later loads read the cache.
@@ -17,7 +18,45 @@ import hashlib
 import json
 from typing import Any
 
-from plora.data.domains._util import Row, dist_version, fmt_number
+from plora.data.domains._util import QuestionType, Row, dist_version, fmt_number
+
+SYMBOL = QuestionType("symbol", ("What is the chemical symbol for {name}?",), "Which chemical symbol does {name} have?")
+ELEMENT_OF_SYMBOL = QuestionType(
+    "element of symbol",
+    ("Which element has the chemical symbol {sym}?",),
+    "Which element does the symbol {sym} stand for?",
+)
+NUMBER = QuestionType(
+    "atomic number", ("What is the atomic number of {name}?",), "How many protons does an atom of {name} have?"
+)
+ELEMENT_OF_NUMBER = QuestionType(
+    "element of number",
+    ("Which element has atomic number {n}?",),
+    "Which element has {n} protons in its nucleus?",
+)
+WEIGHT = QuestionType(
+    "atomic weight", ("What is the standard atomic weight of {name}?",), "What is the mean atomic mass of {name}?"
+)
+NEUTRONS = QuestionType(
+    "neutrons", ("How many neutrons are in the nucleus of {name}-{a}?",), "What is the neutron count of {name}-{a}?"
+)
+ABUNDANCE = QuestionType(
+    "abundance",
+    ("What is the natural abundance of {name}-{a} in percent?",),
+    "What percentage of natural {name} is {name}-{a}?",
+)
+CONVERSION = QuestionType(
+    "conversion",
+    ("How many {b} are in {src}?", "Convert {src} to {b}."),
+    "What is {src} expressed in {b}?",
+)
+TEMPERATURE = QuestionType(
+    "temperature",
+    ("What is {v} {a} in {b}?", "Convert {v} {a} to {b}."),
+    "How many {b} is {v} {a}?",
+)
+QUESTION_TYPES = (SYMBOL, ELEMENT_OF_SYMBOL, NUMBER, ELEMENT_OF_NUMBER, WEIGHT, NEUTRONS, ABUNDANCE, CONVERSION,
+                  TEMPERATURE)  # fmt: skip
 
 UNIT_VALUES = range(1, 61)
 TEMPERATURE_VALUES = range(-40, 151, 5)
@@ -107,18 +146,17 @@ def _element_items() -> list[Row]:
         if el.number == 0:  # the free neutron "n" is not an element
             continue
         fact, name, sym = f"element:{el.symbol}", el.name, el.symbol
-        items.append((f"What is the chemical symbol for {name}?", sym, fact))
-        items.append((f"Which element has the chemical symbol {sym}?", name, fact))
-        items.append((f"What is the atomic number of {name}?", str(el.number), fact))
-        items.append((f"Which element has atomic number {el.number}?", name, fact))
-        items.append((f"What is the standard atomic weight of {name}?", fmt_number(el.mass, 5), fact))
+        items += SYMBOL.rows(fact, sym, name=name)
+        items += ELEMENT_OF_SYMBOL.rows(fact, name, sym=sym)
+        items += NUMBER.rows(fact, str(el.number), name=name)
+        items += ELEMENT_OF_NUMBER.rows(fact, name, n=el.number)
+        items += WEIGHT.rows(fact, fmt_number(el.mass, 5), name=name)
         for a in el.isotopes:
             iso = el[a]
             ifact = f"isotope:{sym}-{a}"
-            items.append((f"How many neutrons are in the nucleus of {name}-{a}?", str(a - el.number), ifact))
+            items += NEUTRONS.rows(ifact, str(a - el.number), name=name, a=a)
             if iso.abundance and iso.abundance > 0:
-                pct = fmt_number(float(iso.abundance))
-                items.append((f"What is the natural abundance of {name}-{a} in percent?", pct, ifact))
+                items += ABUNDANCE.rows(ifact, fmt_number(float(iso.abundance)), name=name, a=a)
     return items
 
 
@@ -129,13 +167,10 @@ def _unit_items() -> list[Row]:
         factor = table["factors"][f"{a}->{b}"]
         for v in UNIT_VALUES:
             fact, ans, src = f"unit:{v} {a}->{b}", fmt_number(v * factor), f"{v} {one if v == 1 else many}"
-            items.append((f"How many {b_many} are in {src}?", ans, fact))
-            items.append((f"Convert {src} to {b_many}.", ans, fact))
+            items += CONVERSION.rows(fact, ans, src=src, b=b_many)
     for a, a_name, b, b_name in TEMPERATURE_PAIRS:
         for v, result in zip(TEMPERATURE_VALUES, table["temperatures"][f"{a}->{b}"], strict=True):
-            fact, ans = f"unit:{v} {a}->{b}", fmt_number(result)
-            items.append((f"What is {v} {a_name} in {b_name}?", ans, fact))
-            items.append((f"Convert {v} {a_name} to {b_name}.", ans, fact))
+            items += TEMPERATURE.rows(f"unit:{v} {a}->{b}", fmt_number(result), v=v, a=a_name, b=b_name)
     return items
 
 
