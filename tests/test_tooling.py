@@ -27,6 +27,12 @@ MYPY_ALLOWLIST_BASELINE = {
     "plora.grpc.server",
     "plora.importer",
     "plora.training.config",
+    # arrived with the recall merge (2026-11-27)
+    "plora.recall.record",
+    "plora.recall.store",
+    "plora.swarm.agent_recall",
+    "plora.swarm.reference",
+    "plora.swarm.revoke",
     "plora.loader.hotload",
     "plora.loader.latency",
     "plora.loader.merge",

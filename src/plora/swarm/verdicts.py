@@ -142,6 +142,7 @@ def policy_key(policy: Any) -> str:
     from plora.models import base_digest
 
     body = policy.effective().model_dump(mode="json")
+    body.pop("recall", None)  # who may revoke and how peers are scored never change what the gate decides
     digest = body.get("base_digest") or base_digest(policy.base_model)
     body["_base_digest"] = digest
     body["_trusted_key_files"] = _key_files([str(k) for k in policy.trusted_keys])
