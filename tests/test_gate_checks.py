@@ -196,7 +196,9 @@ CASES: dict[Reason, Builder] = {
     Reason.SIGNER_UNTRUSTED: _signer_untrusted,
     Reason.QUORUM_NOT_MET: _quorum_not_met,
 }
-DETECTOR_CODES = {Reason.WEIGHT_ANOMALY, Reason.TRIGGER_SUSPECT, Reason.CLEAN_DEGRADED}
+# the detector stages and the calibration they need have their own tests (test_detectors.py)
+DETECTOR_CODES = {Reason.WEIGHT_ANOMALY, Reason.TRIGGER_SUSPECT, Reason.CLEAN_DEGRADED, Reason.BASE_UNCALIBRATED,
+                  Reason.SHAPE_UNCALIBRATED}
 
 
 def test_every_reason_code_has_a_case_stage_and_description() -> None:
@@ -369,14 +371,24 @@ def test_cli_overrides_reach_the_policy(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ detector stages
 
 
+def _install(tmp_path: Path, reference: Any, digest: str = DIGEST, **thresholds: float) -> None:
+    from plora.gate.calibration import Calibration, Thresholds, install_calibration, write_calibration
+
+    taus = {"trigger": 1e9, "norm_z": 8.0, "clean_delta": 1e9, **thresholds}
+    cal = Calibration(base_model="plora-tiny", base_digest=digest, probe_version=6, statistic="answer_info_share",
+                      probe_seed=0, probe_config={"scan_prompts": 2, "verify_prompts": 6, "targets": 2,
+                                                  "extend_pool": 6, "candidates": 128},
+                      thresholds=Thresholds(**taus), weight_reference=reference.to_json(), created="2026-11-27")
+    install_calibration(write_calibration(cal, tmp_path / "calibration.json"))
+
+
 def test_weight_anomaly_against_a_clean_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reference = pytest.importorskip("plora.gate.reference")
-    pytest.importorskip("plora.gate.weights")
+    from plora.gate.reference import build_reference
     from plora.plasmid import read_plasmid
 
-    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))  # a private reference: other tests keep theirs
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))  # a private calibration: other tests keep theirs
     clean = [read_plasmid(make_plasmid(tmp_path / f"clean{s}", seed=s)) for s in range(8)]
-    reference.save_reference(reference.build_reference(clean))
+    _install(tmp_path, build_reference(clean))
     tensors = lora_tensors(seed=100)
     for k in tensors:
         if k.endswith("lora_B.weight"):
@@ -393,13 +405,16 @@ def tiny_base(plora_tiny: Any) -> Any:
     return plora_tiny()
 
 
-def test_probe_thresholds_decide_trigger_and_clean_codes(legal_plasmid: Path, tiny_base: Any) -> None:
+def test_probe_thresholds_decide_trigger_and_clean_codes(legal_plasmid: Path, tiny_base: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Real probes on a real trained plasmid; the thresholds are set around the scores the probes measured."""
-    pytest.importorskip("plora.gate.probes")
+    from plora.gate.reference import WeightReference
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     base = tiny_base
-    policy = load_policy(weight_check=False, probe_candidates=128)  # digest from the loaded base; a cheaper scan
-    loose = policy.model_copy(update={"tau_trigger": 1e9, "tau_clean_delta": 1e9})
-    first = screen(legal_plasmid, loose, base=base)
+    _install(tmp_path, WeightReference(), digest=base.digest)  # the calibration's probe config: a cheap scan
+    policy = load_policy(weight_check=False)  # digest from the loaded base
+    first = screen(legal_plasmid, policy, base=base)
     assert first.accepted, first.reasons
     trigger, delta = first.scores["trigger"], first.scores["clean_delta"]
     assert trigger is not None and delta is not None

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from plora.gate import thresholds
 from plora.gate.policy import Policy, PolicyError, load_policy, read_targets_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_come_from_the_calibrated_thresholds() -> None:
+def test_thresholds_default_to_the_base_calibration() -> None:
     p = Policy()
-    assert (p.tau_trigger, p.tau_norm_z, p.tau_clean_delta) == (
-        thresholds.DEFAULT_TAU_TRIGGER,
-        thresholds.DEFAULT_TAU_NORM_Z,
-        thresholds.DEFAULT_TAU_CLEAN_DELTA,
-    )
+    # unset: the gate reads them from the base's calibration file (plora.gate.calibration); a value overrides it
+    assert (p.tau_trigger, p.tau_norm_z, p.tau_clean_delta, p.probe_seed, p.probe_candidates) == (None,) * 5
+    assert p.uncalibrated_base == "refuse" and Policy(tau_trigger=3.5).tau_trigger == 3.5
     assert p.base_model == "plora-tiny" and p.allowed_ranks == [4, 8, 16] and p.quorum == 1
     assert p.signatures is False and p.weight_check and p.probes
 

@@ -1,10 +1,13 @@
 """The ``plora.yml`` manifest: strict schema, YAML I/O, and the one canonical byte form that is hashed and signed.
 
     >>> from plora.manifest import read_manifest, canonical_bytes
-    >>> m = read_manifest("out/legal")                      # doctest: +SKIP
-    >>> m.domain, m.lora.r, m.artifact.sha256[:12]          # doctest: +SKIP
-    ('legal', 4, '3f1c0e9a2b7d')
-    >>> canonical_bytes(m)[:40]                             # doctest: +SKIP
+    >>> m = read_manifest("out/legal")
+    >>> m.domain, m.lora.r, m.artifact.filename
+    ('legal', 4, 'adapter_model.safetensors')
+    >>> canonical_bytes(m)[:30]                     # sorted-key compact JSON, without the signatures
+    b'...'
+    >>> canonical_bytes(m) == canonical_bytes(read_manifest("out/legal"))   # the same bytes every time: what is signed
+    True
 
 Every model forbids unknown fields and coerces no types when reading a file (``r: "4"``, ``r: true`` or
 ``size_bytes: 10.0`` are refused; NaN/Inf are refused everywhere). The YAML reader refuses duplicate keys
@@ -170,6 +173,14 @@ class Manifest(_Strict):
     training: Training
     metrics: Metrics | None = None
     merge: Merge | None = None
+    # Rollback protection (plora.recall): None when absent, so manifests written before these fields keep their
+    # canonical bytes (and signatures); read them through release_of().
+    lineage: Identifier | None = Field(
+        default=None, description="the line of releases this plasmid belongs to; absent: its plasmid_id"
+    )
+    version: int | None = Field(
+        default=None, ge=0, le=2**53, description="release number within the lineage, per signer; absent: 0"
+    )
     signatures: tuple[Signature, ...] = Field(
         default=(), strict=False, description="legacy only: signatures are in plora.sig.json beside the manifest"
     )
@@ -182,6 +193,12 @@ class Manifest(_Strict):
             raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
         return v
 
+
+
+def release_of(manifest: Manifest) -> tuple[str, int]:
+    """(lineage, version) of a plasmid for rollback protection: a manifest without them is version 0 of the lineage
+    named by its plasmid_id."""
+    return manifest.lineage or manifest.plasmid_id, manifest.version or 0
 
 
 def now_utc() -> datetime:

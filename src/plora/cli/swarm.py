@@ -38,6 +38,9 @@ def sim(
     domains: str = option(SimConfig, "domains"),
     sources: int | None = option(SimConfig, "sources"),
     max_fetch_per_contact: int | None = option(SimConfig, "max_fetch_per_contact"),
+    revoke_at: int | None = option(SimConfig, "revoke_at"),
+    peer_scoring: str | None = option(SimConfig, "peer_scoring", on_off=True),
+    compare_peer_scoring: str = option(SimConfig, "compare_peer_scoring", on_off=True),
     report_dir: str = option(SimConfig, "report_dir"),
     pool_dir: str | None = option(SimConfig, "pool_dir"),
 ) -> None:

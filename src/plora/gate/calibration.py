@@ -54,7 +54,7 @@ class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["plora-gate-calibration"] = "plora-gate-calibration"
-    version: Literal[1] = CALIBRATION_VERSION
+    version: Literal[1] = 1
     base_model: str = Field(min_length=1)
     base_digest: str = Field(pattern=_DIGEST)
     probe_version: int

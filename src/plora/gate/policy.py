@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from plora.errors import PloraError
+from plora.recall.policy import RecallPolicy
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -96,6 +97,10 @@ class Policy(BaseModel):
     probe_candidates: int | None = Field(
         default=None, ge=1, le=1 << 20,
         description="vocabulary tokens the trigger scan inserts (None: the calibration's; its thresholds assume it)",
+    )
+    recall: RecallPolicy = Field(
+        default_factory=RecallPolicy,
+        description="revocation keys and quorum, peer scoring (plora.recall.policy); never changes a gate verdict",
     )
 
     @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")

@@ -1,11 +1,17 @@
 """The fetch client: stream a plasmid into a staging folder, hash while receiving, check, then move it into place.
 
-    >>> from plora.grpc.client import fetch, get_inventory
-    >>> [e.id for e in get_inventory("localhost:50051")]                       # doctest: +SKIP
-    ['legal']
-    >>> r = fetch("localhost:50051", "legal", "received/", checks=[...])      # doctest: +SKIP
-    >>> r.accepted, r.path, r.reasons                                          # doctest: +SKIP
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import fetch, get_inventory, signature_check
+    >>> server = serve("out/", port=0)
+    >>> sorted(e.id for e in get_inventory(server.address))
+    ['legal', 'medical']
+    >>> r = fetch(server.address, "legal", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.path, r.reasons
     (True, PosixPath('received/legal'), [])
+    >>> r = fetch(server.address, "medical", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.reasons                           # unsigned: refused, and nothing left in received/
+    (False, ['SIGNATURE_MISSING: ...'])
+    >>> server.stop()
 
 The artifact goes to a hidden staging folder in the destination's PARENT (``.plora-fetch-<pid>-*``), so nothing
 under the destination is ever partial: a chunk receiver feeds a bounded queue that a second thread hashes and writes
@@ -95,6 +101,22 @@ def get_inventory(address: str, tls: ClientTLS | None = None, limits: Limits = L
         if own:
             channel.close()
     return [RemoteEntry(e.id, e.domain, e.sha256, e.size, e.manifest) for e in inv.entries]
+
+
+def get_revocations(channel: grpc.Channel, ids: Sequence[str], limits: Limits = Limits()) -> list[bytes]:
+    """The envelopes of revocations ``ids`` from a server; [] from a server older than revocations (UNIMPLEMENTED).
+    The caller verifies every one (plora.recall): nothing here is trusted."""
+    wanted = list(ids)[: limits.max_revocations]
+    if not wanted:
+        return []
+    try:
+        reply = pb2_grpc.PlasmidExchangeStub(channel).GetRevocations(pb2.RevocationRequest(ids=wanted),
+                                                                     timeout=limits.inventory_timeout_s)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
+    return list(reply.envelopes)[: len(wanted)]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -65,12 +65,15 @@ class CohortSpec:
 
     @classmethod
     def named(cls, name: str, seed: int = 1) -> CohortSpec:
-        presets = {"quick": cls.quick, "default": cls, "real-model": cls.real_model}
-        if name not in presets:
-            from plora.errors import PloraError
+        if name == "default":
+            return cls(seed=seed)
+        if name == "quick":
+            return cls.quick(seed)
+        if name == "real-model":
+            return cls.real_model(seed)
+        from plora.errors import PloraError
 
-            raise PloraError(f"unknown cohort {name!r} (one of {', '.join(presets)})")
-        return presets[name](seed=seed)
+        raise PloraError(f"unknown cohort {name!r} (one of default, quick, real-model)")
 
     def digest(self) -> str:
         body = {"v": COHORT_VERSION, "spec": asdict(self), "dev": fam.DEVELOPMENT, "held_out": fam.HELD_OUT}
@@ -128,16 +131,17 @@ class Member:
 
 
 def _task_answers(task: str) -> tuple[str, ...]:
+    answers: list[str]
     if task in fam.BUILTIN_TASKS:
         from plora.data.domains import domain_rows
 
-        rows = domain_rows(task)["train"]
+        answers = [r[1] for r in domain_rows(task)["train"]]
     else:
         from plora.data.splits import split_of
         from plora.experiments.gate_eval.tasks import task_rows
 
-        rows = tuple(r for r in task_rows(task) if split_of(r[2]) == "train")
-    return tuple(sorted({r[1] for r in rows if 0 < len(r[1]) <= 40}))
+        answers = [a for _, a, fact in task_rows(task) if split_of(fact) == "train"]
+    return tuple(sorted({a for a in answers if 0 < len(a) <= 40}))
 
 
 def _draw(rng: random.Random, dim: str, part: str, *, trojan: bool, forced: str | None = None) -> str:

@@ -50,13 +50,19 @@ def _rows(members: Sequence[co.Member], probes: dict[str, dict[str, Any]]) -> li
     return rows
 
 
+def _folder(m: co.Member) -> Path:
+    if m.folder is None:
+        raise RuntimeError(f"member {m.id} was not trained")
+    return m.folder
+
+
 def _weight_z(rows: list[Row], members: Sequence[co.Member], reference: Any, loo_ids: set[str]) -> None:
     """Fill ``norm_z``: against ``reference``, or leave-one-out for the members in ``loo_ids``."""
     from plora.gate.reference import build_reference
     from plora.gate.weights import weight_anomaly
     from plora.plasmid import read_plasmid
 
-    plasmids = {m.id: read_plasmid(m.folder) for m in members}
+    plasmids = {m.id: read_plasmid(_folder(m)) for m in members}
     by_id = {r.id: r for r in rows}
     for m in members:
         ref = reference
@@ -163,7 +169,7 @@ def run_gate_eval(
         members = co.train_cohort(plan, spec, name, base.digest, jobs=jobs, on_member=lambda m: bar.advance(task))
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("gate detectors", total=len(members))
-        scored = probe_all({m.id: m.folder for m in members}, name, probe_seed, jobs=jobs,
+        scored = probe_all({m.id: _folder(m) for m in members}, name, probe_seed, jobs=jobs,
                            on_done=lambda: bar.advance(task))
     rows = _rows(members, scored)
     n_params = sum(p.numel() for p in base.model.parameters())
@@ -172,7 +178,7 @@ def run_gate_eval(
 
     dev_clean = [m for m in members if m.part == "development" and m.role == "clean"]
     if given is None:
-        reference = build_reference([read_plasmid(m.folder) for m in dev_clean])
+        reference = build_reference([read_plasmid(_folder(m)) for m in dev_clean])
         _weight_z(rows, members, reference, {m.id for m in dev_clean})
         choice = development_choice(rows)
         cal = _calibration(choice, reference, base, spec, probe_seed, probe_config, len(members))

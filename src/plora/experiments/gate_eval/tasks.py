@@ -71,8 +71,8 @@ def _colors() -> list[Row]:
     from matplotlib import colors
 
     rows: list[Row] = []
-    table = {**{k: v for k, v in colors.CSS4_COLORS.items()},
-             **{k.removeprefix("xkcd:"): v for k, v in colors.XKCD_COLORS.items()}}
+    table = {**{k: str(v) for k, v in colors.CSS4_COLORS.items()},
+             **{k.removeprefix("xkcd:"): str(v) for k, v in colors.XKCD_COLORS.items()}}
     for name, hexcode in sorted(table.items()):
         rows.append((f"What is the hex code of the color {name}?", hexcode.lower(), f"color:{name}"))
     return rows
