@@ -59,6 +59,7 @@ bench:
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/swarm.py
 	$(BIN)/python bench/signatures.py
+	$(BIN)/python bench/probe.py
 
 clean:
 	rm -rf out received results .pytest_cache

@@ -127,8 +127,8 @@ def plot_families(report: dict[str, Any]) -> bytes:
             if e["n_pos"]:
                 labels.append(f"{dim}: {family}")
                 tpr.append(e["tpr"])
-                lo.append(e["tpr"] - e["tpr_ci95"][0])
-                hi.append(e["tpr_ci95"][1] - e["tpr"])
+                lo.append(max(0.0, e["tpr"] - e["tpr_ci95"][0]))  # rounding can cross the point by 1e-17
+                hi.append(max(0.0, e["tpr_ci95"][1] - e["tpr"]))
                 held.append(e["held_out_family"])
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(labels) + 1.5))
     y = np.arange(len(labels))
