@@ -53,13 +53,18 @@ def test_module_stats_match_dense_svd():
 def test_weight_reference_is_per_rank_and_module_and_round_trips(tmp_path):
     clean = [_synthetic(tmp_path / f"c{i}", r=4, seed=i) for i in range(6)]
     ref = WeightReference.from_json(json.loads(json.dumps(build_reference(clean).to_json())))  # what a file holds
-    assert sorted(ref.entries) == ["r4|transformer.h.0.attn.c_attn", "r4|transformer.h.1.attn.c_attn"]
+    assert sorted(ref.entries) == ["*|transformer.h.0.attn.c_attn", "*|transformer.h.1.attn.c_attn",
+                                   "r4|transformer.h.0.attn.c_attn", "r4|transformer.h.1.attn.c_attn"]
     typical = weight_anomaly(_synthetic(tmp_path / "t", r=4, seed=50), ref)
     inflated = weight_anomaly(_synthetic(tmp_path / "big", r=4, seed=51, scale=5.0), ref)
     assert math.isfinite(typical.max_z) and inflated.max_z > typical.max_z
     assert inflated.details["worst"].split(":")[1] in ("fro", "sv1", "max_abs")
-    other_rank = weight_anomaly(_synthetic(tmp_path / "r8", r=8, seed=52), ref)
-    assert math.isnan(other_rank.max_z) and "no clean reference" in other_rank.details["reason"]
+    other_rank = weight_anomaly(_synthetic(tmp_path / "r8", r=8, seed=52), ref)  # scored on the pooled keys
+    assert math.isfinite(other_rank.max_z) and other_rank.details["pooled_ranks"] == 2
+    other = _synthetic(tmp_path / "other", r=4, seed=53)
+    other.tensors = {k.replace("h.1.", "h.3."): v for k, v in other.tensors.items()}  # a module nobody calibrated
+    missing = weight_anomaly(other, ref)
+    assert math.isnan(missing.max_z) and "no clean reference" in missing.details["reason"]
 
 
 def test_metrics_on_constructed_scores():
@@ -309,8 +314,8 @@ def test_detectors_fail_closed_without_a_calibration(tmp_path, monkeypatch):
     assert "plora gate-eval" in refused.reasons[0][1]
     unscreened = screen(folder, Policy(base_digest=digest, probes=False, uncalibrated_base="unscreened"))
     assert unscreened.accepted and "no gate calibration" in unscreened.checks[6].details["skipped"]
-    # a calibration whose weight reference has no entry for this plasmid's rank: not scored, so refused
-    other = [read_plasmid(make_plasmid(tmp_path / f"c{i}", r=8, seed=i)) for i in range(3)]
+    # a calibration whose weight reference has no entry for this plasmid's modules: not scored, so refused
+    other = [read_plasmid(make_plasmid(tmp_path / f"c{i}", targets=("attn.c_proj",), seed=i)) for i in range(3)]
     install_calibration(write_calibration(_calibration(digest, build_reference(other)), tmp_path / "c.json"))
     shape = screen(folder, Policy(base_digest=digest, probes=False))
     assert shape.reason_codes == ["SHAPE_UNCALIBRATED"], shape.reasons

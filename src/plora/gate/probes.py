@@ -242,7 +242,7 @@ def _extend(model: Any, probe: _Probe, caches: list[Any], cleans: torch.Tensor, 
     pairs = torch.stack(torch.meshgrid(pool, pool, indexing="ij"), -1).reshape(-1, 2)
     g1 = _search_gain(model, probe, caches, cleans, singles, target)
     g2 = _search_gain(model, probe, caches, cleans, pairs, target)
-    best_pairs = pairs[torch.topk(g2, min(keep, len(g2))).indices]
+    best_pairs = pairs[torch.topk(g2, min(keep, len(g2))).indices.cpu()]
     triples = torch.cat([
         torch.cat([best_pairs.repeat_interleave(len(pool), 0), pool.repeat(len(best_pairs)).unsqueeze(1)], 1),
         torch.cat([pool.repeat(len(best_pairs)).unsqueeze(1), best_pairs.repeat_interleave(len(pool), 0)], 1),

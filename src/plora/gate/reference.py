@@ -8,11 +8,13 @@
 Keys are ``r{rank}|{module}``, with the rank read from the tensors (rows of ``lora_A``), never from the manifest: an
 attacker cannot move a plasmid into a laxer group by editing ``plora.yml``. A module's statistics depend on its rank
 and on what it is (``transformer.h.0.attn.c_attn``), much less on which other modules were trained beside it, so a
-reference built from rank-16 plasmids on all modules also covers a rank-16 attention-only plasmid. For every key and
-every statistic of :func:`plora.gate.weights.module_stats` the reference keeps the median and the scaled median
-absolute deviation (1.4826 * MAD, the normal-consistent robust sigma) over CLEAN plasmids. A key with fewer than
-``min_n`` clean plasmids is left out, and a plasmid with a module the reference lacks is not scored
-(``SHAPE_UNCALIBRATED`` at the gate: fail closed). The reference lives inside the base's calibration file
+reference built from rank-16 plasmids on all modules also covers a rank-16 attention-only plasmid. Each module also
+gets a pooled key ``*|{module}`` over every rank, used where its rank has too few clean plasmids (a calibration
+cohort rarely has three of every rank and target set; the pooled scale is wider, so the check is weaker there, but
+it still scores). For every key and every statistic of :func:`plora.gate.weights.module_stats` the reference keeps
+the median and the scaled median absolute deviation (1.4826 * MAD, the normal-consistent robust sigma) over CLEAN
+plasmids. A key with fewer than ``min_n`` clean plasmids is left out, and a plasmid with a module that has neither key
+is not scored (``SHAPE_UNCALIBRATED`` at the gate: fail closed). The reference lives inside the base's calibration file
 (:mod:`plora.gate.calibration`); numpy only.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from plora.plasmid import Plasmid
 
-REFERENCE_VERSION = 2
+REFERENCE_VERSION = 3
 # A robust sigma below this fraction of |median| is floored: a cohort where a statistic barely varies would otherwise
 # turn float noise into huge z-scores.
 MIN_RELATIVE_SCALE = 0.02
@@ -49,8 +51,13 @@ class WeightReference:
     source: str = ""
 
     def keys_for(self, plasmid: Plasmid) -> list[str]:
+        """Per module: its rank's key if the reference has it, else the pooled key (possibly absent too)."""
         rank = plasmid_rank(plasmid)
-        return [module_key(rank, m) for m in plasmid.modules()]
+        keys = []
+        for m in plasmid.modules():
+            key = module_key(rank, m)
+            keys.append(key if key in self.entries else f"*|{m}")
+        return keys
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,7 +69,7 @@ class WeightReference:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], source: str = "") -> WeightReference:
-        if obj.get("version") != REFERENCE_VERSION:
+        if obj.get("version") not in (2, REFERENCE_VERSION):  # version 2: the same, without pooled keys
             return cls(source=source)
         entries = {k: {s: (float(v[0]), float(v[1])) for s, v in st.items()} for k, st in obj["entries"].items()}
         return cls(entries, {k: int(v) for k, v in obj.get("counts", {}).items()}, source=source)
@@ -87,6 +94,7 @@ def build_reference(clean: Iterable[Plasmid], min_n: int = 3,
         per_module = stats[i] if stats is not None else plasmid_stats(p)
         for module, st in per_module.items():
             groups.setdefault(module_key(rank, module), []).append(dict(st))
+            groups.setdefault(f"*|{module}", []).append(dict(st))
     entries, counts = {}, {}
     for key, rows in sorted(groups.items()):
         if len(rows) >= min_n:

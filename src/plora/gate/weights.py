@@ -95,5 +95,6 @@ def weight_anomaly(plasmid: Plasmid, reference: WeightReference) -> WeightScore:
             if z > max_z:
                 worst, max_z = f"{module}:{name}", z
     details.update(worst=worst, per_stat={k: round(v, 4) for k, v in per_stat.items()},
-                   reference_n=min(reference.counts.get(k, 0) for k in keys.values()))
+                   reference_n=min(reference.counts.get(k, 0) for k in keys.values()),
+                   pooled_ranks=sum(k.startswith("*|") for k in keys.values()))
     return WeightScore(max_z=float(max_z), details=details)

@@ -57,19 +57,21 @@ def _folder(m: co.Member) -> Path:
 
 
 def _weight_z(rows: list[Row], members: Sequence[co.Member], reference: Any, loo_ids: set[str]) -> None:
-    """Fill ``norm_z``: against ``reference``, or leave-one-out for the members in ``loo_ids``."""
+    """Fill ``norm_z``: against ``reference``, or leave-one-out for the members in ``loo_ids`` (each member's module
+    statistics are computed once and reused by every leave-one-out reference)."""
     from plora.gate.reference import build_reference
-    from plora.gate.weights import weight_anomaly
+    from plora.gate.weights import plasmid_stats, weight_anomaly
     from plora.plasmid import read_plasmid
 
     plasmids = {m.id: read_plasmid(_folder(m)) for m in members}
+    stats = {i: plasmid_stats(plasmids[i]) for i in sorted(loo_ids)}
     by_id = {r.id: r for r in rows}
     for m in members:
         ref = reference
         if m.id in loo_ids:
-            ref = build_reference([plasmids[i] for i in sorted(loo_ids) if i != m.id])
-        score = weight_anomaly(plasmids[m.id], ref)
-        by_id[m.id].norm_z = float(score.max_z)
+            others = [i for i in sorted(loo_ids) if i != m.id]
+            ref = build_reference([plasmids[i] for i in others], stats=dict(enumerate(stats[i] for i in others)))
+        by_id[m.id].norm_z = float(weight_anomaly(plasmids[m.id], ref).max_z)
 
 
 def _block(rows: Sequence[Row], statistic: str, taus: dict[str, float]) -> dict[str, Any]:
