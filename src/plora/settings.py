@@ -11,6 +11,7 @@
 | PLORA_SAMPLES | global cap on training samples drawn (the smaller of this and ``--samples`` wins) | none |
 | PLORA_LATENCY_BUDGET_MS | inject+remove budget enforced by callers such as the value-add experiment | 250 |
 | PLORA_HOME | caches: converted GGUF models, trained pools, verdicts | ``~/.cache/plora`` |
+| RAY_ADDRESS | Ray's own variable: where ``plora.executor`` runs tasks when ``--ray-address`` is not given | none (local processes) |
 
 Values are read on every call, so tests and long-running agents see changes.
 """
@@ -33,6 +34,7 @@ class Settings:
     samples: int | None
     latency_budget_ms: float
     home: Path
+    ray_address: str | None = None
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -60,6 +62,7 @@ def get_settings() -> Settings:
         samples=_positive_int("PLORA_SAMPLES", samples_raw) if samples_raw else None,
         latency_budget_ms=budget,
         home=home,
+        ray_address=env.get("RAY_ADDRESS", "").strip() or None,
     )
 
 

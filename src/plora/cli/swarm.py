@@ -38,6 +38,9 @@ def sim(
     domains: str = option(SimConfig, "domains"),
     sources: int | None = option(SimConfig, "sources"),
     max_fetch_per_contact: int | None = option(SimConfig, "max_fetch_per_contact"),
+    gate_tpr: float | None = option(SimConfig, "gate_tpr"),
+    gate_fpr: float | None = option(SimConfig, "gate_fpr"),
+    gate_plasmids: int | None = option(SimConfig, "gate_plasmids"),
     report_dir: str = option(SimConfig, "report_dir"),
     pool_dir: str | None = option(SimConfig, "pool_dir"),
 ) -> None:

@@ -119,6 +119,17 @@ class SimConfig(SwarmConfig):
     max_fetch_per_contact: int | None = Field(
         default=None, ge=1, description="plasmids each side may fetch per contact (default: no cap)"
     )
+    gate_tpr: float | None = Field(
+        default=None, ge=0, le=1, description="gate model: share of trojan plasmids the gate rejects (default: the "
+        "real gate's verdicts on the real pool; see plora.swarm.gate_model)"
+    )
+    gate_fpr: float | None = Field(
+        default=None, ge=0, le=1, description="gate model: share of clean plasmids the gate rejects (default 0)"
+    )
+    gate_plasmids: int | None = Field(
+        default=None, ge=1, description="gate model: distinct plasmids per domain and label (default: as many as "
+        "fit, 64 in all)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SimConfig:
@@ -128,7 +139,16 @@ class SimConfig(SwarmConfig):
             )
         if self.graph == "ws" and self.ws_k % 2:
             raise ValueError(f"--ws_k must be even, got {self.ws_k}")
+        if self.gate_tpr is None and (self.gate_fpr is not None or self.gate_plasmids is not None):
+            raise ValueError("--gate_fpr and --gate_plasmids belong to the gate model: give --gate_tpr too")
+        if self.gate_tpr is not None and not self.security:
+            raise ValueError("--gate_tpr models the gate's verdicts: it needs --security on")
         return self
+
+    def flags(self) -> dict[str, Any]:
+        """Every flag; the gate model's only when it is used (reports of real-gate runs keep their names)."""
+        model = {"gate_tpr", "gate_fpr", "gate_plasmids"}
+        return self.model_dump(mode="json", exclude=model if self.gate_tpr is None else None)
 
 
 class NetConfig(SwarmConfig):
