@@ -11,7 +11,7 @@
 | PLORA_SAMPLES | global cap on training samples drawn (the smaller of this and ``--samples`` wins) | none |
 | PLORA_LATENCY_BUDGET_MS | inject+remove budget enforced by callers such as the value-add experiment | 250 |
 | PLORA_HOME | caches: converted GGUF models, trained pools, verdicts | ``~/.cache/plora`` |
-| RAY_ADDRESS | Ray's own variable: where ``plora.executor`` runs tasks when ``--ray-address`` is not given | none (local processes) |
+| RAY_ADDRESS | where ``plora.executor`` runs tasks when ``--ray-address`` is not given (Ray's own variable) | none |
 
 Values are read on every call, so tests and long-running agents see changes.
 """
