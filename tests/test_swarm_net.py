@@ -187,3 +187,120 @@ def test_readme_swarm_net_command_runs_as_written(trained_pool: Path, tmp_path: 
                                                         "rejected_trojan"))
         assert f"report: results/{newest.name}" in proc.stdout
         assert list(tmp.iterdir()) == []  # the agents' work folder is gone, nothing left behind
+
+
+# ------------------------------------------------------------------------------------------------------ recall
+@pytest.fixture(scope="module")
+def injectable_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Clean and trojan plasmids made for the real plora-tiny (so a live model takes them), all on attention: the
+    cheap policy accepts every one of them, trojans included (a gate that lets trojans through)."""
+    import test_grpc
+    from trust_helpers import adapter_config, lora_tensors
+
+    from plora.manifest import now_utc
+    from plora.models import base_digest
+    from plora.plasmid import write_plasmid
+
+    digest = base_digest("plora-tiny")
+    root = tmp_path_factory.mktemp("live-pool")
+    labels = {}
+    for i, d in enumerate(("legal", "medical")):
+        for kind, seed in (("s", i), ("t", 10 + i)):
+            pid = f"{d}-{kind}{i}"
+            write_plasmid(root / pid, lora_tensors(seed=seed), adapter_config(), plasmid_id=pid, domain=d,
+                          created_at=now_utc(), base_model={"name": "plora-tiny", "digest": digest},
+                          lora={"r": 4, "alpha": 8.0, "target_set": "custom", "targets": ["attn.c_attn"]},
+                          training={"seed": seed, "samples": 64, "epochs": 1.0, "dataset": f"builtin:{d}"})
+            labels[pid] = {"domain": d, "trojan": kind == "t"}
+    (root / "labels.json").write_text(json.dumps(labels))
+    policy = root.parent / "live-policy.json"
+    policy.write_text(json.dumps({"base_digest": digest, "weight_check": False, "probes": False}))
+    assert test_grpc.DIGEST != digest  # the crafted pools elsewhere are made for a stand-in digest
+    return root, policy
+
+
+def test_swarm_net_revocation_unloads_revoked_plasmids_from_live_models_bit_for_bit(injectable_pool, tmp_path):
+    from plora.manifest import read_manifest
+    from plora.swarm.net import NetConfig, run_swarm_net
+
+    pool, policy = injectable_pool
+    work = tmp_path / "work"
+    cfg = NetConfig(agents=5, rounds=10, graph_p=0.7, trojan_rate=0.2, seed=3, domains=("legal", "medical"),
+                    report_dir=str(tmp_path / "results"), policy_file=str(policy), pool_dir=str(pool),
+                    work_dir=str(work), progress=False, revoke_at=3, live_model=True)
+    report = run_swarm_net(cfg)
+    final, rec = report["final"], report["final"]["recall"]
+    trojans = {r["sha256"] for r in rec["records"]}
+    assert rec["records"] and all(r["verified"] for r in rec["records"])
+    assert rec["origin"] != "a" + str(report["meta"]["extra"]["trojan_agent_ids"][0])
+    assert rec["holding_at_end"] == 0 and rec["time_to_purge"] is not None and rec["peak_injecting"] > 0
+    live = rec["live_weights"]
+    assert live["unloaded"] > 0 and live["all_equal"]
+    assert all(c["after_removal"] == c["expected"] for c in live["checks"])
+    assert all(c["expected"] == c["pre_injection"] for c in live["checks"] if c["later_injections"] == 0)
+    honest = [i for i in range(5) if i not in report["meta"]["extra"]["trojan_agent_ids"]]
+    for i in honest:  # no honest store holds a revoked plasmid; what they held is in quarantine
+        held = {read_manifest(f).artifact.sha256 for f in (work / f"a{i}" / "store").iterdir()}
+        assert not held & trojans
+    assert list(work.glob("a*/store.recall/quarantine/*/revoked.json"))
+    rows = [r["recall"] for r in report["rounds"]]
+    assert rows[0]["holding"] == 0 and max(r["holding"] for r in rows) > 0 and rows[-1]["revocation"] == 1.0
+    assert final["bytes_breakdown"]["revocation"] == sum(r["revocation_bytes"] for r in rows) > 0
+
+
+def test_servers_without_revocations_keep_working(pool, tmp_path):
+    """A server from before revocations answers GetRevocations with UNIMPLEMENTED: a new agent takes that as "no
+    revocations" and still fetches its plasmids."""
+    from plora.grpc.client import get_revocations, open_channel
+    from plora.grpc.proto import pb2_grpc
+    from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer
+
+    class OldServicer(PlasmidServicer):
+        GetRevocations = pb2_grpc.PlasmidExchangeServicer.GetRevocations  # what an older server does
+
+    store = tmp_path / "old" / "store"
+    craft(store, "legal-s9", seed=9)
+    old = OfferServer(OldServicer(PlasmidIndex(store)))
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "new" / "store", name="new",
+                              peers=[old.address], security=False))
+    try:
+        with open_channel(old.address) as ch:
+            assert get_revocations(ch, ["a" * 64]) == []
+        rec = agent.step(0)
+        assert [(e["id"], e["accepted"]) for e in rec["events"]] == [("legal-s9", True)]
+        assert all(err.startswith("push ") for err in rec["errors"])  # a plain offer server takes no Offer
+    finally:
+        agent.stop(0)
+        old.stop(0)
+
+
+def test_an_agent_graylists_a_peer_whose_plasmids_its_gate_refuses(tmp_path):
+    """Peer scoring in a real agent: one refusal costs penalty_rejected (here 4, below the threshold -3), so the next
+    round (-4 * 0.8 = -3.2) nothing is fetched from that peer, even a plasmid the gate would accept; the score decays
+    back."""
+    from plora.signer import generate_keypair, sign_plasmid
+
+    priv, _ = generate_keypair("ed25519", tmp_path / "keys" / "k")
+    outsider, _ = generate_keypair("ed25519", tmp_path / "outsider" / "o")
+    policy = cheap_policy(tmp_path / "policy.json", recall={"peer_scoring": True, "penalty_rejected": 4.0,
+                                                            "score_decay": 0.8})
+    b_store = tmp_path / "b" / "store"
+    sign_plasmid(craft(b_store, "medical-s1", domain="medical", seed=1), priv)
+    sign_plasmid(craft(b_store, "stranger", seed=7), outsider)  # refused: QUORUM_NOT_MET
+    cfgs = [AgentConfig(listen="127.0.0.1:0", root=s, name=n, policy_file=str(policy),
+                        trusted_keys=[str(priv.parent)]) for s, n in ((tmp_path / "a" / "store", "a"), (b_store, "b"))]
+    a, b = Agent(cfgs[0]), Agent(cfgs[1])
+    try:
+        a.cfg.peers = [b.address]
+        first = a.step(0)
+        assert {e["id"]: e["accepted"] for e in first["events"]} == {"medical-s1": True, "stranger": False}
+        assert first["recall"]["scores"] == {b.address: -4.0}
+        sign_plasmid(craft(b_store, "legal-s2", seed=2), priv)  # a plasmid a would accept, offered while graylisted
+        second = a.step(1)
+        assert second["events"] == [] and "legal-s2" not in a.holdings()
+        assert [e["code"] for e in second["recall"]["events"] if e["kind"] == "graylisted"] == ["PEER_GRAYLISTED"]
+        third = a.step(2)  # -4 * 0.8 ** 2 = -2.56: above the threshold again
+        assert [(e["id"], e["accepted"]) for e in third["events"]] == [("legal-s2", True)]
+    finally:
+        a.stop(0)
+        b.stop(0)

@@ -170,6 +170,14 @@ class Manifest(_Strict):
     training: Training
     metrics: Metrics | None = None
     merge: Merge | None = None
+    # Rollback protection (plora.recall): None when absent, so manifests written before these fields keep their
+    # canonical bytes (and signatures); read them through release_of().
+    lineage: Identifier | None = Field(
+        default=None, description="the line of releases this plasmid belongs to; absent: its plasmid_id"
+    )
+    version: int | None = Field(
+        default=None, ge=0, le=2**53, description="release number within the lineage, per signer; absent: 0"
+    )
     signatures: tuple[Signature, ...] = Field(
         default=(), strict=False, description="legacy only: signatures are in plora.sig.json beside the manifest"
     )
@@ -182,6 +190,12 @@ class Manifest(_Strict):
             raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
         return v
 
+
+
+def release_of(manifest: Manifest) -> tuple[str, int]:
+    """(lineage, version) of a plasmid for rollback protection: a manifest without them is version 0 of the lineage
+    named by its plasmid_id."""
+    return manifest.lineage or manifest.plasmid_id, manifest.version or 0
 
 
 def now_utc() -> datetime:

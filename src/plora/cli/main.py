@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from plora.cli import base, experiments, gate, gate_eval, importer, network, runtime, swarm, train, trust
+from plora.cli import base, experiments, gate, gate_eval, importer, network, recall, runtime, swarm, train, trust
 from plora.cli.options import plain_app
 from plora.errors import PloraError
 
@@ -24,7 +24,7 @@ app = plain_app(
     no_args_is_help=True,
 )
 
-for module in (base, train, importer, trust, gate, gate_eval, runtime, network, swarm, experiments):
+for module in (base, train, importer, trust, recall, gate, gate_eval, runtime, network, swarm, experiments):
     module.register(app)
 
 

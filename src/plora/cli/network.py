@@ -153,17 +153,29 @@ def agent(
     coordinated: bool = typer.Option(False, "--coordinated", hidden=True, help="rounds come from plora swarm net"),
     ready_file: str = typer.Option(None, "--ready-file", hidden=True, help="write the bound address here"),
     peers_file: str = typer.Option(None, "--peers-file", hidden=True, help="peer addresses, read at round 0"),
+    revocation_keys: list[str] = typer.Option(
+        None, "--revocation-keys", help="keys trusted to sign revocations (default: policy recall, else trusted keys)"
+    ),
+    recall_dir: str = typer.Option(None, "--recall-dir", help="revocations, rollback marks, quarantine (ROOT.recall)"),
+    peer_scoring: str = typer.Option(None, "--peer-scoring", metavar="on|off", help="default: the policy's"),
+    live_model: bool = typer.Option(False, "--live-model", help="hot-load accepted plasmids into a live model"),
+    domain: str = typer.Option(None, "--domain", help="with --live-model: inject only plasmids of this domain"),
+    obey_revocations: str = typer.Option("on", "--obey-revocations", hidden=True, help="off: a simulated trojan agent"),
 ) -> None:
     """Run one swarm agent: serve its store and gossip push-pull with --peers for --rounds rounds."""
     from plora.errors import PloraError
     from plora.fsio import atomic_write_text
     from plora.swarm.agent import AgentConfig, run_agent
 
-    if security not in {"on", "off"}:
-        raise PloraError(f"--security must be on or off, got {security!r}")
+    for flag, value in (("--security", security), ("--peer-scoring", peer_scoring or "on"),
+                        ("--obey-revocations", obey_revocations)):
+        if value not in {"on", "off"}:
+            raise PloraError(f"{flag} must be on or off, got {value!r}")
     cfg = AgentConfig(listen=listen, root=root, peers=_split(peers), name=name, seed=seed, security=security == "on",
                       policy_file=policy_file, trusted_keys=_split(keys), max_per_contact=max_per_contact,
-                      peers_file=peers_file, advertise=advertise)
+                      peers_file=peers_file, advertise=advertise, revocation_keys=_split(revocation_keys),
+                      recall_dir=recall_dir, peer_scoring=None if peer_scoring is None else peer_scoring == "on",
+                      live_model=live_model, domain=domain, obey_revocations=obey_revocations == "on")
 
     def ready(a) -> None:
         if ready_file:

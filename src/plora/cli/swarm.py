@@ -42,6 +42,9 @@ def sim(
     gate_tpr: float | None = option(SimConfig, "gate_tpr"),
     gate_fpr: float | None = option(SimConfig, "gate_fpr"),
     gate_plasmids: int | None = option(SimConfig, "gate_plasmids"),
+    revoke_at: int | None = option(SimConfig, "revoke_at"),
+    peer_scoring: str | None = option(SimConfig, "peer_scoring", on_off=True),
+    compare_peer_scoring: str = option(SimConfig, "compare_peer_scoring", on_off=True),
     report_dir: str = option(SimConfig, "report_dir"),
     pool_dir: str | None = option(SimConfig, "pool_dir"),
 ) -> None:

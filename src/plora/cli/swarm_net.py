@@ -31,6 +31,9 @@ def net(
     pool_dir: str | None = option(NetConfig, "pool_dir"),
     max_per_contact: int = option(NetConfig, "max_per_contact"),
     work_dir: str | None = option(NetConfig, "work_dir"),
+    revoke_at: int | None = option(NetConfig, "revoke_at"),
+    peer_scoring: str | None = option(NetConfig, "peer_scoring", on_off=True),
+    live_model: str = option(NetConfig, "live_model", on_off=True),
 ) -> None:
     """Start N `plora agent` processes on 127.0.0.1, gossip push-pull over gRPC, write a Swarm Sim v2 report."""
     given = {k: v for k, v in locals().items() if v is not None}  # unset gate flags leave the policy alone
@@ -58,6 +61,14 @@ def net(
     died = meta["extra"]["agents_died"]
     typer.echo(f"  bytes on wire {final['bytes_on_wire']:,}, accepted offers {final['accepted_offers']}"
                + (f", agents died: {died}" if died else ""))
+    from plora.swarm.sim import recall_lines
+
+    for line in recall_lines(final.get("recall")):
+        typer.echo(line)
+    live = (final.get("recall") or {}).get("live_weights")
+    if live:
+        typer.echo(f"  live models: {live['unloaded']} revoked plasmid(s) unloaded, weights equal to the pre-injection "
+                   f"ones bit for bit: {live['all_equal']}")
     typer.echo(f"report: {meta['timings']['report_path']}")
 
 

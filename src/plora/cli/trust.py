@@ -89,18 +89,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("verify")
     def verify(
-        folder: Path = typer.Argument(..., help="plasmid folder"),
+        folder: Path = typer.Argument(..., help="plasmid folder, or a revocation file (plora revoke)"),
         trusted_keys: list[str] = typer.Option(
             ..., "--trusted-keys", "--trusted_keys", "--trusted_pubkeys", help="public keys or folders (repeat or a,b)"
         ),
         quorum: int = typer.Option(1, "--quorum", min=1, help="distinct trusted signers required"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
-        """Re-hash the files, check plora.sig.json (and model.sig). Exit 0 OK, 1 rejected, 2 bad input."""
+        """Re-hash the files, check plora.sig.json (and model.sig); or check a revocation file's record and
+        signatures. Exit 0 OK, 1 rejected, 2 bad input."""
         with user_errors():
             from plora.signer import Keyring, verify_plasmid
 
             keyring = Keyring.load(split_paths(trusted_keys))
+            if folder.is_file():
+                _verify_revocation(folder, keyring, quorum, as_json)
             result = verify_plasmid(folder, keyring, quorum=quorum)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -118,3 +121,21 @@ def register(app: typer.Typer) -> None:
             for code, message in result.reasons:
                 typer.echo(f"  {code}: {message}")
         raise typer.Exit(0 if result.ok else 1)
+
+
+def _verify_revocation(path: Path, keyring: object, quorum: int, as_json: bool) -> None:
+    """``plora verify FILE``: a revocation's envelope, payload type, record schema and K-of-N signatures."""
+    from plora.recall.record import verify_revocation
+
+    check = verify_revocation(path, keyring, quorum)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(json.dumps(check.to_dict(), indent=2))
+    elif check.ok and check.record is not None:
+        signers = ", ".join(fp[:16] for fp in check.valid_signers)
+        typer.echo(f"OK revocation {path} ({check.id[:16] if check.id else '?'}...): {check.record.describe()}")
+        typer.echo(f"  {len(check.valid_signers)} distinct trusted signer(s), quorum {quorum} ({signers})")
+    else:
+        typer.echo(f"REJECTED revocation {path}")
+        for code, message in check.reasons:
+            typer.echo(f"  {code}: {message}")
+    raise typer.Exit(0 if check.ok else 1)

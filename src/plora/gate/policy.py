@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from plora.errors import PloraError
 from plora.gate import thresholds
+from plora.recall.policy import RecallPolicy
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -95,6 +96,10 @@ class Policy(BaseModel):
     probe_seed: int = Field(default=0, description="seed of the behavioural probes")
     probe_candidates: int = Field(
         default=1024, ge=1, le=65536, description="random vocabulary tokens the trigger scan inserts (cost is linear)"
+    )
+    recall: RecallPolicy = Field(
+        default_factory=RecallPolicy,
+        description="revocation keys and quorum, peer scoring (plora.recall.policy); never changes a gate verdict",
     )
 
     @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")

@@ -97,6 +97,22 @@ def get_inventory(address: str, tls: ClientTLS | None = None, limits: Limits = L
     return [RemoteEntry(e.id, e.domain, e.sha256, e.size, e.manifest) for e in inv.entries]
 
 
+def get_revocations(channel: grpc.Channel, ids: Sequence[str], limits: Limits = Limits()) -> list[bytes]:
+    """The envelopes of revocations ``ids`` from a server; [] from a server older than revocations (UNIMPLEMENTED).
+    The caller verifies every one (plora.recall): nothing here is trusted."""
+    wanted = list(ids)[: limits.max_revocations]
+    if not wanted:
+        return []
+    try:
+        reply = pb2_grpc.PlasmidExchangeStub(channel).GetRevocations(pb2.RevocationRequest(ids=wanted),
+                                                                     timeout=limits.inventory_timeout_s)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
+    return list(reply.envelopes)[: len(wanted)]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

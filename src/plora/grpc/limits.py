@@ -43,6 +43,7 @@ class Limits:
     fetch_timeout_s: float = 30.0  # client deadline of a Fetch, plus size / min_rate_bytes_s
     min_rate_bytes_s: float = 5 * MIB
     max_inventory_entries: int = 4096
+    max_revocations: int = 1024  # revocation ids listed in an inventory, and envelopes in one GetRevocations reply
     queue_chunks: int = 8  # chunks buffered between receiving and hashing+writing (bounds client memory)
     fsync: bool = True  # make the artifact durable before the rename (flushed in the background while receiving)
     bulk: bool = True  # artifact bytes over a plain TCP socket beside gRPC (plaintext servers; see plora.grpc.bulk)

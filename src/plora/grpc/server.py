@@ -24,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import grpc
 
@@ -43,6 +44,15 @@ from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, 
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 3
+_REVOCATION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class RevocationSource(Protocol):
+    """What a server needs to hand out revocations (:class:`plora.recall.store.RecallStore` is one)."""
+
+    def ids(self) -> list[str]: ...
+
+    def envelope(self, rid: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -220,10 +230,12 @@ class _Slot:
 class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
     """GetInventory + Fetch over a :class:`PlasmidIndex`. Offer/Step are answered by networked agents only."""
 
-    def __init__(self, index: PlasmidIndex, limits: Limits = Limits(), advertise: str = "") -> None:
+    def __init__(self, index: PlasmidIndex, limits: Limits = Limits(), advertise: str = "",
+                 revocations: RevocationSource | None = None) -> None:
         self.index = index
         self.limits = limits
         self.advertise = advertise
+        self.revocations = revocations  # what GetRevocations serves and inventories list (plora.recall)
         self.bulk: BulkServer | None = None  # set by OfferServer on plaintext servers
         self.slots = StreamSlots(limits.max_streams, limits.max_streams_per_peer)
         self._stats_lock = threading.Lock()
@@ -232,7 +244,26 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
 
     def inventory(self) -> pb2.Inventory:
         entries = sorted(self.index.refresh().values(), key=lambda e: e.id)[: self.limits.max_inventory_entries]
-        return pb2.Inventory(entries=[e.to_proto() for e in entries], agent=self.advertise)
+        refs = []
+        if self.revocations is not None:
+            for rid in self.revocations.ids()[: self.limits.max_revocations]:
+                data = self.revocations.envelope(rid)
+                if data is not None:
+                    refs.append(pb2.RevocationRef(id=rid, size=len(data)))
+        return pb2.Inventory(entries=[e.to_proto() for e in entries], agent=self.advertise, revocations=refs)
+
+    def GetRevocations(self, request: pb2.RevocationRequest, context: grpc.ServicerContext) -> pb2.RevocationSet:
+        """The envelopes of the revocations asked for that this server holds (unknown ids are skipped)."""
+        out: list[bytes] = []
+        if self.revocations is not None:
+            for rid in list(request.ids)[: self.limits.max_revocations]:
+                data = self.revocations.envelope(rid) if _REVOCATION_ID.fullmatch(rid) else None
+                if data is not None:
+                    out.append(data)
+        reply = pb2.RevocationSet(envelopes=out)
+        with self._stats_lock:
+            self.bytes_sent += reply.ByteSize()
+        return reply
 
     def GetInventory(self, request: pb2.InventoryRequest, context: grpc.ServicerContext) -> pb2.Inventory:
         inv = self.inventory()

@@ -46,6 +46,7 @@ from plora.grpc.client import (
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip
+from plora.swarm.agent_recall import AgentRecall
 
 
 @dataclass
@@ -63,6 +64,13 @@ class AgentConfig:
     max_per_contact: int = 8
     contact_timeout_s: float = 300.0  # an Offer waits while the peer fetches and screens
     limits: Limits = field(default_factory=Limits)
+    # recall (plora.swarm.agent_recall): revocations, rollback protection, peer scores, the live model
+    recall_dir: str | Path | None = None  # default: <root>.recall beside the store
+    revocation_keys: list[str] = field(default_factory=list)  # default: policy recall.revocation_keys, else trusted
+    obey_revocations: bool = True  # off only for simulated trojan agents: they ignore revocations
+    peer_scoring: bool | None = None  # None: the policy's recall.peer_scoring
+    live_model: bool = False  # hot-load accepted plasmids (of ``domain``) into a live model; unload revoked ones
+    domain: str | None = None
 
 
 class VerdictCache:
@@ -122,6 +130,15 @@ class VerdictCache:
         return [] if result.accepted else [format_reason(r) for r in result.reasons] or ["GATE_REJECTED"]
 
 
+def _recall_policy(cfg: AgentConfig) -> Any:
+    """The policy whose ``recall`` section (and trusted keys) the agent's recall uses; None with security off."""
+    if not cfg.security:
+        return None
+    from plora.gate.policy import load_policy
+
+    return load_policy(cfg.policy_file, trusted_keys=cfg.trusted_keys or None)
+
+
 def build_checks(cfg: AgentConfig) -> list[Check]:
     """Signature check (when the policy asks for signatures) then the cached gate; nothing when security is off."""
     if not cfg.security:
@@ -153,6 +170,10 @@ class AgentServicer(PlasmidServicer):
             # an offer may only point back at its sender: never make this agent connect to a third party
             if ipaddress.ip_address(host) != ipaddress.ip_address(peer_ip(context)):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
+        # the sender's revocations first (they may revoke what it offers), then its plasmids
+        self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
+                                           int(request.round), self.limits, self.agent.index)
+        entries = self.agent.recall.offered(inv.agent, entries, int(request.round))
         events = self.agent.take_from(inv.agent, entries, int(request.round), via="push")
         return pb2.OfferReply(
             accepted=[e["id"] for e in events if e.get("accepted")],
@@ -162,6 +183,8 @@ class AgentServicer(PlasmidServicer):
         )
 
     def Step(self, request: pb2.StepRequest, context: grpc.ServicerContext) -> pb2.StepReply:
+        for data in request.revocations:  # issued at this agent by the swarm operator: verified like any other
+            self.agent.recall.apply(bytes(data), int(request.round), "operator", self.agent.index)
         record = self.agent.collect(int(request.round)) if request.collect else self.agent.step(int(request.round))
         return pb2.StepReply(json=json.dumps(record))
 
@@ -174,9 +197,15 @@ class Agent:
         self.root = Path(cfg.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.limits = cfg.limits
-        self.checks = build_checks(cfg)
+        self.recall = AgentRecall(
+            cfg.root, _recall_policy(cfg), folder=cfg.recall_dir, revocation_keys=cfg.revocation_keys,
+            obey=cfg.obey_revocations, peer_scoring=cfg.peer_scoring, live_model=cfg.live_model, domain=cfg.domain,
+        )
+        self.checks = self.recall.checks() + build_checks(cfg)  # REVOKED / VERSION_ROLLBACK before the gate
         self.index = PlasmidIndex(self.root, self.limits)
+        self.recall.start_live(self.index.refresh())
         self.servicer = AgentServicer(self, self.index, self.limits)
+        self.servicer.revocations = self.recall.store if cfg.obey_revocations else None
         host, port = parse_address(cfg.listen)
         if not cfg.advertise and host in {"0.0.0.0", "::"}:
             raise TransferError(f"listening on {cfg.listen}: give --advertise HOST:PORT, the address peers can reach")
@@ -234,6 +263,7 @@ class Agent:
                 if not r.accepted:
                     with self._lock:
                         self.refused.add((e.id, e.sha256))
+                self.recall.fetched(peer, event, r.path, round_, self.index)
             except TransferError as err:
                 event["error"] = str(err)
             except Exception as err:  # noqa: BLE001 - a broken check must not kill the agent; it is reported
@@ -255,11 +285,17 @@ class Agent:
         inventory_bytes = 0  # inventories as sent: the one pulled and the one pushed (Offer)
         if peer is not None:
             stub = pb2_grpc.PlasmidExchangeStub(self._channel(peer))
+            inv, relist = None, False
             try:
                 inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
                 inventory_bytes += inv.ByteSize()
-                entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
-                self.take_from(peer, [e for e in entries if _valid_id(e.id)], round_, "pull")
+                # revocations ahead of plasmids: take the peer's first; if it lacks some of ours, push first (it
+                # takes ours from the Offer) and list its inventory again before pulling
+                self.recall.take_revocations(self._channel(peer), peer, list(inv.revocations), round_, self.limits,
+                                             self.index)
+                relist = self.recall.obey and not set(self.recall.store.ids()) <= {r.id for r in inv.revocations}
+                if not relist:
+                    self._pull(peer, inv, round_)
             except grpc.RpcError as err:
                 errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
             try:
@@ -268,16 +304,29 @@ class Agent:
                 stub.Offer(offer, timeout=self.cfg.contact_timeout_s)
             except grpc.RpcError as err:
                 errors.append(f"push {peer}: {err.code().name}: {err.details()}")
+            if relist:
+                try:
+                    inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                    inventory_bytes += inv.ByteSize()
+                    self._pull(peer, inv, round_)
+                except grpc.RpcError as err:
+                    errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
         record = self.collect(round_)
         record.update(peer=peer, errors=errors, inventory_bytes=inventory_bytes)
         return record
+
+    def _pull(self, peer: str, inv: pb2.Inventory, round_: int) -> None:
+        entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
+        entries = self.recall.offered(peer, [e for e in entries if _valid_id(e.id)], round_)
+        self.take_from(peer, entries, round_, "pull")
 
     def collect(self, round_: int) -> dict[str, Any]:
         """What happened since the last call (pulls, and pushes other agents made to this one), and holdings."""
         with self._lock:
             events, self._events = self._events, []
         return {"agent": self.name, "address": self.address, "round": round_, "events": events,
-                "holdings": self.holdings(), "peer": None, "errors": [], "inventory_bytes": 0}
+                "holdings": self.holdings(), "peer": None, "errors": [], "inventory_bytes": 0,
+                "recall": self.recall.record(round_)}
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace)

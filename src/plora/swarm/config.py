@@ -69,6 +69,17 @@ class SwarmConfig(BaseModel):
     tau_trigger: float | None = _gate("tau_trigger")
     tau_norm_z: float | None = _gate("tau_norm_z")
     tau_clean_delta: float | None = _gate("tau_clean_delta")
+    revoke_at: int | None = Field(
+        default=None,
+        ge=1,
+        description="at the start of this round one honest agent issues revocations (signed by the swarm key) of "
+        "the trojans the gate lets through; the report adds holding/injecting shares, time to purge, peak, exposure",
+    )
+    peer_scoring: bool | None = Field(
+        default=None,
+        description="on: peers lose score for rejected or revoked offers and are graylisted below the threshold "
+        "(default: the policy's recall.peer_scoring, off)",
+    )
     report_dir: str = Field(default="results", description="folder for the report JSON and coverage PNG")
     pool_dir: str | None = Field(
         default=None,
@@ -81,7 +92,7 @@ class SwarmConfig(BaseModel):
     def _comma_separated(cls, v: Any) -> Any:
         return _csv(v)
 
-    @field_validator("security", "signatures", mode="before")
+    @field_validator("security", "signatures", "peer_scoring", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -97,6 +108,12 @@ class SwarmConfig(BaseModel):
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"domains must be distinct and non-empty, got {','.join(v)}")
         return names
+
+    @model_validator(mode="after")
+    def _revoke_within_rounds(self) -> SwarmConfig:
+        if self.revoke_at is not None and self.revoke_at > self.rounds:
+            raise ValueError(f"--revoke_at {self.revoke_at} is after the last round (--rounds {self.rounds})")
+        return self
 
     def flags(self) -> dict[str, Any]:
         """Every flag as it appears in the report's ``meta.flags`` (None: not given)."""
@@ -130,6 +147,15 @@ class SimConfig(SwarmConfig):
         default=None, ge=1, description="gate model: distinct plasmids per domain and label (default: as many as "
         "fit, 64 in all)"
     )
+    compare_peer_scoring: bool = Field(
+        default=False,
+        description="also run the same seed with peer scoring flipped: both arms side by side in final.recall.arms",
+    )
+
+    @field_validator("compare_peer_scoring", mode="before")
+    @classmethod
+    def _on_off_compare(cls, v: Any) -> Any:
+        return SwarmConfig._on_off(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> SimConfig:
@@ -159,6 +185,11 @@ class NetConfig(SwarmConfig):
         default=None, description="keep the agents' stores and logs here (default: a temporary folder, removed)"
     )
     step_timeout_s: float = Field(default=600.0, gt=0, description="seconds a round may take before an agent is dead")
+    live_model: bool = Field(
+        default=False,
+        description="every agent hot-loads (merged) the accepted plasmids of its domain into a live base model and "
+        "unloads revoked ones, checking the weights bit for bit (torch in every agent)",
+    )
     progress: bool = Field(default=True, description="show a progress bar over rounds")
 
     def sim_config(self) -> SimConfig:
@@ -167,6 +198,11 @@ class NetConfig(SwarmConfig):
 
     def flags(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s"})
+
+    @field_validator("live_model", mode="before")
+    @classmethod
+    def _on_off_live(cls, v: Any) -> Any:
+        return SwarmConfig._on_off(v)
 
 
 def make_config(cls: type[SwarmConfig] = SimConfig, /, **fields: Any) -> Any:

@@ -59,10 +59,11 @@ class GateModel:
     tpr: float
     fpr: float
     seed: int
+    root: Path | None = None  # the template pool's folder (its swarm key signs revocations, as with the real pool)
 
     @classmethod
     def from_template(cls, template: list[PoolEntry], tpr: float, fpr: float, per_label: int, seed: int,
-                      domains: tuple[str, ...] | None = None) -> GateModel:
+                      domains: tuple[str, ...] | None = None, root: Path | None = None) -> GateModel:
         for name, rate in (("tpr", tpr), ("fpr", fpr)):
             if not 0.0 <= rate <= 1.0:
                 raise PloraError(f"gate model: {name} must be in [0, 1], got {rate}")
@@ -86,7 +87,7 @@ class GateModel:
                     sha = hashlib.sha256(f"{src.sha256}:{k}".encode()).hexdigest()
                     entries.append(replace(src, plasmid_id=f"{src.plasmid_id}-v{k}", sha256=sha, folder=None))
                     accept.append(k not in rejected)
-        return cls(entries, accept, tpr, fpr, seed)
+        return cls(entries, accept, tpr, fpr, seed, root)
 
     def verdicts(self, policy: Any) -> list[Verdict]:
         """The drawn verdicts (the policy is not applied: the model stands in for it)."""

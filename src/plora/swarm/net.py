@@ -46,10 +46,12 @@ import numpy as np
 from plora.errors import PloraError
 from plora.fsio import atomic_write_json, atomic_write_text
 from plora.swarm.config import NetConfig
+from plora.swarm.net_recall import NetRecall
 
 
-def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
-    """(pool entries, domains in play, policy or None): what Swarm Sim v2 uses for the same flags."""
+def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any, Path | None]:
+    """(pool entries, domains in play, policy or None, the pool's root folder): what Swarm Sim v2 uses for the same
+    flags."""
     from plora.swarm.pool import PlasmidPool, PoolSpec
     from plora.swarm.sim import gate_setup
 
@@ -57,11 +59,11 @@ def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
     pool, policy = gate_setup(cfg.sim_config(), pool)
     held = {e.domain for e in pool.entries}
     domains = [d for d in cfg.domains if d in held] or sorted(held)
-    return pool.entries, domains, policy
+    return pool.entries, domains, policy, pool.root
 
 
 def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
-              timeout: float) -> dict[int, dict[str, Any]]:
+              timeout: float, revocations: dict[int, list[bytes]] | None = None) -> dict[int, dict[str, Any]]:
     import grpc
 
     from plora.grpc.proto import pb2, pb2_grpc
@@ -69,8 +71,8 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
     def one(i: int) -> tuple[int, dict[str, Any] | None]:
         with grpc.insecure_channel(addresses[i]) as ch:
             try:
-                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(pb2.StepRequest(round=round_, collect=collect),
-                                                              timeout=timeout)
+                request = pb2.StepRequest(round=round_, collect=collect, revocations=(revocations or {}).get(i, []))
+                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(request, timeout=timeout)
             except grpc.RpcError:
                 return i, None
             return i, json.loads(reply.json)
@@ -95,13 +97,15 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     from plora.swarm.sim import stream_seeds
 
     t_start, started = time.perf_counter(), time.gmtime()
-    pool, domains, policy = _pool_and_policy(cfg)
+    pool, domains, policy, pool_root = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
     graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
     n_trojan = int(round(cfg.trojan_rate * cfg.agents))
     rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans
     trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
+    recall = NetRecall(cfg, pool_root, pool, policy, graph, trojan_agents)
+    recall.prepare()
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
     work.mkdir(parents=True, exist_ok=True)
     policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
@@ -114,7 +118,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     t_rounds = 0.0
     try:
         for i in range(cfg.agents):
-            procs[i] = _spawn_agent(cfg, work, i, policy_path)
+            procs[i] = _spawn_agent(cfg, work, i, policy_path, recall.flags(i, domains[i % len(domains)]))
         addresses = _wait_ready(work, procs, timeout=120.0)
         t_ready = time.perf_counter()
         neighbours = {i: [int(j) for j in graph.neighbours(i)] for i in range(cfg.agents)}
@@ -123,14 +127,16 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         alive = {i: True for i in range(cfg.agents)}
         progress = _progress(cfg)
         for r in range(1, cfg.rounds + 1):
-            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s)
+            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s, recall.issue(r, state))
             late = _step_all(addresses, alive, r, True, cfg.step_timeout_s)
             state.absorb(r, recs, late, alive)
+            recall.absorb(recs, late)
             if progress:
                 progress.advance(progress.task_ids[0])
             if on_round is not None:
                 on_round(r - 1, procs)
-            quiescent = not state.can_change(neighbours, alive)
+            quiescent = not state.can_change(neighbours, alive, recall.blocked) and not recall.can_spread(
+                neighbours, alive)
             if quiescent:
                 break
         if progress:
@@ -153,6 +159,8 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
                                         quiescent, policy_json)
+    initial = {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()}
+    recall.report(rounds, [initial] + [row["held"] for row in state.rows], final)
     meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
                        "rounds_s": round(t_rounds, 3), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
                        "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
@@ -232,13 +240,16 @@ class _State:
         self.rows.append({"round": r, "contacts": contacts, "events": events, "inventory": inventory,
                           "held": {i: dict(h) for i, h in self.held.items()}})
 
-    def can_change(self, neighbours: dict[int, list[int]], alive: dict[int, bool]) -> bool:
-        """True while a live edge can still carry a plasmid one end holds and the other neither holds nor refused."""
+    def can_change(self, neighbours: dict[int, list[int]], alive: dict[int, bool],
+                   blocked: Any = None) -> bool:
+        """True while a live edge can still carry a plasmid one end holds and the other neither holds nor refused
+        (nor knows revoked: ``blocked(i)`` gives the artifact SHA-256s agent i will never fetch)."""
         for i, nbrs in neighbours.items():
+            never = blocked(i) if blocked is not None else set()
             for j in nbrs:
                 if alive[i] and alive[j]:
                     for pid, sha in self.held[j].items():
-                        if pid not in self.held[i] and (pid, sha) not in self.refused[i]:
+                        if pid not in self.held[i] and (pid, sha) not in self.refused[i] and sha not in never:
                             return True
         return False
 
@@ -319,7 +330,8 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
     return meta, rounds, final
 
 
-def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None) -> subprocess.Popen:
+def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None,
+                 extra: list[str] | None = None) -> subprocess.Popen:
     home = work / f"a{i}"
     (home / "ready").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "plora", "agent", "--listen", "127.0.0.1:0", "--root", str(home / "store"),
@@ -328,6 +340,7 @@ def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None) -> sub
            "--max-per-contact", str(cfg.max_per_contact)]
     if policy is not None:
         cmd += ["--policy_file", str(policy)]  # with signatures on, it names the trusted keys
+    cmd += list(extra or [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     log = open(home / "agent.log", "w")  # noqa: SIM115 - the child owns it
     try:

@@ -384,6 +384,7 @@ def policy_key(policy: Any) -> str:
     from plora.models import base_digest
 
     body = policy.effective().model_dump(mode="json")
+    body.pop("recall", None)  # who may revoke and how peers are scored never change what the gate decides
     body["_base_digest"] = body.get("base_digest") or base_digest(policy.base_model)
     files = [Path(k) for k in policy.trusted_keys]
     files = [c for f in files for c in (sorted(f.iterdir()) if f.is_dir() else [f])]

@@ -74,6 +74,24 @@ class Meta(_Model):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class RoundRecall(_Model):
+    """Per round, with a revocation (``--revoke_at``) or peer scoring in play; shares are of honest agents."""
+
+    trojan_holders: int = Field(ge=0, description="honest agents holding any trojan")
+    holding: float | None = Field(default=None, ge=0, le=1, description="share holding a revoked (target) plasmid")
+    injecting: float | None = Field(default=None, ge=0, le=1, description="share injecting it: one of their domain")
+    revocation: float | None = Field(default=None, ge=0, le=1, description="share holding every revocation issued")
+    holders: int | None = Field(default=None, ge=0)
+    injectors: int | None = Field(default=None, ge=0)
+    informed: int | None = Field(default=None, ge=0)
+    holders_reachable: int | None = Field(
+        default=None, ge=0, description="holders the revocation can reach (purge is complete at 0)"
+    )
+    purged: int = Field(default=0, ge=0, description="(agent, plasmid) pairs removed by a revocation this round")
+    graylisted: int = Field(default=0, ge=0, description="contact sides skipped: the receiver graylisted the sender")
+    revocation_bytes: int = Field(default=0, ge=0, description="signed revocation envelopes transferred")
+
+
 class RoundStats(_Model):
     round: int = Field(ge=0, description="0 is the initial state")
     coverage: dict[str, float] = Field(description="per domain: share of honest agents holding a clean plasmid")
@@ -86,6 +104,7 @@ class RoundStats(_Model):
     accepted: int = Field(ge=0)
     rejected: int = Field(ge=0)
     bytes: int = Field(ge=0)
+    recall: RoundRecall | None = None
 
 
 class GateTotals(_Model):
@@ -113,6 +132,9 @@ class Final(_Model):
     trojan_prevalence: float = Field(ge=0, le=1)
     gate: GateTotals
     theory: dict[str, Any] | None = Field(default=None, description="predicted rounds beside the observed ones")
+    recall: dict[str, Any] | None = Field(
+        default=None, description="revocation and peer-scoring outcome (plora.swarm.revoke.recall_final)"
+    )
 
 
 class Report(_Model):
@@ -163,6 +185,8 @@ def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str], ste
     stem = stem or report_stem(report)
     png = folder / f"{stem}.png"
     atomic_write_bytes(png, coverage_png(report))
+    if (report["final"].get("recall") or {}).get("revoke_at") is not None:
+        atomic_write_bytes(folder / f"{stem}-recall.png", recall_png(report))
     return atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")
 
 
@@ -187,6 +211,47 @@ def coverage_png(report: dict[str, Any]) -> bytes:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def recall_png(report: dict[str, Any]) -> bytes:
+    """The two competing epidemics: the share of honest agents holding (solid) and injecting (dotted) the revoked
+    trojan, and the share holding its revocation, observed (lines) beside the mean-field prediction (dashed);
+    with ``--compare_peer_scoring`` the other arm's holding share too (thin)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recall = report["final"]["recall"]
+    rows = [r for r in report["rounds"] if r.get("recall")]
+    xs = [r["round"] for r in rows]
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(xs, [r["recall"]["holding"] for r in rows], color="tab:red", label="holding the trojan")
+    ax.plot(xs, [r["recall"]["injecting"] for r in rows], ":", color="tab:red", label="injecting it (own domain)")
+    ax.plot(xs, [r["recall"]["revocation"] for r in rows], color="tab:blue", label="holding the revocation")
+    curves = (recall.get("theory") or {}).get("curves") or {}
+    if curves:
+        ts = range(len(curves["holding"]))
+        ax.plot(ts, curves["holding"], "--", color="tab:red", alpha=0.6, label="holding, mean field")
+        ax.plot(ts, curves["revocation"], "--", color="tab:blue", alpha=0.6, label="revocation, mean field")
+    for name, arm in (recall.get("arms") or {}).items():
+        if arm.get("holding") and arm["holding"] != [r["recall"]["holding"] for r in rows]:
+            ax.plot(range(len(arm["holding"])), arm["holding"], color="gray", lw=0.8,
+                    label=f"holding, {name.replace('_', ' ')}")
+    ax.axvline(recall["revoke_at"], color="k", lw=0.8, alpha=0.5)
+    meta = report["meta"]
+    purge = recall.get("time_to_purge")
+    ax.set_title(f"{meta['engine']}: {meta['agents']:,} agents, revoked at round {recall['revoke_at']}, "
+                 f"purged in {purge if purge is not None else '-'} rounds", fontsize=9)
+    ax.set_xlim(0, max(xs, default=1))
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of honest agents")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()

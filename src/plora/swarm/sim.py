@@ -14,6 +14,7 @@ clean source of that domain; coverage is reported over all honest agents and ove
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -29,6 +30,7 @@ from plora.swarm.config import SimConfig
 from plora.swarm.engine import EngineInput, PoolView, bitset_dtype, run_engine
 from plora.swarm.pool import PlasmidPool, PoolSpec, Verdict, VerdictProvider
 from plora.swarm.report import build_report, report_stem, write_report
+from plora.swarm.revoke import plan_recall
 
 
 def stream_seeds(seed: int) -> tuple[int, int, int]:
@@ -89,7 +91,7 @@ def gate_model(cfg: SimConfig, template: VerdictProvider) -> VerdictProvider:
     return GateModel.from_template(
         template.entries, cfg.gate_tpr or 0.0, cfg.gate_fpr or 0.0,
         per_label=cfg.gate_plasmids or default_per_label(len(cfg.domains)), seed=gate_seed(cfg.seed),
-        domains=cfg.domains,
+        domains=cfg.domains, root=getattr(template, "root", None),
     )
 
 
@@ -192,17 +194,27 @@ def run_simulation(
         reach.append(comp_has[labels] & honest)
 
     t0 = time.perf_counter()
+    recall_setup = plan_recall(cfg, provider, view, verdicts, policy, g, held, honest, labels)
+    timings["recall_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     bar = _progress_bar(cfg) if progress and sys.stderr.isatty() else None
+    engine_input = EngineInput(
+        graph=g, pool=view, accept=np.array([[v.accepted for v in verdicts]]), holdings=held, honest=honest,
+        rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
+        progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
+        revocations=recall_setup.plan, scoring=recall_setup.scoring,
+    )
     try:
-        result = run_engine(EngineInput(
-            graph=g, pool=view, accept=np.array([[v.accepted for v in verdicts]]), holdings=held, honest=honest,
-            rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
-            progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
-        ))
+        result = run_engine(engine_input)
     finally:
         if bar:
             bar[0].stop()
     timings["engine_s"] = round(time.perf_counter() - t0, 3)
+    other = None
+    if cfg.compare_peer_scoring:  # the same seed, graph, roles and draws, peer scoring flipped
+        t0 = time.perf_counter()
+        other = run_engine(dataclasses.replace(engine_input, scoring=recall_setup.flipped, progress=None))
+        timings["engine_other_arm_s"] = round(time.perf_counter() - t0, 3)
     timings["seconds_per_round"] = [round(s, 4) for s in result.seconds_per_round]
 
     t0 = time.perf_counter()
@@ -240,6 +252,10 @@ def run_simulation(
     if hasattr(provider, "describe"):
         meta["extra"] = {"gate_model": provider.describe()}
     final = _final(result, view, verdicts, cfg.domains, predicted)
+    final["recall"] = recall_setup.final(result, other, g, cfg)
+    if result.bytes_revocation:
+        final["bytes_breakdown"]["revocation"] = result.bytes_revocation
+        final["bytes_on_wire"] += result.bytes_revocation
     report = build_report(meta, result.series, final)
     timings["report_s"] = round(time.perf_counter() - t0, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
@@ -326,9 +342,49 @@ def format_summary(report: dict[str, Any]) -> str:
         f"trojan prevalence {f['trojan_prevalence']:.3f}; bytes on wire {f['bytes_on_wire']:,}; "
         f"accepted offers {f['accepted_offers']:,}; wall {m['timings'].get('total_s', 0):.2f} s"
     )
+    lines.extend(recall_lines(f.get("recall")))
     if path is not None:
-        lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name})")
+        extra = f", {Path(path).stem}-recall.png" if (f.get("recall") or {}).get("revoke_at") else ""
+        lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name}{extra})")
     return "\n".join(lines)
+
+
+def recall_lines(recall: dict[str, Any] | None) -> list[str]:
+    """The terminal summary of ``final.recall`` (shared with ``plora swarm net``)."""
+    if not recall:
+        return []
+    lines = []
+    if recall.get("revoke_at") is not None:
+        refused = [r for r in recall["records"] if not r["verified"]]
+        theory = recall.get("theory") or {}
+        spread = recall["spread_rounds"]
+        reached = (f"trojan reached every reachable agent in {spread} rounds" if spread is not None else
+                   "revoked before the trojan reached every reachable agent")
+        purge = recall["time_to_purge"]
+        verdict = "met" if recall["within_target"] else "missed"
+        target = f" (target <= spread + 2: {verdict})" if spread and purge else ""
+        lines.append(
+            f"recall: {len(recall['records'])} revocation(s) issued at round {recall['revoke_at']} by agent "
+            f"{recall['origin']}; {reached}, {f'purged in {purge} rounds' if purge else 'not purged'}{target}; "
+            f"mean field {theory.get('spread_rounds')} / {theory.get('time_to_purge')}"
+        )
+        lines.append(
+            f"  peak prevalence {recall['peak_prevalence']:.3f} (round {recall['peak_round']}), injecting "
+            f"{recall['peak_injecting']:.3f}; exposure {recall['exposure']:,} agent-rounds (injecting "
+            f"{recall['injecting_exposure']:,}); still holding at the end {recall['holding_at_end']:,}"
+        )
+        lines += [f"  refused by every receiver: {r['plasmid']}: {'; '.join(r['reasons'])}" for r in refused]
+    scoring = recall.get("peer_scoring") or {}
+    lines.append(f"peer scoring {'on' if scoring.get('enabled') else 'off'}: {scoring.get('graylisted', 0):,} "
+                 "contact sides graylisted")
+    for name, arm in (recall.get("arms") or {}).items():
+        lines.append(
+            f"  {name.replace('_', ' ')}: bytes {arm['bytes_on_wire']:,}, trojan exposure {arm['trojan_exposure']:,}"
+            + (f", revoked-trojan exposure {arm['exposure']:,}, purged in {arm['time_to_purge']}"
+               if "exposure" in arm else "")
+            + f", graylisted {arm['graylisted']:,}"
+        )
+    return lines
 
 
 def _after_coverage(report: dict[str, Any]) -> list[str]:

@@ -59,6 +59,21 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
         "false_positives": g.false_positives,
         "detection_rate": _rate(g.rejected_trojan, g.rejected_trojan + g.accepted_trojan),
         "false_positive_rate": _rate(g.rejected_clean, g.rejected_clean + g.accepted_clean),
+        **_recall_columns(f.recall),
+    }
+
+
+def _recall_columns(recall: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's recall outcome (``--revoke_at``, peer scoring): None where it had none."""
+    recall = recall or {}
+    scoring = recall.get("peer_scoring") or {}
+    return {
+        "revoke_at": recall.get("revoke_at"),
+        "time_to_purge": recall.get("time_to_purge"),
+        "spread_rounds": recall.get("spread_rounds"),
+        "peak_prevalence": recall.get("peak_prevalence"),
+        "exposure": recall.get("exposure"),
+        "peer_scoring": scoring.get("enabled"),
     }
 
 
