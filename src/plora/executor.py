@@ -17,8 +17,8 @@ What every backend guarantees, so a caller never depends on which one ran:
 - the result list is in the order of ``items``, whatever order tasks finished in; a task is a pure function of its
   item (seeds travel in the item), so the same items give the same results on every backend;
 - ``init(*init_args)`` runs once per worker process before its first task (load a base model once, not per task);
-  workers run ``threads`` threads (OMP/MKL/OpenBLAS and torch), one by default: several one-thread workers share a
-  small machine better than threads do;
+- tasks run on ``threads`` threads (OMP/MKL/OpenBLAS and torch), one by default, inline too (restored after): float
+  results are only guaranteed equal on equal thread counts, and one-thread workers share a small machine best;
 - a task that raises (or whose worker dies) is run once more; a second failure is reported, never dropped:
   ``on_failure(index, TaskFailure)`` when given, else :class:`TaskError` after every other task has finished;
 - ``on_result(index, result)`` runs in the calling process as each task finishes, so callers keep partial results
@@ -31,10 +31,11 @@ CPUs); every node must have plora installed (same version) and the files the tas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -181,9 +182,39 @@ Done = Callable[[int, bool, Any], None]
 
 # ------------------------------------------------------------------------------------------------ backends
 def _run_inline(fn: Callable[[Any], Any], items: list[Any], cfg: ExecutorConfig, init: _Init, done: Done) -> None:
-    """In this process: the caller's thread settings stay as they are; the initialiser runs once."""
-    if init.fn is not None:
-        init.fn(*init.args)
+    """In this process, with the workers' thread cap (restored afterwards), so a task gives what it gives in a
+    worker; the initialiser runs once."""
+    with _thread_cap(init.threads):
+        if init.fn is not None:
+            init.fn(*init.args)
+        _inline_loop(fn, items, done)
+
+
+@contextlib.contextmanager
+def _thread_cap(threads: int) -> Iterator[None]:
+    """``threads`` threads for torch and the BLAS libraries while the block runs. A parallel kernel may split its sums
+    by thread, so float results are only guaranteed equal on equal thread counts: every backend runs tasks on the same
+    count (plora's training already pins one). A torch first imported inside the block keeps the cap."""
+    saved = {var: os.environ.get(var) for var in _THREAD_VARS}
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    for var in _THREAD_VARS:
+        os.environ[var] = str(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
+
+
+def _inline_loop(fn: Callable[[Any], Any], items: list[Any], done: Done) -> None:
     for i, item in enumerate(items):
         for attempt in range(1, ATTEMPTS + 1):
             try:

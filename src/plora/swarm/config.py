@@ -191,13 +191,22 @@ class NetConfig(SwarmConfig):
         "unloads revoked ones, checking the weights bit for bit (torch in every agent)",
     )
     progress: bool = Field(default=True, description="show a progress bar over rounds")
+    ray: bool = Field(
+        default=False, description="run the agents as Ray actors across the cluster's nodes (each a plora agent "
+        "listening on its node's address) and drive the rounds through Ray"
+    )
+    ray_address: str | None = Field(
+        default=None, description="with --ray: auto (the cluster started here with `ray start --head`) or "
+        "HOST:PORT; default RAY_ADDRESS, else a private Ray on this machine"
+    )
 
     def sim_config(self) -> SimConfig:
         """The Swarm Sim v2 config with the same shared flags: same overlay, roles and policy."""
         return make_config(**self.model_dump(include=set(SwarmConfig.model_fields)))
 
     def flags(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s"})
+        return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s", "ray",
+                                                     "ray_address"})
 
     @field_validator("live_model", mode="before")
     @classmethod
