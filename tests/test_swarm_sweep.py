@@ -1,7 +1,8 @@
 """`plora swarm sweep`: the grid, the gate model, rows and resume, phase diagrams, and the same rows on every backend.
 
 The pool is the suite's trained clean and trojan legal plasmids (``--pool_dir``); runs use the gate model (verdicts
-drawn from a TPR/FPR) and the real gate's verdicts on the real plasmids. One local Ray (2 CPUs) serves this module.
+drawn from a TPR/FPR) and the real gate's verdicts on the real plasmids. The Ray test uses the suite's one local Ray
+(``local_ray`` in fixtures_ray.py).
 """
 
 from __future__ import annotations
@@ -108,27 +109,6 @@ def test_sweep_cli_writes_rows_resumes_and_draws_phase_diagrams(pool_dir: Path, 
     again = run_sweep(small_grid(pool_dir, out), progress=False)
     assert (again.ran, again.reused) == (2, 10)
     assert by_key(again.rows) == by_key(rows)  # the redone runs gave the same rows
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory):
-    """One local Ray for the module, as the issue asks: 2 CPUs, no dashboard, its own temp folder, offline."""
-    ray = pytest.importorskip("ray")
-    saved = {k: os.environ.get(k) for k in ("PLORA_HOME", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
-    # Ray's workers take the environment at start: the suite's PLORA_HOME (conftest) must be theirs too
-    os.environ["PLORA_HOME"] = str(tmp_path_factory.getbasetemp() / "plora-home")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    temp = Path("/tmp") / f"plora-ray-test-{os.getpid()}"  # short: Ray's socket paths must fit 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), logging_level="WARNING", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_same_rows_inline_on_processes_and_on_ray(local_ray, pool_dir: Path, tmp_path: Path) -> None:

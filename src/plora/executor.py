@@ -331,6 +331,7 @@ def connect_ray(cfg: ExecutorConfig) -> Any:
     if address == "local":
         start_local_ray(cfg.jobs)
         return ray
+    _check_reachable(address)
     t0 = time.perf_counter()
     try:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -341,6 +342,23 @@ def connect_ray(cfg: ExecutorConfig) -> Any:
         ) from None
     _LOCAL_RAY["connect_s"] = time.perf_counter() - t0
     return ray
+
+
+def _check_reachable(address: str | None) -> None:
+    """Ray retries an unreachable HOST:PORT for minutes: say at once when nothing listens there."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except ValueError:
+        raise PloraError(f"--ray-address {address!r}: expected auto, local or HOST:PORT") from None
+    except OSError as err:
+        raise PloraError(f"no Ray cluster answers at {address} ({err.strerror or type(err).__name__}); start one "
+                         "with `ray start --head` there, or pass --ray-address local") from None
 
 
 def start_local_ray(cpus: int) -> float:

@@ -101,11 +101,6 @@ class AgentHost:
 
             clean_stale_stages(self.home)
 
-    def kill_agent(self) -> None:
-        """Kill the agent process (SIGKILL), as a crash would: for tests of a dead agent."""
-        self.proc.kill()
-        self.proc.wait()
-
 
 def _materialise(folder: Path, files: FileTree) -> dict[str, str]:
     """Write the shipped files this node lacks (or holds different bytes for); return original -> local path."""

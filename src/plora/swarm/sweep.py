@@ -325,6 +325,10 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
     t0 = time.perf_counter()
     out = check_report_dir(sweep.out, flag="--out")
     runs = plan_runs(sweep)
+    if backend_of(executor) == "ray":
+        from plora.executor import connect_ray
+
+        connect_ray(executor)  # before the pool: a wrong address must not cost a pool build
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / ROWS
     existing = read_rows(rows_path)
