@@ -21,11 +21,12 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     saved = {k: os.environ.get(k) for k in keys}
     # Ray's workers take the environment at start: the suite's PLORA_HOME (conftest) must be theirs too
     os.environ["PLORA_HOME"] = str(tmp_path_factory.getbasetemp() / "plora-home")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # offline: no token service
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # loopback only, and no token written to ~/.ray by a test
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["HF_HUB_OFFLINE"] = "1"
     temp = Path("/tmp") / f"plora-ray-test-{os.getpid()}"  # short: Ray's socket paths must fit 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), logging_level="WARNING", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), _node_ip_address="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -318,8 +318,8 @@ _LOCAL_RAY: dict[str, Any] = {}
 
 def connect_ray(cfg: ExecutorConfig) -> Any:
     """``import ray`` and connect once per process: an already initialised Ray is used as it is (a test or a notebook
-    may have started one); ``local`` starts a private Ray with ``cfg.jobs`` CPUs and its own temporary folder,
-    stopped and removed when this process exits."""
+    may have started one); ``local`` starts a private Ray with ``cfg.jobs`` CPUs, on the loopback address, with its
+    own temporary folder, stopped and removed when this process exits."""
     address = ray_address_in_force(cfg)
     try:
         import ray
@@ -369,11 +369,12 @@ def start_local_ray(cpus: int) -> float:
 
     import ray
 
-    # Ray's own auth token setup needs a reachable config service; a private local Ray listens on this host only
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     temp = tempfile.mkdtemp(prefix="plora-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level="WARNING", log_to_driver=False)
+    # loopback only: a private Ray is no service for other machines. Ray's token authentication stays as the
+    # environment says (RAY_AUTH_MODE; by default Ray keeps a token in ~/.ray/auth_token, which works offline)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, _node_ip_address="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
     _LOCAL_RAY.update(temp=temp, start_s=time.perf_counter() - t0)
 
     def stop() -> None:
