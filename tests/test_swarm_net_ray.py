@@ -39,7 +39,7 @@ def test_ray_actors_give_the_process_drivers_coverage_and_gate_totals(local_ray,
     extra = onray["meta"]["extra"]
     assert extra["driver"] == "ray" and procs["meta"]["extra"]["driver"] == "processes"
     assert extra["agents_died"] == {} and rounds_seen == [(r, 6) for r in range(onray["final"]["rounds_run"])]
-    node = local_ray.util.get_node_ip_address()
+    node = local_ray.nodes()[0]["NodeManagerAddress"]
     assert set(extra["nodes"].values()) == {node}  # each agent listens on, and advertises, its node's address
     assert all(a.startswith(f"{node}:") for a in onray["meta"]["timings"]["addresses"].values())
     assert Path(onray["meta"]["timings"]["report_path"]).with_suffix(".png").is_file()

@@ -318,9 +318,11 @@ _LOCAL_RAY: dict[str, Any] = {}
 
 def connect_ray(cfg: ExecutorConfig) -> Any:
     """``import ray`` and connect once per process: an already initialised Ray is used as it is (a test or a notebook
-    may have started one); ``local`` starts a private Ray with ``cfg.jobs`` CPUs, on the loopback address, with its
-    own temporary folder, stopped and removed when this process exits."""
+    may have started one); ``local`` starts a private Ray with ``cfg.jobs`` CPUs and its own temporary folder and
+    token, stopped and removed when this process exits."""
     address = ray_address_in_force(cfg)
+    if address == "local" and "ray" not in sys.modules:
+        _private_token()  # before `import ray`: Ray reads its auth settings once, at import
     try:
         import ray
     except ImportError:
@@ -361,20 +363,29 @@ def _check_reachable(address: str | None) -> None:
                          "with `ray start --head` there, or pass --ray-address local") from None
 
 
+def _private_token() -> None:
+    """A private Ray listens on the machine's address, not loopback: keep Ray's token authentication on, with a
+    token in this process's environment (its workers inherit it) rather than one written to ~/.ray. Unless the
+    environment already says how to authenticate."""
+    import secrets
+
+    if not any(os.environ.get(v) for v in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+
 def start_local_ray(cpus: int) -> float:
     """Start a one-machine Ray in this process with ``cpus`` CPUs; returns the seconds it took."""
     import atexit
     import shutil
     import tempfile
 
+    if "ray" not in sys.modules:
+        _private_token()
     import ray
 
     temp = tempfile.mkdtemp(prefix="plora-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     t0 = time.perf_counter()
-    # loopback only: a private Ray is no service for other machines. Ray's token authentication stays as the
-    # environment says (RAY_AUTH_MODE; by default Ray keeps a token in ~/.ray/auth_token, which works offline)
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, _node_ip_address="127.0.0.1",
-             logging_level="WARNING", log_to_driver=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level="ERROR", log_to_driver=False)
     _LOCAL_RAY.update(temp=temp, start_s=time.perf_counter() - t0)
 
     def stop() -> None:

@@ -10,9 +10,9 @@ Each agent is one :class:`AgentHost` actor, spread over the cluster's nodes (Ray
 an agent mostly waits on the network). On its node the actor writes the agent's store (the seeded plasmid's files,
 sent by the coordinator through Ray), the policy and the key files it names (only where the node lacks them: on one
 machine the agents use the coordinator's own files, so verdicts cached by the sim are reused), then starts the very
-command the process driver starts, ``plora agent --coordinated``, listening on the node's address
-(``ray.util.get_node_ip_address()``, port picked by the OS), and returns that address. The coordinator gives each
-agent its neighbours' addresses and runs the rounds exactly as the process driver does
+command the process driver starts, ``plora agent --coordinated``, listening on the address its node is registered
+at in the cluster (port picked by the OS), and returns that address. The coordinator gives each agent its
+neighbours' addresses and runs the rounds exactly as the process driver does
 (:func:`plora.swarm.net._run_rounds`): Step(r) on every agent at once, relayed by its actor over gRPC to the agent on
 the same node, a barrier on Ray's futures, then Step(collect). No wall-clock start time is needed. An agent whose
 actor or process dies is reported and the others carry on. The report is the process driver's
@@ -56,7 +56,7 @@ class AgentHost:
         from plora.swarm.net import _spawn_agent, _wait_ready
 
         cfg = NetConfig(**cfg_json)
-        node = ray.util.get_node_ip_address()
+        node = _node_address()
         self.keep = cfg.work_dir is not None
         self.work = Path(cfg.work_dir) if self.keep else Path(tempfile.mkdtemp(prefix="plora-ray-agent-"))
         self.i, self.home = i, self.work / f"a{i}"
@@ -100,6 +100,12 @@ class AgentHost:
             from plora.grpc.client import clean_stale_stages
 
             clean_stale_stages(self.home)
+
+
+def _node_address() -> str:
+    """The address this node is registered at in the cluster: what the other nodes reach it at."""
+    here = ray.get_runtime_context().get_node_id()
+    return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == here)
 
 
 def _materialise(folder: Path, files: FileTree) -> dict[str, str]:
