@@ -1,6 +1,6 @@
 """The executor seam's overhead: the same `plora swarm sweep` grid on the local process pool and on a local Ray.
 
-    python bench/sweep_backends.py                          # 60 runs at N = 1e5 (5 trojan rates x 4 TPRs x 3 seeds)
+    python bench/sweep_backends.py                        # 100 runs at N = 1e5 (5 trojan rates x 4 TPRs x 5 seeds)
     python bench/sweep_backends.py --agents 100000 --jobs 2 --out results/bench_sweep_backends.json
 
 One process, three passes over the same grid, each into a fresh folder (nothing reused): process pool, Ray, process
@@ -28,9 +28,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", default="100000")
     ap.add_argument("--graph_p", default="0.0001", help="ER edge probability (1e-4 at N = 1e5: mean degree 10)")
-    ap.add_argument("--trojan_rate", default="0,0.1,0.2,0.3,0.4")
-    ap.add_argument("--gate_tpr", default="0.5,0.75,0.9,1")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--trojan_rate", default="0,0.00001,0.0001,0.001,0.01")
+    ap.add_argument("--gate_tpr", default="0.5,0.75,0.875,1")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, and Ray's CPUs")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args()

@@ -18,6 +18,7 @@ import pytest
 
 from plora.errors import PloraError
 from plora.executor import ExecutorConfig
+from plora.swarm.config import SimConfig, make_config
 from plora.swarm.gate_model import GateModel, rates_from_report
 from plora.swarm.pool import PoolEntry
 from plora.swarm.sweep import SweepConfig, make_sweep, plan_runs, read_rows, run_sweep
@@ -70,6 +71,10 @@ def test_gate_model_rejects_exact_seeded_shares_and_reads_gate_eval(tmp_path: Pa
     assert m.accept == GateModel.from_template(template, tpr=0.75, fpr=0.25, per_label=8, seed=5).accept
     with pytest.raises(PloraError, match="more than 64"):
         GateModel.from_template(template, tpr=0.5, fpr=0.0, per_label=33, seed=0)
+    with pytest.raises(PloraError, match="give --gate_tpr too"):
+        make_config(SimConfig, gate_fpr=0.1)
+    with pytest.raises(PloraError, match="needs --security on"):
+        make_config(SimConfig, gate_tpr=0.9, security="off")
     report = tmp_path / "gate_eval.json"
     report.write_text(json.dumps({"held_out": {"overall": {"tpr": 0.8, "fpr": 0.05}}}))
     assert rates_from_report(report) == (0.8, 0.05)

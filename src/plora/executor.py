@@ -3,8 +3,8 @@
     >>> from plora.executor import ExecutorConfig, run_tasks
     >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=1), progress=False)
     [1, 2, 3]
-    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=2), progress=False)          # doctest: +SKIP  (2 processes)
-    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(ray_address="auto"))              # doctest: +SKIP  (a Ray cluster)
+    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=2), progress=False)       # 2 processes  # doctest: +SKIP
+    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(ray_address="auto"))           # a Ray cluster  # doctest: +SKIP
 
 Backends (:func:`backend_of`): ``inline`` (``jobs`` 1, no Ray: the tasks run in this process, one after another),
 ``processes`` (``jobs`` > 1: that many spawned worker processes on this machine) and ``ray`` (``ray_address`` or the

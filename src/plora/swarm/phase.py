@@ -1,8 +1,9 @@
 """Phase diagrams of a swarm sweep: final trojan prevalence and rounds to full coverage over trojan rate x detection.
 
-    >>> from plora.swarm.phase import phase_groups
+    >>> from pathlib import Path
+    >>> from plora.swarm.phase import phase_groups, write_phase_diagrams
     >>> from plora.swarm.sweep import read_rows
-    >>> groups = phase_groups(read_rows(Path("results/sweep/sweep.jsonl")))       # doctest: +SKIP
+    >>> rows = read_rows(Path("results/sweep/sweep.jsonl"))                        # doctest: +SKIP
     >>> write_phase_diagrams(rows, Path("results/sweep"))                          # doctest: +SKIP
     [PosixPath('results/sweep/phase.png')]
 

@@ -1,6 +1,7 @@
 """`plora swarm sweep`: a grid of Swarm Sim v2 runs through the executor seam, one JSONL row per run, phase diagrams.
 
-    >>> from plora.swarm.sweep import SweepConfig, plan_runs
+    >>> from plora.executor import ExecutorConfig
+    >>> from plora.swarm.sweep import SweepConfig, plan_runs, run_sweep
     >>> sweep = SweepConfig(agents=(1000,), graph_p=(0.01,), trojan_rate=(0.1, 0.3), gate_tpr=(0.5, 0.9), seeds=(1, 2))
     >>> len(plan_runs(sweep))                       # 2 trojan rates x 2 detection rates x 2 seeds
     8
