@@ -7,11 +7,13 @@
     >>> write_phase_diagrams(rows, Path("results/sweep"))                          # doctest: +SKIP
     [PosixPath('results/sweep/phase.png')]
 
-Rows are grouped by every flag except ``seed``, ``trojan_rate`` and ``gate_tpr`` (one PNG per group: ``phase.png``
-for a single group, else ``phase-1.png``, ...). In a group, x is the trojan rate, y the REALISED detection rate
-(share of the trojan plasmids in play that the gate rejects: the gate model's drawn rate, or the real gate's), and
-each cell is the mean over the seeds (and any run sharing its x and y). Rounds to full coverage is the last domain's
-round; a run that never reached full coverage is left out of that mean and counted in the cell's label.
+Rows are grouped by every flag except the seed, the trojan rate and the gate's knobs (``gate_tpr``, ``gate_fpr``,
+the ``tau_*`` thresholds), and by real gate vs gate model: one PNG per group (``phase.png`` for a single group, else
+``phase-1.png``, ...; a group of one cell gets none). In a group, x is the trojan rate, y the REALISED detection rate
+(share of the pool's trojans that the gate rejects: the gate model's drawn rate, or the real gate's under the run's
+thresholds), with the realised false-positive rate beside it where that varies, and each cell is the mean over the
+runs that share it (the seeds). Rounds to full coverage is the last domain's round; a run that never reached full
+coverage is left out of that mean and counted in the cell's label.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from typing import Any
 
 import numpy as np
 
-AXES = ("seed", "trojan_rate", "gate_tpr")
+# what the axes show (trojan rate; the gate's realised rates) or average over (seed): never a group of its own
+AXES = ("seed", "trojan_rate", "gate_tpr", "gate_fpr", "tau_trigger", "tau_norm_z", "tau_clean_delta")
 
 
 def phase_groups(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """[(the flags a group shares and other groups do not, its rows)], in first-seen order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        key = json.dumps({k: v for k, v in row["config"].items() if k not in AXES}, sort_keys=True)
+        shared = {k: v for k, v in row["config"].items() if k not in AXES}
+        key = json.dumps({**shared, "gate model": row["gate"]["model"]}, sort_keys=True)
         groups.setdefault(key, []).append(row)
     shared = [json.loads(k) for k in groups]
     varying = {k for s in shared for k in s if len({json.dumps(t.get(k)) for t in shared}) > 1}
@@ -42,16 +46,21 @@ def _full_round(row: dict[str, Any]) -> int | None:
     return None if not rounds or None in rounds else max(rounds)
 
 
-def _grid(rows: list[dict[str, Any]]) -> tuple[list[float], list[float], np.ndarray, np.ndarray, np.ndarray]:
+def _gate_rates(row: dict[str, Any]) -> tuple[float, float]:
+    gate = row["gate"]
+    return round(gate["detection_rate"] or 0.0, 4), round(gate["false_positive_rate"] or 0.0, 4)
+
+
+def _grid(rows: list[dict[str, Any]]) -> tuple[list[float], list[tuple[float, float]], np.ndarray, np.ndarray,
+                                               np.ndarray]:
     xs = sorted({r["config"]["trojan_rate"] for r in rows})
-    ys = sorted({round(r["gate"]["detection_rate"] or 0.0, 4) for r in rows})
+    ys = sorted({_gate_rates(r) for r in rows})
     prev = np.full((len(ys), len(xs)), np.nan)
     full = np.full((len(ys), len(xs)), np.nan)
     never = np.zeros((len(ys), len(xs)), dtype=int)
     cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in rows:
-        y = ys.index(round(r["gate"]["detection_rate"] or 0.0, 4))
-        cells.setdefault((y, xs.index(r["config"]["trojan_rate"])), []).append(r)
+        cells.setdefault((ys.index(_gate_rates(r)), xs.index(r["config"]["trojan_rate"])), []).append(r)
     for (y, x), rs in cells.items():
         prev[y, x] = float(np.mean([r["final"]["trojan_prevalence"] for r in rs]))
         reached = [f for r in rs if (f := _full_round(r)) is not None]
@@ -73,7 +82,8 @@ def plot_phase(rows: list[dict[str, Any]], title: str) -> bytes:
     for ax, (data, label, cmap, (lo, hi)) in zip(axes, panels, strict=True):
         im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
         ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
-        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+        with_fpr = any(fpr for _, fpr in ys)  # the false-positive rate joins the label only where it varies
+        ax.set_yticks(range(len(ys)), [f"{d:g}" + (f" (FPR {f:g})" if with_fpr else "") for d, f in ys])
         ax.set(xlabel="trojan rate (share of agents starting with a trojan)",
                ylabel="detection rate (trojans the gate rejects)", title=label)
         fig.colorbar(im, ax=ax, shrink=0.85)
@@ -95,7 +105,8 @@ def write_phase_diagrams(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """One PNG per group of rows (see the module), written atomically; [] without rows."""
     from plora.fsio import atomic_write_bytes
 
-    groups = phase_groups(rows)
+    groups = [(d, rs) for d, rs in phase_groups(rows)  # one cell is no diagram
+              if len({r["config"]["trojan_rate"] for r in rs}) > 1 or len({_gate_rates(r) for r in rs}) > 1]
     paths = []
     for i, (differs, rs) in enumerate(groups, start=1):
         first = rs[0]
@@ -105,7 +116,9 @@ def write_phase_diagrams(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 else "the real gate's verdicts" if c["security"] else "no gate")
         title = (f"swarm sweep: {c['agents']:,} agents, {first['graph']['kind']} overlay, {gate}, "
                  f"{len(rs)} runs, seeds {','.join(map(str, seeds))}")
-        shown = {k: v for k, v in differs.items() if k not in {"gate_fpr", "gate_plasmids", "agents", "graph"}}
+        own = {"er": {"graph_p"}, "ws": {"ws_k", "ws_beta"}, "ba": {"ba_m"}}[c["graph"]]
+        others = {"graph_p", "ws_k", "ws_beta", "ba_m"} - own  # parameters of the other overlays: not this one's
+        shown = {k: v for k, v in differs.items() if k not in {"gate_plasmids", "agents", "graph"} | others}
         if shown:
             title += "\n" + ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
         path = out / ("phase.png" if len(groups) == 1 else f"phase-{i}.png")

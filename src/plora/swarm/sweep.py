@@ -294,7 +294,7 @@ class _RowWriter:
 def prepare_pool(sweep: SweepConfig, runs: list[SimConfig], executor: ExecutorConfig, progress: bool) -> Any:
     """The pool every run uses (trained through the executor on a cold cache), with the real gate's verdicts
     computed here once per distinct policy, so the runs only read them from the cache."""
-    from plora.swarm.pool import PlasmidPool, PoolSpec
+    from plora.swarm.pool import PlasmidPool, PoolSpec, policy_key
     from plora.swarm.sim import gate_setup
 
     if sweep.pool_dir:
@@ -306,11 +306,12 @@ def prepare_pool(sweep: SweepConfig, runs: list[SimConfig], executor: ExecutorCo
         if cfg.gate_tpr is not None or not cfg.security:
             continue
         provider, policy = gate_setup(cfg, pool)
-        from plora.swarm.pool import policy_key
-
         key = policy_key(policy)
         if key not in seen:
             seen.add(key)
+            if progress:
+                print(f"sweep: the real gate's verdicts on {len(provider.entries)} plasmids under policy {key[:8]} "
+                      "(screened once, then read from the cache)", file=sys.stderr, flush=True)
             provider.verdicts(policy)
     return pool
 
