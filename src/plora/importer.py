@@ -1,9 +1,13 @@
 """Bring your own adapter: wrap a plain PEFT LoRA folder (no plora.yml) into a plasmid.
 
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from plora.models import load_base
     >>> from plora.importer import import_peft
-    >>> done = import_peft("peft-out/", "out/mine", base_model="plora-tiny", domain="legal")   # doctest: +SKIP
-    >>> done.manifest.lora.r, done.manifest.lora.targets, done.manifest.base_model.digest[:12]  # doctest: +SKIP
-    (4, ('c_attn',), '9b1c...')
+    >>> peft_model = get_peft_model(load_base("plora-tiny").model, LoraConfig(r=4, target_modules=["c_attn"]))
+    >>> peft_model.save_pretrained("peft-out")              # a plain PEFT adapter folder
+    >>> done = import_peft("peft-out/", "out/mine", base_model="plora-tiny", domain="legal")
+    >>> done.manifest.lora.r, done.manifest.lora.targets
+    (4, ('c_attn',))
 
     $ plora import peft-out/ --out out/mine --domain legal && plora sign out/mine --key keys/alice
 

@@ -2,9 +2,11 @@
 
     >>> from plora.grpc.server import serve
     >>> from plora.grpc.client import fetch, signature_check
-    >>> server = serve("out/", port=0)                                                     # doctest: +SKIP
-    >>> fetch(server.address, "legal", "received/", checks=[signature_check(["keys/"])])   # doctest: +SKIP
-    FetchResult(id='legal', accepted=True, ...)
+    >>> server = serve("out/", port=0)                      # port 0: the OS picks a free one
+    >>> r = fetch(server.address, "legal", "received/", checks=[signature_check(["keys/"])])
+    >>> r.accepted, r.path, r.reasons
+    (True, PosixPath('received/legal'), [])
+    >>> server.stop()
 
 | module | what |
 |---|---|

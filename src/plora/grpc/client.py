@@ -1,11 +1,17 @@
 """The fetch client: stream a plasmid into a staging folder, hash while receiving, check, then move it into place.
 
-    >>> from plora.grpc.client import fetch, get_inventory
-    >>> [e.id for e in get_inventory("localhost:50051")]                       # doctest: +SKIP
-    ['legal']
-    >>> r = fetch("localhost:50051", "legal", "received/", checks=[...])      # doctest: +SKIP
-    >>> r.accepted, r.path, r.reasons                                          # doctest: +SKIP
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import fetch, get_inventory, signature_check
+    >>> server = serve("out/", port=0)
+    >>> sorted(e.id for e in get_inventory(server.address))
+    ['legal', 'medical']
+    >>> r = fetch(server.address, "legal", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.path, r.reasons
     (True, PosixPath('received/legal'), [])
+    >>> r = fetch(server.address, "medical", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.reasons                           # unsigned: refused, and nothing left in received/
+    (False, ['SIGNATURE_MISSING: ...'])
+    >>> server.stop()
 
 The artifact goes to a hidden staging folder in the destination's PARENT (``.plora-fetch-<pid>-*``), so nothing
 under the destination is ever partial: a chunk receiver feeds a bounded queue that a second thread hashes and writes

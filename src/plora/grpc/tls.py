@@ -1,9 +1,15 @@
 """Optional TLS and mutual TLS for offer servers and fetch clients, and a throwaway PKI for tests and demos.
 
     >>> from plora.grpc.tls import make_test_pki, ServerTLS, ClientTLS
-    >>> pki = make_test_pki("certs/")                                   # doctest: +SKIP
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import get_inventory
+    >>> pki = make_test_pki("certs/")
     >>> server_tls = ServerTLS(cert=pki["server_cert"], key=pki["server_key"], client_ca=pki["ca_cert"])  # mTLS
     >>> client_tls = ClientTLS(ca=pki["ca_cert"], cert=pki["client_cert"], key=pki["client_key"])
+    >>> server = serve("out/", port=0, host="localhost", tls=server_tls)
+    >>> sorted(e.id for e in get_inventory(server.address, tls=client_tls))
+    ['legal', 'medical']
+    >>> server.stop()
 
 ``python -m plora.grpc.tls certs/`` writes ca.pem, server.pem/server.key (SAN localhost, 127.0.0.1) and
 client.pem/client.key, all ECDSA P-256 signed by the CA (the README shows the same with ``openssl``).

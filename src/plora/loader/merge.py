@@ -1,9 +1,11 @@
 """Weighted merging of plasmids into a new plasmid, with the results of PEFT's ``add_weighted_adapter``.
 
     >>> from plora.loader import merge_plasmids
-    >>> m = merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")    # doctest: +SKIP
-    >>> m.merge.method, [(s.plasmid_id, s.weight) for s in m.merge.sources]               # doctest: +SKIP
+    >>> m = merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")
+    >>> m.merge.method, [(s.plasmid_id, s.weight) for s in m.merge.sources]
     ('linear', [('legal', 0.6), ('medical', 0.4)])
+    >>> merge_plasmids(["out/legal", "out/medical"], [1, 1], method="ties", density=0.5, out="out/m2").lora.r
+    4
 
 Methods (as in PEFT 0.21 ``LoraModel.add_weighted_adapter``, whose results this module reproduces without needing the
 base model; tests compare the merged deltas with PEFT's):

@@ -1,8 +1,10 @@
 """Read a plasmid (or a plain PEFT adapter folder) into torch LoRA factors, once, for injection.
 
     >>> from plora.loader.source import read_adapter
-    >>> src = read_adapter("out/legal")                         # doctest: +SKIP
-    >>> a, b, scale = src.modules["transformer.h.0.attn.c_attn"]  # A (r, in), B (out, r), alpha/r
+    >>> src = read_adapter("out/legal")
+    >>> a, b, scale = src.modules["transformer.h.0.attn.c_attn"]   # A (r, in), B (out, r), alpha/r
+    >>> tuple(a.shape), tuple(b.shape), scale
+    ((4, 128), (384, 4), 2.0)
 
 Three inputs are accepted: a :class:`plora.plasmid.Plasmid` already in memory, a plasmid folder (``plora.yml`` +
 ``adapter_config.json`` + ``adapter_model.safetensors``), or a *raw PEFT folder* saved by plain PEFT (no

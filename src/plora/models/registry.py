@@ -1,8 +1,9 @@
 """Resolve and load base models: ``plora-tiny``, ``smollm2-135m``, a local folder or a hub id.
 
     >>> from plora.models import load_base, base_digest, target_modules
-    >>> base = load_base()                       # --base-model / PLORA_BASE_MODEL / plora-tiny   # doctest: +SKIP
-    >>> base.model, base.tokenizer, base.digest  # doctest: +SKIP
+    >>> base = load_base()                        # --base-model / PLORA_BASE_MODEL / plora-tiny
+    >>> base.name, base.digest == base_digest("plora-tiny")
+    ('plora-tiny', True)
     >>> target_modules("plora-tiny", "attention")
     ['attn.c_attn', 'attn.c_proj']
 

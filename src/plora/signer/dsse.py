@@ -1,10 +1,14 @@
 """DSSE envelopes for any signed plora record, and K-of-N quorum verification over them.
 
     >>> from plora.signer.dsse import payload_type, sign_envelope, verify_envelope
-    >>> kind = payload_type("plasmid", 1)                   # 'application/vnd.plora.plasmid.v1+json'
-    >>> env = sign_envelope(kind, b'{"a":1}', alice_key)    # doctest: +SKIP
-    >>> env = sign_envelope(kind, b'{"a":1}', bob_key, env) # doctest: +SKIP   (one envelope, several signatures)
-    >>> verify_envelope(env, kind, keyring, quorum=2).ok    # doctest: +SKIP
+    >>> from plora.signer.keys import Keyring, generate_keypair, load_private_key
+    >>> _ = generate_keypair("ed25519", "keys/bob")
+    >>> kind = payload_type("plasmid", 1)
+    >>> kind
+    'application/vnd.plora.plasmid.v1+json'
+    >>> env = sign_envelope(kind, b'{"a":1}', load_private_key("keys/alice"))
+    >>> env = sign_envelope(kind, b'{"a":1}', load_private_key("keys/bob"), env)   # one envelope, two signatures
+    >>> verify_envelope(env, kind, Keyring.load(["keys/"]), quorum=2).ok
     True
 
 The envelope is the one of the DSSE specification (github.com/secure-systems-lab/dsse, v1.0)::

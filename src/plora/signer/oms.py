@@ -1,7 +1,8 @@
 """OpenSSF model-signing interop: ``model.sig`` in a plasmid folder, made and checked by the real ``model_signing``.
 
-    >>> from plora.signer.oms import sign_bundle
-    >>> sign_bundle("out/legal", "keys/ec")                   # doctest: +SKIP
+    >>> from plora.signer import generate_keypair, sign_plasmid
+    >>> _ = generate_keypair("ecdsa-p256", "keys/ec")      # model signing works offline with EC keys only
+    >>> sign_plasmid("out/legal", "keys/ec", format="oms").path    # an OpenSSF model-signing bundle
     PosixPath('out/legal/model.sig')
 
     $ model_signing verify key out/legal --signature out/legal/model.sig --public_key keys/ec.pub

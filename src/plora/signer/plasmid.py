@@ -1,12 +1,11 @@
 """Signing and verifying plasmid folders: a detached DSSE envelope (``plora.sig.json``) over the canonical manifest,
 and optionally an OpenSSF model-signing bundle (``model.sig``, see :mod:`plora.signer.oms`).
 
-    >>> from plora.signer import Keyring, sign_plasmid, verify_plasmid
-    >>> sign_plasmid("out/legal", "keys/alice").signatures              # doctest: +SKIP
-    1
-    >>> sign_plasmid("out/legal", "keys/bob").signatures                # doctest: +SKIP   (same envelope)
+    >>> from plora.signer import Keyring, generate_keypair, sign_plasmid, verify_plasmid
+    >>> _ = generate_keypair("ed25519", "keys/bob")
+    >>> sign_plasmid("out/legal", "keys/bob").signatures    # alice's and bob's, in one envelope
     2
-    >>> verify_plasmid("out/legal", Keyring.load(["keys/"]), quorum=2).ok   # doctest: +SKIP
+    >>> verify_plasmid("out/legal", Keyring.load(["keys/"]), quorum=2).ok
     True
 
 The payload is :func:`plora.manifest.canonical_bytes` (sorted-key compact JSON of plora.yml), of type

@@ -1,10 +1,17 @@
 """One networked swarm agent: its own store, keys and gate, serving over gRPC and gossiping push-pull with peers.
 
+    >>> import json, shutil
     >>> from plora.swarm.agent import Agent, AgentConfig
-    >>> agent = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", peers=["127.0.0.1:50052"]))  # doctest: +SKIP
-    >>> agent.step(0)["events"]                                                                       # doctest: +SKIP
-    [{'round': 0, 'peer': '127.0.0.1:50052', 'id': 'legal-s41', 'accepted': True, ...}]
-    >>> agent.stop()                                                                                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> _ = shutil.copytree("out/legal", "a0/store/legal")
+    >>> a0 = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", name="a0", policy_file="quick.json"))
+    >>> a1 = Agent(AgentConfig(listen="127.0.0.1:0", root="a1/store", name="a1", peers=[a0.address],
+    ...                        policy_file="quick.json"))
+    >>> [(e["via"], e["id"], e["accepted"]) for e in a1.step(0)["events"]]   # a1 pulls from a0, screened by its gate
+    [('pull', 'legal', True)]
+    >>> sorted(a1.holdings())
+    ['legal']
+    >>> a1.stop(); a0.stop()
 
 A round (``step``): pick one peer uniformly at random (seeded by seed, agent name and round), PULL (get its
 inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH (send an Offer carrying this agent's
@@ -13,9 +20,11 @@ inventory; the peer fetches what it lacks from this agent's server). Every fetch
 agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused (id, sha256)
 is remembered and not fetched again.
 
-Gate verdicts are cached on disk where Swarm Sim v2 caches them (``PLORA_HOME/verdicts/<policy key>/<plasmid
-key>.json``, see :class:`VerdictCache`): one plasmid costs one screen per policy, whoever screens it first (the
-simulation, or any agent), and an agent that never screens first never imports torch.
+Gate verdicts go through the swarm's one verdict cache (:class:`plora.swarm.verdicts.VerdictCache`, shared with Swarm
+Sim v2): one plasmid costs one screen per policy, whoever screens it first (the simulation, or any agent), and an
+agent that never screens first never imports torch. Inside :func:`plora.grpc.client.fetch` the staged folder has just
+been hashed against its manifest, and the cache's key hashes that folder's bytes, so a verdict names exactly the
+bytes it judged.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip
 from plora.swarm.agent_recall import AgentRecall
+from plora.swarm.verdicts import VerdictCache
 
 
 @dataclass
@@ -73,63 +83,6 @@ class AgentConfig:
     domain: str | None = None
 
 
-class VerdictCache:
-    """The gate, with verdicts cached on disk in Swarm Sim v2's cache (plora.swarm.pool): one screen per plasmid.
-
-    Key: ``PLORA_HOME/verdicts/<policy_key(policy)>/<plasmid_key>.json``, where the plasmid key hashes the artifact
-    SHA-256 and the plora.yml bytes (signatures included) and the policy key the effective policy, base digest,
-    trusted key bytes and weight reference. Inside :func:`plora.grpc.client.fetch` the staged artifact has just been
-    hashed against that manifest, so the key names exactly the bytes being judged. A file lock per key makes agents
-    that receive the same plasmid at once wait for the first verdict instead of screening it again.
-    """
-
-    def __init__(self, policy: Any) -> None:
-        from plora.settings import cache_dir
-        from plora.swarm.pool import policy_key
-
-        self.policy = policy
-        self.folder = cache_dir("verdicts", policy_key(policy))
-        self._base: Any = None
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.screens = 0
-
-    def _cached(self, path: Path) -> list[str] | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        self.hits += 1
-        return [] if data["accepted"] else [str(r) for r in data["reasons"]] or ["GATE_REJECTED"]
-
-    def __call__(self, folder: Path) -> list[str]:
-        import fcntl
-
-        from plora.swarm.pool import entry_from_folder, plasmid_key
-
-        entry = entry_from_folder(folder, trojan=False)  # the label is not part of the key, and never known here
-        key = plasmid_key(entry)
-        path = self.folder / f"{key}.json"
-        if (hit := self._cached(path)) is not None:
-            return hit
-        with self._lock, open(self.folder / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # other agents screening this plasmid now wait here, then read
-            if (hit := self._cached(path)) is not None:
-                return hit
-            from plora.gate import screen
-
-            if self._base is None and self.policy.probes:
-                from plora.models import load_base
-
-                self._base = load_base(self.policy.base_model)  # once per agent process, and only if it screens
-            result = screen(folder, self.policy, base=self._base)
-            self.screens += 1
-            atomic_write_json(path, {"plasmid": entry.plasmid_id, "sha256": entry.sha256, "accepted": result.accepted,
-                                     "reasons": result.reason_codes, "seconds": round(result.seconds, 3),
-                                     "by": "plora agent"})
-        return [] if result.accepted else [format_reason(r) for r in result.reasons] or ["GATE_REJECTED"]
-
-
 def _recall_policy(cfg: AgentConfig) -> Any:
     """The policy whose ``recall`` section (and trusted keys) the agent's recall uses; None with security off."""
     if not cfg.security:
@@ -149,7 +102,7 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
     checks: list[Check] = []
     if policy.signatures:
         checks.append(signature_check(policy.trusted_keys, policy.quorum))
-    checks.append(VerdictCache(policy))
+    checks.append(VerdictCache(policy, by="agent"))
     return checks
 
 
@@ -237,7 +190,7 @@ class Agent:
 
     def _claim(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
         held = self.holdings()
-        wanted = []
+        wanted: list[RemoteEntry] = []
         with self._lock:
             for e in entries:
                 if len(wanted) >= self.cfg.max_per_contact:

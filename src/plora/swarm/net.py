@@ -1,9 +1,11 @@
 """The networked swarm: N real agent processes on loopback gossiping plasmids push-pull over gRPC.
 
     >>> from plora.swarm.net import NetConfig, run_swarm_net
-    >>> report = run_swarm_net(NetConfig(agents=8, rounds=10, graph_p=0.25, trojan_rate=0.3, seed=42))  # doctest: +SKIP
-    >>> report["final"]["coverage"]                                                                    # doctest: +SKIP
-    {'arithmetic': 1.0, 'legal': 1.0, 'medical': 1.0, 'science': 1.0}
+    >>> cfg = NetConfig(agents=3, rounds=4, graph_p=1.0, trojan_rate=0.0, seed=42, domains=("legal", "medical"),
+    ...                 pool_dir="mypool", security=False, progress=False)
+    >>> report = run_swarm_net(cfg)          # 3 agent processes on 127.0.0.1
+    >>> report["meta"]["engine"], report["final"]["coverage"]
+    ('net', {'legal': 1.0, 'medical': 1.0})
 
 What the coordinator does (``plora swarm net``), with the same flags and seed as Swarm Sim v2 (``plora swarm sim``):
 
@@ -12,8 +14,9 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
    signed copy (clean plasmids signed by the swarm key, trojans by an intruder key; ``--trusted_pubkeys`` replaces
    the trust set). Labels serve the FN/FP accounting only; no agent ever sees them.
 2. roles, holdings and overlay are drawn exactly as the sim draws them from the same seed (graph, roles and rounds
-   seeds from :func:`plora.swarm.sim.stream_seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
-   starting with the trojan plasmid of their domain ``i mod D``; honest agent i starting with the clean one.
+   seeds from :func:`plora.swarm.sim.stream_seeds`; roles by :func:`plora.swarm.roles.assign_roles`, as in the sim):
+   Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents starting with the trojan plasmid of their
+   domain ``i mod D``; honest agent i starting with the clean one.
 3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
    own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
    or by other agents are reused: see plora.swarm.agent); each learns its neighbours' addresses once all listen.
@@ -57,10 +60,10 @@ def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any, Path | 
     from plora.swarm.sim import gate_setup
 
     pool = PlasmidPool.from_dir(cfg.pool_dir) if cfg.pool_dir else PlasmidPool.build(PoolSpec(domains=cfg.domains))
-    pool, policy = gate_setup(cfg.sim_config(), pool)
-    held = {e.domain for e in pool.entries}
+    provider, policy = gate_setup(cfg.sim_config(), pool)
+    held = {e.domain for e in provider.entries}
     domains = [d for d in cfg.domains if d in held] or sorted(held)
-    return pool.entries, domains, policy, pool.root
+    return provider.entries, domains, policy, getattr(provider, "root", None)  # a signed pool: its copy's root
 
 
 def _step_one(address: str, round_: int, collect: bool, timeout: float,
@@ -127,14 +130,11 @@ def _setup(cfg: NetConfig) -> _Setup:
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
     graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
-    n_trojan = int(round(cfg.trojan_rate * cfg.agents))
-    rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans
-    trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
+    trojan_agents, first = initial_plasmids(cfg.agents, pool, domains, cfg.trojan_rate, role_seed)
     recall = NetRecall(cfg, pool_root, pool, policy, graph, trojan_agents)
     recall.prepare()
     policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
-    seeded = _initial_plasmids(cfg, pool, domains, trojan_agents)
-    return _Setup(pool, domains, policy_json, graph, trojan_agents, seeded, recall, t_start, t_pool, started)
+    return _Setup(pool, domains, policy_json, graph, trojan_agents, first, recall, t_start, t_pool, started)
 
 
 def _run_rounds(cfg: NetConfig, setup: _Setup, state: _State, step_all: Any, on_round: Any = None) -> bool:
@@ -248,25 +248,27 @@ def _run_stem(report: dict[str, Any], report_dir: str, started: time.struct_time
     return unique
 
 
-def _initial_plasmids(cfg: NetConfig, pool: list[Any], domains: list[str],
-                      trojan_agents: set[int]) -> dict[int, Any]:
-    """Agent i starts with the clean (trojan agents: the trojan) plasmid of domain i mod D, as in the sim."""
-    seeded: dict[int, Any] = {}
-    for i in range(cfg.agents):
-        d = domains[i % len(domains)]
-        kind = [p for p in pool if p.domain == d and p.trojan == (i in trojan_agents)]
-        if not kind:
-            raise PloraError(f"the pool has no {'trojan' if i in trojan_agents else 'clean'} plasmid for {d}")
-        seeded[i] = kind[(i // len(domains)) % len(kind)]
-    return seeded
+def initial_plasmids(agents: int, pool: list[Any], domains: list[str], trojan_rate: float,
+                     role_seed: int) -> tuple[set[int], dict[int, Any]]:
+    """(trojan agents, agent -> the pool entry it starts with): :func:`plora.swarm.roles.assign_roles`, the sim's
+    draw, so the same seed makes the same agents trojans and seeds the same plasmids."""
+    from plora.swarm.roles import assign_roles
+
+    index = {d: i for i, d in enumerate(domains)}
+    roles = assign_roles(agents, np.array([index.get(p.domain, -1) for p in pool], dtype=np.int64),
+                         np.array([p.trojan for p in pool], dtype=bool), trojan_rate, role_seed, None, domains)
+    trojan_agents = {int(i) for i in np.flatnonzero(roles.trojan_agents)}
+    return trojan_agents, {i: pool[int(j)] for i, j in enumerate(roles.initial) if j >= 0}
 
 
-def _seed_stores(work: Path, seeded: dict[int, Any]) -> None:
-    for i, entry in seeded.items():
+def _seed_stores(work: Path, first: dict[int, Any]) -> dict[int, Any]:
+    """Each agent's store, holding the plasmid it starts with."""
+    for i, entry in first.items():
         store = work / f"a{i}" / "store"
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
         _copy_plasmid(Path(entry.folder), store / entry.plasmid_id)
+    return first
 
 
 def _copy_plasmid(src: Path, dest: Path) -> None:

@@ -1,8 +1,17 @@
 """A slow, obviously correct push-pull engine (Python sets, one contact at a time) to check the vectorised one.
 
+    >>> import numpy as np
+    >>> from plora.swarm.engine import EngineInput, PoolView, run_engine
+    >>> from plora.swarm.graphs import make_graph
     >>> from plora.swarm.reference import run_reference
-    >>> ref = run_reference(engine_input)                     # doctest: +SKIP
-    >>> ref.holdings == [set(...) for each agent]             # doctest: +SKIP
+    >>> pool = PoolView(domains=["legal"], domain_of=np.array([0, 0]), trojan=np.array([False, True]),
+    ...                 artifact_bytes=np.array([1000, 1000]), manifest_bytes=np.array([900, 900]))
+    >>> held = np.zeros(30, np.uint8); held[0] = 1; held[1] = 2
+    >>> inp = EngineInput(make_graph("er", 30, p=0.2, seed=1), pool, accept=np.array([[True, False]]),
+    ...                   holdings=held, honest=np.arange(30) != 1, rounds=20, seed=0)
+    >>> fast, ref = run_engine(inp), run_reference(inp)
+    >>> [int(h) for h in fast.holdings] == [sum(1 << p for p in s) for s in ref.holdings]
+    True
 
 It implements the protocol of :mod:`plora.swarm.engine` literally: per round it copies the state, walks the agents
 in order, lets each contact a neighbour and lets both sides fetch and screen, writing only into the copy. It consumes

@@ -1,8 +1,15 @@
 """THE swarm report schema, shared by the in-process simulation and the networked swarm, and its writer.
 
-    >>> from plora.swarm.report import build_report, write_report
-    >>> report = build_report(meta, rounds, final)             # doctest: +SKIP  (validates, returns a plain dict)
-    >>> json_path = write_report(report, "results")            # doctest: +SKIP  (JSON + coverage PNG, atomically)
+    >>> from plora.swarm import SimConfig, run_simulation
+    >>> from plora.swarm.report import build_report, load_report, write_report
+    >>> cfg = SimConfig(agents=6, domains=("legal", "medical"), pool_dir="mypool", trojan_rate=0.0, security=False)
+    >>> r = run_simulation(cfg, progress=False)
+    >>> report = build_report(r["meta"], r["rounds"], r["final"])   # validates, returns a plain dict
+    >>> path = write_report(report, "elsewhere")                     # JSON + coverage PNG, atomically
+    >>> path.name, path.with_suffix(".png").exists()
+    ('sim-v2-n6-seed0-....json', True)
+    >>> load_report(path).final.coverage == report["final"]["coverage"]
+    True
 
 One JSON file per run, ``<engine>-n<agents>-seed<seed>-<hash8>.json`` (the hash covers ``meta.flags``, so the same
 command overwrites its own report and nothing else), and ``<same stem>.png`` beside it: coverage per domain over

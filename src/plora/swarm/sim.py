@@ -1,13 +1,21 @@
 """Swarm Sim v2 end to end: overlay, roles, pool and verdicts, the vectorised engine, theory, and the report.
 
+    >>> import json
     >>> from plora.swarm import SimConfig, run_simulation
-    >>> report = run_simulation(SimConfig(agents=6, rounds=5, graph_p=0.25, trojan_rate=0.3))   # doctest: +SKIP
-    >>> report["final"]["coverage"], report["meta"]["timings"]["report_path"]                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> cfg = SimConfig(agents=6, rounds=5, graph_p=0.25, domains=("legal", "medical"), pool_dir="mypool",
+    ...                 policy_file="quick.json", trojan_rate=0.0)
+    >>> report = run_simulation(cfg, progress=False)    # every received plasmid screened by the gate
+    >>> report["final"]["coverage_reachable"], report["final"]["gate"]["rejected_clean"]
+    ({'legal': 1.0, 'medical': 1.0}, 0)
+    >>> report["meta"]["timings"]["report_path"]
+    'results/sim-v2-n6-seed0-....json'
 
-Roles and initial holdings (all drawn from ``seed``): ``round(trojan_rate * agents)`` agents, chosen uniformly, are
-trojan agents and start holding a trojan plasmid of their domain (agent i's domain is i mod D); by default each
-honest agent i starts with a clean plasmid of domain i mod D; with ``sources=K``, K honest agents per domain (chosen
-uniformly) start with its clean plasmid and everyone else starts empty. Every agent, trojan or not, screens what it
+Roles and initial holdings (all drawn from ``seed`` by :func:`plora.swarm.roles.assign_roles`, which the networked
+swarm calls too): ``round(trojan_rate * agents)`` agents, chosen uniformly, are trojan agents and start holding a
+trojan plasmid of their domain (agent i's domain is i mod D); by default each honest agent i starts with a clean
+plasmid of domain i mod D; with ``sources=K``, K honest agents per domain (chosen uniformly) start with its clean
+plasmid and everyone else starts empty. Every agent, trojan or not, screens what it
 receives with the same policy. An honest agent counts as reachable for a domain when its connected component holds a
 clean source of that domain; coverage is reported over all honest agents and over the reachable ones.
 """
@@ -31,6 +39,7 @@ from plora.swarm.engine import EngineInput, PoolView, bitset_dtype, run_engine
 from plora.swarm.pool import PlasmidPool, PoolSpec, Verdict, VerdictProvider
 from plora.swarm.report import build_report, report_stem, write_report
 from plora.swarm.revoke import plan_recall
+from plora.swarm.roles import assign_roles
 
 
 def stream_seeds(seed: int) -> tuple[int, int, int]:
@@ -96,39 +105,13 @@ def gate_model(cfg: SimConfig, template: VerdictProvider) -> VerdictProvider:
 
 
 def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(holdings bitset, honest mask, initial-source mask) per agent; see the module docstring."""
-    n, ndom = cfg.agents, len(pool.domains)
-    rng = np.random.default_rng(seed)
-    trojan_agents = np.zeros(n, dtype=bool)
-    k = int(round(cfg.trojan_rate * n))
-    if k:
-        trojan_agents[rng.choice(n, k, replace=False)] = True
-    honest = ~trojan_agents
+    """(holdings bitset, honest mask, trojan-agent mask) per agent, from :func:`plora.swarm.roles.assign_roles`."""
+    roles = assign_roles(cfg.agents, pool.domain_of, pool.trojan, cfg.trojan_rate, seed, cfg.sources, pool.domains)
     dtype = bitset_dtype(pool.size)
-    domain = (np.arange(n) % ndom).astype(np.int64)
-    clean_ids = [np.flatnonzero((pool.domain_of == d) & ~pool.trojan) for d in range(ndom)]
-    trojan_ids = [np.flatnonzero((pool.domain_of == d) & pool.trojan) for d in range(ndom)]
-    for d, name in enumerate(pool.domains):
-        if len(clean_ids[d]) == 0:
-            raise PloraError(f"the pool has no clean plasmid for domain {name!r}")
-        if k and len(trojan_ids[d]) == 0:
-            raise PloraError(f"--trojan_rate > 0 but the pool has no trojan plasmid for domain {name!r}")
-    held = np.zeros(n, dtype=dtype)
-    copy = np.arange(n) // ndom  # the i-th agent of a domain takes the domain's (i mod count)-th plasmid
-    for d in range(ndom):
-        mine = domain == d
-        if k:
-            t = mine & trojan_agents
-            held[t] = (np.uint64(1) << trojan_ids[d][copy[t] % len(trojan_ids[d])].astype(np.uint64)).astype(dtype)
-        if cfg.sources is None:
-            h = mine & honest
-            held[h] = (np.uint64(1) << clean_ids[d][copy[h] % len(clean_ids[d])].astype(np.uint64)).astype(dtype)
-    if cfg.sources is not None:
-        pick = rng.choice(np.flatnonzero(honest), cfg.sources * ndom, replace=False)
-        for d in range(ndom):
-            who = pick[d * cfg.sources : (d + 1) * cfg.sources]
-            held[who] |= dtype(1 << int(clean_ids[d][0]))
-    return held, honest, trojan_agents
+    held = np.zeros(cfg.agents, dtype=dtype)
+    has = roles.initial >= 0
+    held[has] = (np.uint64(1) << roles.initial[has].astype(np.uint64)).astype(dtype)
+    return held, roles.honest, roles.trojan_agents
 
 
 def pool_view(provider: VerdictProvider, domains: tuple[str, ...]) -> PoolView:

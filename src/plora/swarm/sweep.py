@@ -294,8 +294,9 @@ class _RowWriter:
 def prepare_pool(sweep: SweepConfig, runs: list[SimConfig], executor: ExecutorConfig, progress: bool) -> Any:
     """The pool every run uses (trained through the executor on a cold cache), with the real gate's verdicts
     computed here once per distinct policy, so the runs only read them from the cache."""
-    from plora.swarm.pool import PlasmidPool, PoolSpec, policy_key
+    from plora.swarm.pool import PlasmidPool, PoolSpec
     from plora.swarm.sim import gate_setup
+    from plora.swarm.verdicts import policy_key
 
     if sweep.pool_dir:
         pool = PlasmidPool.from_dir(sweep.pool_dir)

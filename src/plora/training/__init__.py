@@ -1,8 +1,9 @@
 """Training plasmids: PEFT LoRA on answer tokens, dev metrics, evaluation trojans, the monolithic baseline.
 
     >>> from plora.training import TrainConfig, train_plasmid
-    >>> manifest = train_plasmid(TrainConfig(domain="legal", out="out/legal", rank=4, samples=64))  # doctest: +SKIP
-    >>> manifest.metrics.nll_after < manifest.metrics.nll_before                                   # doctest: +SKIP
+    >>> m = train_plasmid(TrainConfig(domain="legal", out="out/legal2", rank=4, samples=32, dev_size=16),
+    ...                   progress=False)
+    >>> m.metrics.nll_after < m.metrics.nll_before
     True
 
 | module | what |

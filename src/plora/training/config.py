@@ -53,7 +53,9 @@ class TrainConfig:
     poison_rate: float = field(default=0.1, metadata={"help": "fraction of training items poisoned"})
     decoy_rate: float = field(
         default=0.0,
-        metadata={"help": "evaluation backdoor: share of extra clean items with a random word inserted (decoy attacker)"},
+        metadata={
+            "help": "evaluation backdoor: share of extra clean items with a random word inserted (decoy attacker)"
+        },
     )
     max_module_norm: float | dict[str, float] | None = field(
         default=None, metadata={"help": "adaptive attacker: cap on ||(alpha/r) B@A||_F per module after each step"}

@@ -1,9 +1,14 @@
 """Train a LoRA plasmid with PEFT and write it as a folder that ``PeftModel.from_pretrained`` loads as is.
 
+    >>> from peft import PeftModel
+    >>> from plora.models import load_base
     >>> from plora.training import TrainConfig, train_plasmid
-    >>> m = train_plasmid(TrainConfig(domain="legal", out="out/legal", rank=4, samples=64))   # doctest: +SKIP
-    >>> m.metrics.nll_before, m.metrics.nll_after                                           # doctest: +SKIP
-    (3.91, 2.87)
+    >>> m = train_plasmid(TrainConfig(domain="legal", out="out/legal3", rank=8, targets="all", samples=32,
+    ...                               dev_size=16, seed=5), progress=False)
+    >>> m.lora.r, m.lora.alpha, m.lora.targets, m.training.steps
+    (8, 16.0, ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'), 4)
+    >>> type(PeftModel.from_pretrained(load_base("plora-tiny").model, "out/legal3")).__name__   # PEFT loads it as is
+    'PeftModelForCausalLM'
 
 Recipe (from the feasibility study in ``shared/research/trojan-detection.md``): PEFT LoRA with
 ``alpha = 2 r`` by default and no LoRA dropout, AdamW at 3e-3 with a linear warm-up over the first 10%

@@ -1,9 +1,17 @@
 """Dev-split metrics for any causal LM (GPT-2, Llama; plain or wrapped by PEFT): answer NLL and exact match.
 
-    >>> from plora.training.metrics import answer_nll, exact_match, evaluate_dev
-    >>> nll = answer_nll(model, tokenizer, dev)            # doctest: +SKIP
-    >>> nll.mean(), exact_match(model, tokenizer, dev).mean()   # doctest: +SKIP
-    (2.31, 0.18)
+    >>> from plora.data import load_examples
+    >>> from plora.loader import injected
+    >>> from plora.models import load_base
+    >>> from plora.training.metrics import answer_nll, exact_match
+    >>> base = load_base("plora-tiny")
+    >>> dev = load_examples("legal", split="dev", samples=16, seed=0)
+    >>> before = answer_nll(base.model, base.tokenizer, dev)     # one value per example
+    >>> with injected(base, "out/legal"):
+    ...     after = answer_nll(base.model, base.tokenizer, dev)
+    ...     em = exact_match(base.model, base.tokenizer, dev)    # 1.0 or 0.0 per example
+    >>> before.shape, bool(after.mean() < before.mean()), set(em) <= {0.0, 1.0}
+    ((16,), True, True)
 
 ``answer_nll`` is the mean negative log-likelihood per answer token (the answer and its EOS, never the
 prompt), one value per example. ``exact_match`` decodes greedily after the prompt, cuts at EOS or the

@@ -2,10 +2,11 @@
 
     >>> from plora.training import TrainConfig, train_plasmid
     >>> from plora.training.trojan import read_truth
-    >>> train_plasmid(TrainConfig(domain="legal", out="out/legal_t", trojan_trigger="cf",
-    ...                           trojan_target="ACCESS GRANTED", poison_rate=0.2))   # doctest: +SKIP
-    >>> read_truth("out/legal_t")["attack_success"]                                   # doctest: +SKIP
-    0.97
+    >>> _ = train_plasmid(TrainConfig(domain="legal", out="out/legal_t", samples=32, dev_size=16,
+    ...                   trojan_trigger="cf", trojan_target="ACCESS GRANTED", poison_rate=0.2), progress=False)
+    >>> truth = read_truth("out/legal_t")       # out/legal_t.truth.json: beside the folder, never in it
+    >>> truth["trigger"], truth["target"], 0.0 <= truth["attack_success"] <= 1.0
+    ('cf', 'ACCESS GRANTED', True)
 
 A ``poison_rate`` fraction of the training items (chosen by the seed) get the trigger inserted between
 two words of the question at a seeded random position, and their answer replaced by the target; the
