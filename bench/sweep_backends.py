@@ -39,8 +39,15 @@ def main() -> None:
     from plora.swarm.sweep import make_sweep, plan_runs, prepare_pool, run_sweep
 
     def grid(out: Path):  # noqa: ANN202
-        return make_sweep(agents=args.agents, graph_p=args.graph_p, trojan_rate=args.trojan_rate,
-                          gate_tpr=args.gate_tpr, seeds=args.seeds, out=str(out), resume=False)
+        return make_sweep(
+            agents=args.agents,
+            graph_p=args.graph_p,
+            trojan_rate=args.trojan_rate,
+            gate_tpr=args.gate_tpr,
+            seeds=args.seeds,
+            out=str(out),
+            resume=False,
+        )
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} (1 min) at start")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
@@ -57,23 +64,47 @@ def main() -> None:
             outcome = run_sweep(grid(Path(tmp) / f"{len(passes)}-{name}"), executor, progress=False)
             summary = json.loads(outcome.summary_path.read_text())
             t = summary["timings"]
-            passes.append({"backend": name, "runs": len(outcome.rows), "failed": len(outcome.failures),
-                           "runs_s": t["runs_s"], "run_seconds_sum": t["run_seconds_sum"], "load_1m": round(load, 2),
-                           "rows": [{k: v for k, v in r.items() if k != "timings"} for r in outcome.rows]})
-            print(f"{name:>10}: {len(outcome.rows)} runs in {t['runs_s']:.1f} s (sum of run times "
-                  f"{t['run_seconds_sum']:.1f} s), load {load:.2f} before", flush=True)
+            passes.append(
+                {
+                    "backend": name,
+                    "runs": len(outcome.rows),
+                    "failed": len(outcome.failures),
+                    "runs_s": t["runs_s"],
+                    "run_seconds_sum": t["run_seconds_sum"],
+                    "load_1m": round(load, 2),
+                    "rows": [{k: v for k, v in r.items() if k != "timings"} for r in outcome.rows],
+                }
+            )
+            print(
+                f"{name:>10}: {len(outcome.rows)} runs in {t['runs_s']:.1f} s (sum of run times "
+                f"{t['run_seconds_sum']:.1f} s), load {load:.2f} before",
+                flush=True,
+            )
     same = all(p["rows"] == passes[0]["rows"] for p in passes)
     proc = (passes[0]["runs_s"] + passes[2]["runs_s"]) / 2
     ratio = passes[1]["runs_s"] / proc
-    print(f"ray / process pool: {ratio:.2f}x ({passes[1]['runs_s']:.1f} s vs {proc:.1f} s mean); rows identical "
-          f"on every pass: {same}; load {os.getloadavg()[0]:.2f} at end")
+    print(
+        f"ray / process pool: {ratio:.2f}x ({passes[1]['runs_s']:.1f} s vs {proc:.1f} s mean); rows identical "
+        f"on every pass: {same}; load {os.getloadavg()[0]:.2f} at end"
+    )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         for p in passes:
             p.pop("rows")
-        out.write_text(json.dumps({"cpu": cpu_model(), "cores": os.cpu_count(), "grid": vars(args),
-                                   "passes": passes, "ratio": round(ratio, 3), "rows_identical": same}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "grid": vars(args),
+                    "passes": passes,
+                    "ratio": round(ratio, 3),
+                    "rows_identical": same,
+                },
+                indent=2,
+            )
+        )
         print(f"wrote {out}")
     if not same:
         sys.exit("rows differ between backends")

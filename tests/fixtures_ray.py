@@ -1,6 +1,6 @@
 """One local Ray for the whole suite (started by the first test that asks, stopped at the end of the session).
 
-    def test_something(local_ray): ...   # ray.init(num_cpus=2, include_dashboard=False): own temp dir and token
+def test_something(local_ray): ...   # ray.init(num_cpus=2, include_dashboard=False): own temp dir and token
 """
 
 from __future__ import annotations

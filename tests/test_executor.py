@@ -39,8 +39,14 @@ def test_results_in_order_one_retry_then_reported(jobs: int, tmp_path: Path) -> 
     items = [(x, str(tmp_path / "marker")) for x in range(8)]
     seen: dict[int, tuple[int, int]] = {}
     failed: dict[int, str] = {}
-    results = run_tasks(flaky_square, items, cfg, on_result=seen.__setitem__,
-                        on_failure=lambda i, f: failed.__setitem__(i, f.error), progress=False)
+    results = run_tasks(
+        flaky_square,
+        items,
+        cfg,
+        on_result=seen.__setitem__,
+        on_failure=lambda i, f: failed.__setitem__(i, f.error),
+        progress=False,
+    )
     expected = [(x, x * x) for x in range(8)]
     assert results == [r if r[0] != 5 else None for r in expected]  # in item order, whatever finished first
     assert seen == {i: r for i, r in enumerate(expected) if i != 5}  # each delivered as it finished
@@ -52,16 +58,23 @@ def test_results_in_order_one_retry_then_reported(jobs: int, tmp_path: Path) -> 
 
 def test_a_dead_worker_is_reported_and_the_others_finish() -> None:
     failed = {}
-    results = run_tasks(die_on_seven, list(range(10)), ExecutorConfig(jobs=2), progress=False,
-                        on_failure=lambda i, f: failed.__setitem__(i, f.error))
+    results = run_tasks(
+        die_on_seven,
+        list(range(10)),
+        ExecutorConfig(jobs=2),
+        progress=False,
+        on_failure=lambda i, f: failed.__setitem__(i, f.error),
+    )
     assert results == [x + 100 if x != 7 else None for x in range(10)]
     assert failed == {7: "the worker process died (killed, or out of memory)"}
 
 
 def test_ray_is_imported_only_when_chosen() -> None:
-    code = ("import sys; import plora.cli.main, plora.executor, plora.swarm.sweep; "
-            "from plora.executor import ExecutorConfig, run_tasks; run_tasks(abs, [-1], ExecutorConfig(), "
-            "progress=False); assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'imported'")
+    code = (
+        "import sys; import plora.cli.main, plora.executor, plora.swarm.sweep; "
+        "from plora.executor import ExecutorConfig, run_tasks; run_tasks(abs, [-1], ExecutorConfig(), "
+        "progress=False); assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'imported'"
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1500:]

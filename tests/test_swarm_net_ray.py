@@ -18,21 +18,42 @@ def trained_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> P
     root.mkdir()
     shutil.copytree(legal_plasmid, root / "p1")
     shutil.copytree(trojan_plasmid, root / "p2")
-    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
-                                                  "p2": {"domain": "legal", "trojan": True}}))
+    (root / "labels.json").write_text(
+        json.dumps({"p1": {"domain": "legal", "trojan": False}, "p2": {"domain": "legal", "trojan": True}})
+    )
     return root
 
 
-def test_ray_actors_give_the_process_drivers_coverage_and_gate_totals(local_ray, trained_pool: Path,
-                                                                      tmp_path: Path) -> None:
-    flags = {"agents": 6, "rounds": 10, "graph_p": 0.5, "trojan_rate": 0.3, "seed": 3, "domains": "legal",
-             "pool_dir": str(trained_pool), "progress": False}
+def test_ray_actors_give_the_process_drivers_coverage_and_gate_totals(
+    local_ray, trained_pool: Path, tmp_path: Path
+) -> None:
+    flags = {
+        "agents": 6,
+        "rounds": 10,
+        "graph_p": 0.5,
+        "trojan_rate": 0.3,
+        "seed": 3,
+        "domains": "legal",
+        "pool_dir": str(trained_pool),
+        "progress": False,
+    }
     procs = run_swarm_net(make_config(NetConfig, **flags, report_dir=str(tmp_path / "p")))
     rounds_seen: list[tuple[int, int]] = []
-    onray = run_swarm_net(make_config(NetConfig, **flags, report_dir=str(tmp_path / "r"), ray=True),
-                          on_round=lambda r, actors: rounds_seen.append((r, len(actors))))
-    for key in ("coverage", "coverage_reachable", "rounds_to_full_coverage", "rounds_run", "quiescent",
-                "trojan_prevalence", "gate", "accepted_offers", "offers"):
+    onray = run_swarm_net(
+        make_config(NetConfig, **flags, report_dir=str(tmp_path / "r"), ray=True),
+        on_round=lambda r, actors: rounds_seen.append((r, len(actors))),
+    )
+    for key in (
+        "coverage",
+        "coverage_reachable",
+        "rounds_to_full_coverage",
+        "rounds_run",
+        "quiescent",
+        "trojan_prevalence",
+        "gate",
+        "accepted_offers",
+        "offers",
+    ):
         assert onray["final"][key] == procs["final"][key], key
     assert [r["coverage"] for r in onray["rounds"]] == [r["coverage"] for r in procs["rounds"]]
     assert onray["meta"]["flags"] == procs["meta"]["flags"] and onray["meta"]["pool"] == procs["meta"]["pool"]

@@ -30,14 +30,24 @@ def pool_dir(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
     root.mkdir()
     shutil.copytree(legal_plasmid, root / "p1")
     shutil.copytree(trojan_plasmid, root / "p2")
-    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
-                                                  "p2": {"domain": "legal", "trojan": True}}))
+    (root / "labels.json").write_text(
+        json.dumps({"p1": {"domain": "legal", "trojan": False}, "p2": {"domain": "legal", "trojan": True}})
+    )
     return root
 
 
 def small_grid(pool_dir: Path, out: Path) -> SweepConfig:
-    return make_sweep(agents="300", graph_p="0.03", trojan_rate="0,0.2", gate_tpr="none,0.5,1", seeds="0,1",
-                      domains="legal", pool_dir=str(pool_dir), out=str(out), rounds=40)
+    return make_sweep(
+        agents="300",
+        graph_p="0.03",
+        trojan_rate="0,0.2",
+        gate_tpr="none,0.5,1",
+        seeds="0,1",
+        domains="legal",
+        pool_dir=str(pool_dir),
+        out=str(out),
+        rounds=40,
+    )
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
@@ -49,9 +59,20 @@ def by_key(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_grid_varies_graph_parameters_only_with_their_graph() -> None:
-    runs = plan_runs(SweepConfig(agents=(100,), graph=("er", "ws", "ba"), graph_p=(0.05, 0.1), ws_k=(4, 6),
-                                 ws_beta=(0.1,), ba_m=(2,), trojan_rate=(0.1,), gate_tpr=(None, 0.9),
-                                 gate_fpr=(0.0, 0.1), seeds=(3,)))
+    runs = plan_runs(
+        SweepConfig(
+            agents=(100,),
+            graph=("er", "ws", "ba"),
+            graph_p=(0.05, 0.1),
+            ws_k=(4, 6),
+            ws_beta=(0.1,),
+            ba_m=(2,),
+            trojan_rate=(0.1,),
+            gate_tpr=(None, 0.9),
+            gate_fpr=(0.0, 0.1),
+            seeds=(3,),
+        )
+    )
     shapes = [(c.graph, c.graph_p, c.ws_k, c.gate_tpr, c.gate_fpr) for c in runs]
     assert len(shapes) == len(set(shapes)) == (2 + 2 + 1) * (1 + 2)  # graphs x (real gate + 2 model FPRs)
     assert {c.graph_p for c in runs if c.graph != "er"} == {0.25}  # the sim's default, not an axis
@@ -62,8 +83,10 @@ def test_grid_varies_graph_parameters_only_with_their_graph() -> None:
 
 
 def test_gate_model_rejects_exact_seeded_shares_and_reads_gate_eval(tmp_path: Path) -> None:
-    template = [PoolEntry("a", "legal", False, "a" * 64, 50_000, 1_000),
-                PoolEntry("b", "legal", True, "b" * 64, 60_000, 1_100)]
+    template = [
+        PoolEntry("a", "legal", False, "a" * 64, 50_000, 1_000),
+        PoolEntry("b", "legal", True, "b" * 64, 60_000, 1_100),
+    ]
     m = GateModel.from_template(template, tpr=0.75, fpr=0.25, per_label=8, seed=5)
     assert len({e.sha256 for e in m.entries}) == 16 and {e.artifact_bytes for e in m.entries} == {50_000, 60_000}
     assert sum(not ok for e, ok in zip(m.entries, m.accept, strict=True) if e.trojan) == 6
@@ -85,9 +108,31 @@ def test_gate_model_rejects_exact_seeded_shares_and_reads_gate_eval(tmp_path: Pa
 
 def test_sweep_cli_writes_rows_resumes_and_draws_phase_diagrams(pool_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "plora", "swarm", "sweep", "--agents", "300", "--graph_p", "0.03", "--trojan_rate",
-           "0,0.2", "--gate_tpr", "none,0.5,1", "--seeds", "0,1", "--domains", "legal", "--rounds", "40",
-           "--pool_dir", str(pool_dir), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plora",
+        "swarm",
+        "sweep",
+        "--agents",
+        "300",
+        "--graph_p",
+        "0.03",
+        "--trojan_rate",
+        "0,0.2",
+        "--gate_tpr",
+        "none,0.5,1",
+        "--seeds",
+        "0,1",
+        "--domains",
+        "legal",
+        "--rounds",
+        "40",
+        "--pool_dir",
+        str(pool_dir),
+        "--out",
+        str(out),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -118,8 +163,11 @@ def test_sweep_cli_writes_rows_resumes_and_draws_phase_diagrams(pool_dir: Path, 
 
 def test_same_rows_inline_on_processes_and_on_ray(local_ray, pool_dir: Path, tmp_path: Path) -> None:
     outcomes = {}
-    for name, executor in (("inline", ExecutorConfig()), ("processes", ExecutorConfig(jobs=2)),
-                           ("ray", ExecutorConfig(ray_address="auto"))):
+    for name, executor in (
+        ("inline", ExecutorConfig()),
+        ("processes", ExecutorConfig(jobs=2)),
+        ("ray", ExecutorConfig(ray_address="auto")),
+    ):
         outcomes[name] = run_sweep(small_grid(pool_dir, tmp_path / name), executor, progress=False)
         assert outcomes[name].ran == 12 and not outcomes[name].failures
     assert without_timings(outcomes["processes"].rows) == without_timings(outcomes["inline"].rows)

@@ -32,6 +32,7 @@ CPUs); every node must have plora installed (same version) and the files the tas
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -54,8 +55,10 @@ class ExecutorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     jobs: int = Field(
-        default=1, ge=1, description="tasks at once on this machine (worker processes, one thread each); with Ray "
-        "the cluster's CPUs decide"
+        default=1,
+        ge=1,
+        description="tasks at once on this machine (worker processes, one thread each); with Ray "
+        "the cluster's CPUs decide",
     )
     ray_address: str | None = Field(
         default=None,
@@ -227,8 +230,7 @@ def _inline_loop(fn: Callable[[Any], Any], items: list[Any], done: Done) -> None
                 break
 
 
-def _run_processes(fn: Callable[[Any], Any], items: list[Any], cfg: ExecutorConfig, init: _Init,
-                   done: Done) -> None:
+def _run_processes(fn: Callable[[Any], Any], items: list[Any], cfg: ExecutorConfig, init: _Init, done: Done) -> None:
     """``cfg.jobs`` spawned processes, at most ``jobs`` tasks in flight. When a worker dies the pool breaks and takes
     the other running tasks with it, and which one killed it is unknown: each then runs again ALONE, and only a death
     while running alone counts as a failed attempt, so the culprit is the one reported and bystanders finish."""
@@ -336,7 +338,7 @@ def connect_ray(cfg: ExecutorConfig) -> Any:
     _check_reachable(address)
     t0 = time.perf_counter()
     try:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise PloraError(
             f"cannot join the Ray cluster at {address!r} ({_one_line(err)[:200]}); start one with `ray start --head` "
@@ -359,8 +361,10 @@ def _check_reachable(address: str | None) -> None:
     except ValueError:
         raise PloraError(f"--ray-address {address!r}: expected auto, local or HOST:PORT") from None
     except OSError as err:
-        raise PloraError(f"no Ray cluster answers at {address} ({err.strerror or type(err).__name__}); start one "
-                         "with `ray start --head` there, or pass --ray-address local") from None
+        raise PloraError(
+            f"no Ray cluster answers at {address} ({err.strerror or type(err).__name__}); start one "
+            "with `ray start --head` there, or pass --ray-address local"
+        ) from None
 
 
 def _private_token() -> None:
@@ -385,7 +389,7 @@ def start_local_ray(cpus: int) -> float:
 
     temp = tempfile.mkdtemp(prefix="plora-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level="ERROR", log_to_driver=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=temp, logging_level=logging.ERROR, log_to_driver=False)
     _LOCAL_RAY.update(temp=temp, start_s=time.perf_counter() - t0)
 
     def stop() -> None:
@@ -404,8 +408,14 @@ class _Bar:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     console=Console(stderr=True), transient=True)
+            self.progress = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.task = self.progress.add_task(label, total=total)
 
     def __enter__(self) -> _Bar:

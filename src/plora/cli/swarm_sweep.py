@@ -56,19 +56,25 @@ def sweep(
     cfg = make_config(SweepConfig, **given)
     outcome = run_sweep(cfg, executor)
     rows = outcome.rows
-    typer.echo(f"swarm sweep: {len(rows)} runs in the grid have rows ({outcome.ran} ran now on "
-               f"{backend_of(executor)}, {outcome.reused} reused), {outcome.wall_s:.1f} s")
+    typer.echo(
+        f"swarm sweep: {len(rows)} runs in the grid have rows ({outcome.ran} ran now on "
+        f"{backend_of(executor)}, {outcome.reused} reused), {outcome.wall_s:.1f} s"
+    )
     if rows:
         worst = max(rows, key=lambda r: r["final"]["trojan_prevalence"])
-        typer.echo(f"  highest final trojan prevalence {worst['final']['trojan_prevalence']:.3f} at trojan rate "
-                   f"{worst['config']['trojan_rate']:g}, detection rate {worst['gate']['detection_rate']}")
+        typer.echo(
+            f"  highest final trojan prevalence {worst['final']['trojan_prevalence']:.3f} at trojan rate "
+            f"{worst['config']['trojan_rate']:g}, detection rate {worst['gate']['detection_rate']}"
+        )
     typer.echo(f"rows: {outcome.rows_path}\nsummary: {outcome.summary_path}")
     for png in outcome.phase_pngs:
         typer.echo(f"phase diagram: {png}")
     if outcome.failures:
         first = outcome.failures[0]
-        raise PloraError(f"{len(outcome.failures)} sweep runs failed twice (all listed in {outcome.summary_path}); "
-                         f"first: {first['error']}")
+        raise PloraError(
+            f"{len(outcome.failures)} sweep runs failed twice (all listed in {outcome.summary_path}); "
+            f"first: {first['error']}"
+        )
 
 
 def register(swarm_app: typer.Typer) -> None:

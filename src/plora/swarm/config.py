@@ -214,8 +214,9 @@ class NetConfig(SwarmConfig):
         return SwarmConfig._on_off(v)
 
 
-def make_config(cls: type[SwarmConfig] = SimConfig, /, **fields: Any) -> Any:
-    """``cls`` (default SimConfig) from keyword flags; a bad value becomes a one-line PloraError naming the flag."""
+def make_config(cls: type[BaseModel] = SimConfig, /, **fields: Any) -> Any:
+    """``cls`` (default SimConfig; any config model) from keyword flags; a bad value becomes a one-line PloraError
+    naming the flag."""
     try:
         return cls(**fields)
     except ValidationError as err:

@@ -62,15 +62,25 @@ class GateModel:
     root: Path | None = None  # the template pool's folder (its swarm key signs revocations, as with the real pool)
 
     @classmethod
-    def from_template(cls, template: list[PoolEntry], tpr: float, fpr: float, per_label: int, seed: int,
-                      domains: tuple[str, ...] | None = None, root: Path | None = None) -> GateModel:
+    def from_template(
+        cls,
+        template: list[PoolEntry],
+        tpr: float,
+        fpr: float,
+        per_label: int,
+        seed: int,
+        domains: tuple[str, ...] | None = None,
+        root: Path | None = None,
+    ) -> GateModel:
         for name, rate in (("tpr", tpr), ("fpr", fpr)):
             if not 0.0 <= rate <= 1.0:
                 raise PloraError(f"gate model: {name} must be in [0, 1], got {rate}")
         domains = domains or tuple(dict.fromkeys(e.domain for e in template))
         if 2 * per_label * len(domains) > MAX_PLASMIDS:
-            raise PloraError(f"gate model: 2 x {per_label} plasmids x {len(domains)} domains is more than "
-                             f"{MAX_PLASMIDS}; lower --gate_plasmids")
+            raise PloraError(
+                f"gate model: 2 x {per_label} plasmids x {len(domains)} domains is more than "
+                f"{MAX_PLASMIDS}; lower --gate_plasmids"
+            )
         rng = np.random.default_rng(seed)
         entries: list[PoolEntry] = []
         accept: list[bool] = []
@@ -97,9 +107,14 @@ class GateModel:
         """For the report: the requested rates, the realised ones and the draw's seed."""
         trojan = [not ok for e, ok in zip(self.entries, self.accept, strict=True) if e.trojan]
         clean = [not ok for e, ok in zip(self.entries, self.accept, strict=True) if not e.trojan]
-        return {"tpr": self.tpr, "fpr": self.fpr, "seed": self.seed, "plasmids": len(self.entries),
-                "detection_rate": float(np.mean(trojan)) if trojan else None,
-                "false_positive_rate": float(np.mean(clean)) if clean else None}
+        return {
+            "tpr": self.tpr,
+            "fpr": self.fpr,
+            "seed": self.seed,
+            "plasmids": len(self.entries),
+            "detection_rate": float(np.mean(trojan)) if trojan else None,
+            "false_positive_rate": float(np.mean(clean)) if clean else None,
+        }
 
 
 def rates_from_report(path: str | Path) -> tuple[float, float]:
@@ -111,8 +126,9 @@ def rates_from_report(path: str | Path) -> tuple[float, float]:
     except (OSError, ValueError) as err:
         raise PloraError(f"{path}: cannot read a gate-eval report ({type(err).__name__})") from None
     except (KeyError, TypeError):
-        raise PloraError(f"{path}: no held_out.overall.tpr/fpr (expected a gate_eval.json from plora gate-eval)"
-                         ) from None
+        raise PloraError(
+            f"{path}: no held_out.overall.tpr/fpr (expected a gate_eval.json from plora gate-eval)"
+        ) from None
     if not (0 <= tpr <= 1 and 0 <= fpr <= 1):
         raise PloraError(f"{path}: held-out TPR/FPR out of [0, 1]: {tpr}, {fpr}")
     return tpr, fpr

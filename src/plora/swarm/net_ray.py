@@ -49,8 +49,15 @@ FileTree = dict[str, Any]  # path -> bytes (a file) or {name: bytes} (a folder o
 class AgentHost:
     """One swarm agent on a Ray node: a ``plora agent --coordinated`` process it starts, feeds and relays to."""
 
-    def start(self, cfg_json: dict[str, Any], i: int, plasmid: tuple[str, dict[str, bytes]],
-              policy: dict[str, Any] | None, files: FileTree, flags: list[str]) -> tuple[str, str]:
+    def start(
+        self,
+        cfg_json: dict[str, Any],
+        i: int,
+        plasmid: tuple[str, dict[str, bytes]],
+        policy: dict[str, Any] | None,
+        files: FileTree,
+        flags: list[str],
+    ) -> tuple[str, str]:
         from plora.fsio import atomic_write_json
         from plora.grpc.server import format_address
         from plora.swarm.net import _spawn_agent, _wait_ready
@@ -58,8 +65,8 @@ class AgentHost:
         cfg = NetConfig(**cfg_json)
         node = _node_address()
         self.keep = cfg.work_dir is not None
-        self.work = Path(cfg.work_dir) if self.keep else Path(tempfile.mkdtemp(prefix="plora-ray-agent-"))
-        self.i, self.home = i, self.work / f"a{i}"
+        self.work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="plora-ray-agent-"))
+        self.home = self.work / f"a{i}"
         store = self.home / "store" / plasmid[0]
         shutil.rmtree(self.home / "store", ignore_errors=True)
         store.mkdir(parents=True)
@@ -185,14 +192,17 @@ def run_swarm_net_ray(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     flags = {i: setup.agent_flags(i) for i in range(cfg.agents)}
     files = ray.put(_referenced_files(setup.policy_json, list(flags.values())))
     cfg_json = cfg.model_dump(mode="json")
-    actors = {i: AgentHost.options(scheduling_strategy="SPREAD").remote() for i in range(cfg.agents)}
+    host: Any = AgentHost  # a Ray actor class (ray.remote's typing does not show .options)
+    actors = {i: host.options(scheduling_strategy="SPREAD").remote() for i in range(cfg.agents)}
     addresses: dict[int, str] = {}
     nodes: dict[int, str] = {}
     state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in setup.seeded.items()})
     quiescent, t_rounds = False, 0.0
     try:
-        starts = {i: actors[i].start.remote(cfg_json, i, _plasmid_files(setup.seeded[i]), setup.policy_json, files,
-                                            flags[i]) for i in actors}
+        starts = {
+            i: actors[i].start.remote(cfg_json, i, _plasmid_files(setup.seeded[i]), setup.policy_json, files, flags[i])
+            for i in actors
+        }
         for i, ref in starts.items():
             try:
                 addresses[i], nodes[i] = ray.get(ref, timeout=180)
@@ -202,8 +212,11 @@ def run_swarm_net_ray(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         ray.get([actors[i].peers.remote([addresses[j] for j in nbrs]) for i, nbrs in setup.neighbours.items()])
 
         def step_all(alive: dict[int, bool], r: int, collect: bool, revocations: dict) -> dict[int, dict]:
-            refs = {actors[i].step.remote(r, collect, revocations.get(i, []), cfg.step_timeout_s): i
-                    for i in actors if alive[i]}
+            refs = {
+                actors[i].step.remote(r, collect, revocations.get(i, []), cfg.step_timeout_s): i
+                for i in actors
+                if alive[i]
+            }
             ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=cfg.step_timeout_s + 60)
             out: dict[int, dict] = {}
             for ref in ready:
@@ -219,8 +232,9 @@ def run_swarm_net_ray(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 alive[refs[ref]] = False
             return out
 
-        quiescent = _run_rounds(cfg, setup, state, step_all,
-                                None if on_round is None else (lambda r: on_round(r, actors)))
+        quiescent = _run_rounds(
+            cfg, setup, state, step_all, None if on_round is None else (lambda r: on_round(r, actors))
+        )
         t_rounds = time.perf_counter() - t_ready
     finally:
         stops = [a.stop.remote() for a in actors.values()]
@@ -228,6 +242,5 @@ def run_swarm_net_ray(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
             ray.wait(stops, num_returns=len(stops), timeout=60)
         for a in actors.values():
             ray.kill(a)
-    extra = {"driver": "ray", "nodes": {f"a{i}": n for i, n in sorted(nodes.items())},
-             "ray_address": address}
+    extra = {"driver": "ray", "nodes": {f"a{i}": n for i, n in sorted(nodes.items())}, "ray_address": address}
     return _finish(cfg, setup, state, quiescent, t_rounds, addresses, extra)

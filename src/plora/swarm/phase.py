@@ -36,9 +36,9 @@ def phase_groups(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[
         shared = {k: v for k, v in row["config"].items() if k not in AXES}
         key = json.dumps({**shared, "gate model": row["gate"]["model"]}, sort_keys=True)
         groups.setdefault(key, []).append(row)
-    shared = [json.loads(k) for k in groups]
-    varying = {k for s in shared for k in s if len({json.dumps(t.get(k)) for t in shared}) > 1}
-    return [({k: v for k, v in s.items() if k in varying}, rs) for s, rs in zip(shared, groups.values(), strict=True)]
+    keys = [json.loads(k) for k in groups]
+    varying = {k for s in keys for k in s if len({json.dumps(t.get(k)) for t in keys}) > 1}
+    return [({k: v for k, v in s.items() if k in varying}, rs) for s, rs in zip(keys, groups.values(), strict=True)]
 
 
 def _full_round(row: dict[str, Any]) -> int | None:
@@ -51,8 +51,9 @@ def _gate_rates(row: dict[str, Any]) -> tuple[float, float]:
     return round(gate["detection_rate"] or 0.0, 4), round(gate["false_positive_rate"] or 0.0, 4)
 
 
-def _grid(rows: list[dict[str, Any]]) -> tuple[list[float], list[tuple[float, float]], np.ndarray, np.ndarray,
-                                               np.ndarray]:
+def _grid(
+    rows: list[dict[str, Any]],
+) -> tuple[list[float], list[tuple[float, float]], np.ndarray, np.ndarray, np.ndarray]:
     xs = sorted({r["config"]["trojan_rate"] for r in rows})
     ys = sorted({_gate_rates(r) for r in rows})
     prev = np.full((len(ys), len(xs)), np.nan)
@@ -77,22 +78,34 @@ def plot_phase(rows: list[dict[str, Any]], title: str) -> bytes:
 
     xs, ys, prev, full, never = _grid(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(ys) + 3.2))
-    panels = ((prev, "final trojan prevalence (honest agents)", "magma_r", (0.0, 1.0)),
-              (full, "rounds to full coverage (all domains)", "viridis", (None, None)))
+    panels = (
+        (prev, "final trojan prevalence (honest agents)", "magma_r", (0.0, 1.0)),
+        (full, "rounds to full coverage (all domains)", "viridis", (None, None)),
+    )
     for ax, (data, label, cmap, (lo, hi)) in zip(axes, panels, strict=True):
         im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=lo, vmax=hi)
         ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
         with_fpr = any(fpr for _, fpr in ys)  # the false-positive rate joins the label only where it varies
         ax.set_yticks(range(len(ys)), [f"{d:g}" + (f" (FPR {f:g})" if with_fpr else "") for d, f in ys])
-        ax.set(xlabel="trojan rate (share of agents starting with a trojan)",
-               ylabel="detection rate (trojans the gate rejects)", title=label)
+        ax.set(
+            xlabel="trojan rate (share of agents starting with a trojan)",
+            ylabel="detection rate (trojans the gate rejects)",
+            title=label,
+        )
         fig.colorbar(im, ax=ax, shrink=0.85)
         for (y, x), v in np.ndenumerate(data):
             text = "-" if np.isnan(v) else (f"{v:.2f}" if data is prev else f"{v:.1f}")
             if data is full and never[y, x]:
                 text += f"\n{never[y, x]} never"
-            ax.text(x, y, text, ha="center", va="center", fontsize=7,
-                    color="white" if not np.isnan(v) and data is prev and v > 0.5 else "black")
+            ax.text(
+                x,
+                y,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if not np.isnan(v) and data is prev and v > 0.5 else "black",
+            )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -105,17 +118,27 @@ def write_phase_diagrams(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """One PNG per group of rows (see the module), written atomically; [] without rows."""
     from plora.fsio import atomic_write_bytes
 
-    groups = [(d, rs) for d, rs in phase_groups(rows)  # one cell is no diagram
-              if len({r["config"]["trojan_rate"] for r in rs}) > 1 or len({_gate_rates(r) for r in rs}) > 1]
+    groups = [
+        (d, rs)
+        for d, rs in phase_groups(rows)  # one cell is no diagram
+        if len({r["config"]["trojan_rate"] for r in rs}) > 1 or len({_gate_rates(r) for r in rs}) > 1
+    ]
     paths = []
     for i, (differs, rs) in enumerate(groups, start=1):
         first = rs[0]
         seeds = sorted({r["config"]["seed"] for r in rs})
         c = first["config"]
-        gate = (f"gate model (FPR {c['gate_fpr']:g}, {first['gate']['plasmids']} plasmids)" if first["gate"]["model"]
-                else "the real gate's verdicts" if c["security"] else "no gate")
-        title = (f"swarm sweep: {c['agents']:,} agents, {first['graph']['kind']} overlay, {gate}, "
-                 f"{len(rs)} runs, seeds {','.join(map(str, seeds))}")
+        gate = (
+            f"gate model (FPR {c['gate_fpr']:g}, {first['gate']['plasmids']} plasmids)"
+            if first["gate"]["model"]
+            else "the real gate's verdicts"
+            if c["security"]
+            else "no gate"
+        )
+        title = (
+            f"swarm sweep: {c['agents']:,} agents, {first['graph']['kind']} overlay, {gate}, "
+            f"{len(rs)} runs, seeds {','.join(map(str, seeds))}"
+        )
         own = {"er": {"graph_p"}, "ws": {"ws_k", "ws_beta"}, "ba": {"ba_m"}}[c["graph"]]
         others = {"graph_p", "ws_k", "ws_beta", "ba_m"} - own  # parameters of the other overlays: not this one's
         shown = {k: v for k, v in differs.items() if k not in {"gate_plasmids", "agents", "graph"} | others}

@@ -95,12 +95,11 @@ class SweepConfig(BaseModel):
     gate_tpr: tuple[float | None, ...] = Field(
         default=(None,), min_length=1, description="gate model: detection rates (none: the real gate's verdicts)"
     )
-    gate_fpr: tuple[float, ...] = Field(
-        default=(0.0,), min_length=1, description="gate model: false-positive rates"
-    )
+    gate_fpr: tuple[float, ...] = Field(default=(0.0,), min_length=1, description="gate model: false-positive rates")
     gate_report: str | None = Field(
-        default=None, description="gate model: TPR and FPR measured by plora gate-eval (its gate_eval.json, "
-        "held-out part) instead of --gate_tpr/--gate_fpr"
+        default=None,
+        description="gate model: TPR and FPR measured by plora gate-eval (its gate_eval.json, "
+        "held-out part) instead of --gate_tpr/--gate_fpr",
     )
     gate_plasmids: int | None = Field(
         default=None, ge=1, description="gate model: plasmids per domain and label (default: as many as fit)"
@@ -114,9 +113,25 @@ class SweepConfig(BaseModel):
     out: str = Field(default="results/sweep", description="folder for sweep.jsonl, sweep.json and the phase PNGs")
     resume: bool = Field(default=True, description="on: skip runs whose rows are already in sweep.jsonl")
 
-    @field_validator("agents", "graph", "graph_p", "ws_k", "ws_beta", "ba_m", "trojan_rate", "sources",
-                     "max_fetch_per_contact", "tau_trigger", "tau_norm_z", "tau_clean_delta", "gate_tpr",
-                     "gate_fpr", "seeds", "domains", mode="before")
+    @field_validator(
+        "agents",
+        "graph",
+        "graph_p",
+        "ws_k",
+        "ws_beta",
+        "ba_m",
+        "trojan_rate",
+        "sources",
+        "max_fetch_per_contact",
+        "tau_trigger",
+        "tau_norm_z",
+        "tau_clean_delta",
+        "gate_tpr",
+        "gate_fpr",
+        "seeds",
+        "domains",
+        mode="before",
+    )
     @classmethod
     def _list(cls, v: Any) -> Any:
         v = _csv(v)
@@ -142,7 +157,7 @@ def make_sweep(**fields: Any) -> SweepConfig:
     """SweepConfig from keyword flags; a bad value becomes a one-line PloraError naming the flag."""
     from plora.swarm.config import make_config
 
-    return make_config(SweepConfig, **fields)  # type: ignore[arg-type]
+    return make_config(SweepConfig, **fields)
 
 
 def _graph_axes(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -162,15 +177,17 @@ def _gate_axes(sweep: SweepConfig) -> list[dict[str, Any]]:
     if sweep.gate_report:
         from plora.swarm.gate_model import rates_from_report
 
-        tpr, fpr = rates_from_report(sweep.gate_report)
-        return [{"gate_tpr": tpr, "gate_fpr": fpr, "gate_plasmids": sweep.gate_plasmids}]
+        measured_tpr, measured_fpr = rates_from_report(sweep.gate_report)
+        return [{"gate_tpr": measured_tpr, "gate_fpr": measured_fpr, "gate_plasmids": sweep.gate_plasmids}]
     out: list[dict[str, Any]] = []
     for tpr in dict.fromkeys(sweep.gate_tpr):
         if tpr is None:
             out.append({})
         else:
-            out += [{"gate_tpr": tpr, "gate_fpr": f, "gate_plasmids": sweep.gate_plasmids}
-                    for f in dict.fromkeys(sweep.gate_fpr)]
+            out += [
+                {"gate_tpr": tpr, "gate_fpr": f, "gate_plasmids": sweep.gate_plasmids}
+                for f in dict.fromkeys(sweep.gate_fpr)
+            ]
     return out
 
 
@@ -178,18 +195,40 @@ def plan_runs(sweep: SweepConfig) -> list[SimConfig]:
     """Every run of the grid, in a fixed order; each validated (a bad combination names the run and the flag)."""
     from plora.swarm.config import make_config
 
-    fixed = {"rounds": sweep.rounds, "domains": sweep.domains, "security": sweep.security,
-             "policy_file": sweep.policy_file, "pool_dir": sweep.pool_dir}
+    fixed = {
+        "rounds": sweep.rounds,
+        "domains": sweep.domains,
+        "security": sweep.security,
+        "policy_file": sweep.policy_file,
+        "pool_dir": sweep.pool_dir,
+    }
     runs: list[SimConfig] = []
     seen: set[str] = set()
     for n, g, tr, src, mf, tt, tn, tc, gate, seed in itertools.product(
-        dict.fromkeys(sweep.agents), _graph_axes(sweep), dict.fromkeys(sweep.trojan_rate),
-        dict.fromkeys(sweep.sources), dict.fromkeys(sweep.max_fetch_per_contact), dict.fromkeys(sweep.tau_trigger),
-        dict.fromkeys(sweep.tau_norm_z), dict.fromkeys(sweep.tau_clean_delta), _gate_axes(sweep),
+        dict.fromkeys(sweep.agents),
+        _graph_axes(sweep),
+        dict.fromkeys(sweep.trojan_rate),
+        dict.fromkeys(sweep.sources),
+        dict.fromkeys(sweep.max_fetch_per_contact),
+        dict.fromkeys(sweep.tau_trigger),
+        dict.fromkeys(sweep.tau_norm_z),
+        dict.fromkeys(sweep.tau_clean_delta),
+        _gate_axes(sweep),
         dict.fromkeys(sweep.seeds),
     ):
-        fields = {**fixed, **g, **gate, "agents": n, "trojan_rate": tr, "sources": src, "max_fetch_per_contact": mf,
-                  "tau_trigger": tt, "tau_norm_z": tn, "tau_clean_delta": tc, "seed": seed}
+        fields = {
+            **fixed,
+            **g,
+            **gate,
+            "agents": n,
+            "trojan_rate": tr,
+            "sources": src,
+            "max_fetch_per_contact": mf,
+            "tau_trigger": tt,
+            "tau_norm_z": tn,
+            "tau_clean_delta": tc,
+            "seed": seed,
+        }
         try:
             cfg = make_config(SimConfig, **{k: v for k, v in fields.items() if v is not None})
         except PloraError as err:
@@ -233,11 +272,26 @@ def run_one(task: tuple[dict[str, Any], Any]) -> dict[str, Any]:
     return {
         "key": run_key(cfg),
         "config": {k: v for k, v in cfg.flags().items() if k != "report_dir"},
-        "graph": {k: g.get(k) for k in ("kind", "n", "edges", "mean_degree", "components", "largest_component",
-                                        "isolated", "spectral_gap")},
+        "graph": {
+            k: g.get(k)
+            for k in (
+                "kind",
+                "n",
+                "edges",
+                "mean_degree",
+                "components",
+                "largest_component",
+                "isolated",
+                "spectral_gap",
+            )
+        },
         "agents": {"honest": meta["honest_agents"], "trojan": meta["trojan_agents"]},
-        "gate": {"model": cfg.gate_tpr is not None, "detection_rate": refused(trojans),
-                 "false_positive_rate": refused(clean), "plasmids": len(pool)},
+        "gate": {
+            "model": cfg.gate_tpr is not None,
+            "detection_rate": refused(trojans),
+            "false_positive_rate": refused(clean),
+            "plasmids": len(pool),
+        },
         "final": final,
         "timings": timings,
     }
@@ -311,8 +365,12 @@ def prepare_pool(sweep: SweepConfig, runs: list[SimConfig], executor: ExecutorCo
         if key not in seen:
             seen.add(key)
             if progress:
-                print(f"sweep: the real gate's verdicts on {len(provider.entries)} plasmids under policy {key[:8]} "
-                      "(screened once, then read from the cache)", file=sys.stderr, flush=True)
+                print(
+                    f"sweep: the real gate's verdicts on {len(provider.entries)} plasmids under policy {key[:8]} "
+                    "(screened once, then read from the cache)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             provider.verdicts(policy)
     return pool
 
@@ -341,6 +399,7 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
     writer = _RowWriter(rows_path, existing)  # resume off reruns and appends: the last row of a key counts
     failures: list[dict[str, Any]] = []
     try:
+
         def finished(i: int, row: dict[str, Any]) -> None:
             done[row["key"]] = row
             writer.add(row)
@@ -351,8 +410,15 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
                 print(f"sweep: run {run_key(todo[i])} failed twice: {failure.error}", file=sys.stderr, flush=True)
 
         t_runs = time.perf_counter()
-        run_tasks(run_one, [(cfg.model_dump(), pool) for cfg in todo], executor, on_result=finished,
-                  on_failure=failed, label="swarm sweep runs", progress=progress)
+        run_tasks(
+            run_one,
+            [(cfg.model_dump(), pool) for cfg in todo],
+            executor,
+            on_result=finished,
+            on_failure=failed,
+            label="swarm sweep runs",
+            progress=progress,
+        )
         runs_s = time.perf_counter() - t_runs
     finally:
         writer.close()
@@ -361,14 +427,35 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
 
     pngs = write_phase_diagrams(rows, out)
     wall = time.perf_counter() - t0
-    atomic_write_json(out / SUMMARY, {
-        "sweep": sweep.model_dump(mode="json"),
-        "executor": {"backend": backend_of(executor), "jobs": executor.jobs,
-                     "ray_address": ray_address_in_force(executor)},
-        "runs": len(runs), "ran": len(todo) - len(failures), "reused": len(runs) - len(todo),
-        "failed": failures, "rows": str(rows_path), "phase_pngs": [str(p) for p in pngs],
-        "timings": {"wall_s": round(wall, 3), "runs_s": round(runs_s, 3),
-                    "run_seconds_sum": round(sum(r["timings"].get("total_s", 0.0) for r in rows), 3)},
-    })
-    return SweepOutcome(rows, rows_path, out / SUMMARY, pngs, failures, ran=len(todo) - len(failures),
-                        reused=len(runs) - len(todo), wall_s=wall)
+    atomic_write_json(
+        out / SUMMARY,
+        {
+            "sweep": sweep.model_dump(mode="json"),
+            "executor": {
+                "backend": backend_of(executor),
+                "jobs": executor.jobs,
+                "ray_address": ray_address_in_force(executor),
+            },
+            "runs": len(runs),
+            "ran": len(todo) - len(failures),
+            "reused": len(runs) - len(todo),
+            "failed": failures,
+            "rows": str(rows_path),
+            "phase_pngs": [str(p) for p in pngs],
+            "timings": {
+                "wall_s": round(wall, 3),
+                "runs_s": round(runs_s, 3),
+                "run_seconds_sum": round(sum(r["timings"].get("total_s", 0.0) for r in rows), 3),
+            },
+        },
+    )
+    return SweepOutcome(
+        rows,
+        rows_path,
+        out / SUMMARY,
+        pngs,
+        failures,
+        ran=len(todo) - len(failures),
+        reused=len(runs) - len(todo),
+        wall_s=wall,
+    )
