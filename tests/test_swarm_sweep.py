@@ -101,6 +101,8 @@ def test_gate_model_rejects_exact_seeded_shares_and_reads_gate_eval(tmp_path: Pa
     report = tmp_path / "gate_eval.json"
     report.write_text(json.dumps({"held_out": {"overall": {"tpr": 0.8, "fpr": 0.05}}}))
     assert rates_from_report(report) == (0.8, 0.05)
+    report.write_text(json.dumps({"ordinary": {"overall": {"tpr": 0.7, "fpr": 0.1}}}))  # gate-eval before the split
+    assert rates_from_report(report) == (0.7, 0.1)
     report.write_text(json.dumps({"development": {}}))
     with pytest.raises(PloraError, match="no held_out.overall.tpr/fpr"):
         rates_from_report(report)

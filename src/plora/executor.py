@@ -1,10 +1,12 @@
 """One seam for every fan-out of independent tasks: a local process pool by default, Ray when an address is given.
 
-    >>> from plora.executor import ExecutorConfig, run_tasks
+    >>> from plora.executor import ExecutorConfig, backend_of, run_tasks
     >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=1), progress=False)
     [1, 2, 3]
-    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=2), progress=False)       # 2 processes  # doctest: +SKIP
-    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(ray_address="auto"))           # a Ray cluster  # doctest: +SKIP
+    >>> run_tasks(abs, [-1, 2, -3], ExecutorConfig(jobs=2), progress=False)  # two worker processes
+    [1, 2, 3]
+    >>> backend_of(ExecutorConfig(ray_address="auto"))  # after `ray start --head`, the same call runs on that cluster
+    'ray'
 
 Backends (:func:`backend_of`): ``inline`` (``jobs`` 1, no Ray: the tasks run in this process, one after another),
 ``processes`` (``jobs`` > 1: that many spawned worker processes on this machine) and ``ray`` (``ray_address`` or the

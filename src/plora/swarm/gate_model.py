@@ -118,14 +118,17 @@ class GateModel:
 
 
 def rates_from_report(path: str | Path) -> tuple[float, float]:
-    """(TPR, FPR) measured by ``plora gate-eval``: the held-out block of its ``gate_eval.json``."""
+    """(TPR, FPR) measured by ``plora gate-eval``: the held-out block of its ``gate_eval.json`` (``held_out.overall``;
+    a report from before the family split has them in ``ordinary.overall``: working ordinary trojans, held-out
+    clean plasmids)."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
-        overall = report["held_out"]["overall"]
-        tpr, fpr = float(overall["tpr"]), float(overall["fpr"])
     except (OSError, ValueError) as err:
         raise PloraError(f"{path}: cannot read a gate-eval report ({type(err).__name__})") from None
-    except (KeyError, TypeError):
+    try:
+        block = report["held_out"] if isinstance(report, dict) and "held_out" in report else report["ordinary"]
+        tpr, fpr = float(block["overall"]["tpr"]), float(block["overall"]["fpr"])
+    except (KeyError, TypeError, ValueError):
         raise PloraError(
             f"{path}: no held_out.overall.tpr/fpr (expected a gate_eval.json from plora gate-eval)"
         ) from None

@@ -1,10 +1,10 @@
 """`plora swarm net --ray`: the networked swarm's agents as Ray actors across a cluster, rounds driven through Ray.
 
-    >>> from plora.swarm.config import NetConfig
-    >>> from plora.swarm.net import run_swarm_net
-    >>> report = run_swarm_net(NetConfig(agents=16, rounds=10, trojan_rate=0.3, seed=42, ray=True))  # doctest: +SKIP
-    >>> report["meta"]["extra"]["driver"], report["meta"]["extra"]["nodes"]["a0"]                   # doctest: +SKIP
-    ('ray', '192.0.2.2')
+    plora swarm net --agents 16 --rounds 10 --graph_p 0.25 --trojan_rate 0.3 --seed 42 --ray     # a private Ray here
+    plora swarm net --agents 16 --rounds 10 --graph_p 0.25 --trojan_rate 0.3 --seed 42 --ray --ray-address auto
+
+Library: ``plora.swarm.net.run_swarm_net(NetConfig(..., ray=True))``; ``report["meta"]["extra"]["driver"]`` is
+``"ray"`` and ``report["meta"]["extra"]["nodes"]`` maps each agent to its node's address.
 
 Each agent is one :class:`AgentHost` actor, spread over the cluster's nodes (Ray's SPREAD strategy, ``num_cpus=0``:
 an agent mostly waits on the network). On its node the actor writes the agent's store (the seeded plasmid's files,

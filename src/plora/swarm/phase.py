@@ -2,10 +2,14 @@
 
     >>> from pathlib import Path
     >>> from plora.swarm.phase import phase_groups, write_phase_diagrams
-    >>> from plora.swarm.sweep import read_rows
-    >>> rows = read_rows(Path("results/sweep/sweep.jsonl"))                        # doctest: +SKIP
-    >>> write_phase_diagrams(rows, Path("results/sweep"))                          # doctest: +SKIP
-    [PosixPath('results/sweep/phase.png')]
+    >>> from plora.swarm.sweep import SweepConfig, run_sweep
+    >>> sweep = SweepConfig(agents=(300,), graph_p=(0.03,), trojan_rate=(0.0,), gate_tpr=(1.0,), gate_fpr=(0.0, 0.5),
+    ...                     seeds=(1,), domains=("legal", "medical"), pool_dir="mypool", out="results/sweep")
+    >>> rows = run_sweep(sweep, progress=False).rows  # 2 runs, in this process
+    >>> [(differs, len(group)) for differs, group in phase_groups(rows)]  # one group: only the gate's FPR varies
+    [({}, 2)]
+    >>> [p.name for p in write_phase_diagrams(rows, Path("results/sweep"))]
+    ['phase.png']
 
 Rows are grouped by every flag except the seed, the trojan rate and the gate's knobs (``gate_tpr``, ``gate_fpr``,
 the ``tau_*`` thresholds), and by real gate vs gate model: one PNG per group (``phase.png`` for a single group, else

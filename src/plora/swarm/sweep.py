@@ -5,8 +5,13 @@
     >>> sweep = SweepConfig(agents=(1000,), graph_p=(0.01,), trojan_rate=(0.1, 0.3), gate_tpr=(0.5, 0.9), seeds=(1, 2))
     >>> len(plan_runs(sweep))                       # 2 trojan rates x 2 detection rates x 2 seeds
     8
-    >>> outcome = run_sweep(sweep, ExecutorConfig(jobs=2))        # doctest: +SKIP
-    >>> outcome.rows_path, outcome.phase_pngs                     # doctest: +SKIP
+    >>> small = SweepConfig(agents=(300,), graph_p=(0.03,), trojan_rate=(0.0,), gate_tpr=(1.0,), gate_fpr=(0.0, 0.5),
+    ...                     seeds=(1, 2), domains=("legal", "medical"), pool_dir="mypool", out="results/sweep")
+    >>> outcome = run_sweep(small, ExecutorConfig(jobs=2), progress=False)  # 4 runs in 2 worker processes
+    >>> outcome.ran, [r["gate"]["false_positive_rate"] for r in outcome.rows]
+    (4, [0.0, 0.0, 0.5, 0.5])
+    >>> str(outcome.rows_path), [str(p) for p in outcome.phase_pngs]
+    ('results/sweep/sweep.jsonl', ['results/sweep/phase.png'])
 
 Each field of :class:`SweepConfig` that takes a list is one axis of the grid; every combination is one run of
 :func:`plora.swarm.sim.run_simulation` (a :class:`plora.swarm.config.SimConfig`). Graph parameters only vary with
