@@ -172,6 +172,11 @@ class PlasmidPool:
         self.root = root
         self._verdicts: Any = None  # a VerdictCache for the last policy asked (it holds the loaded base)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pool sent to another process (plora.executor) leaves its verdict cache behind: it holds a lock and
+        a loaded base; the verdicts themselves are on disk, where the other process reads them."""
+        return {**self.__dict__, "_verdicts": None}
+
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_folders(cls, clean: list[str | Path], trojan: list[str | Path]) -> PlasmidPool:
