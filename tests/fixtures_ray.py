@@ -27,10 +27,12 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     os.environ["HF_HUB_OFFLINE"] = "1"
     ray = pytest.importorskip("ray")  # after the environment: Ray reads its auth settings at import
     temp = Path("/tmp") / f"plora-ray-test-{os.getpid()}"  # short: Ray's socket paths must fit 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), logging_level="ERROR", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), logging_level="ERROR", log_to_driver=False)
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
