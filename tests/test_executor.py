@@ -71,7 +71,7 @@ def test_a_dead_worker_is_reported_and_the_others_finish() -> None:
 
 def test_ray_is_imported_only_when_chosen() -> None:
     code = (
-        "import sys; import plora.cli.main, plora.executor, plora.swarm.sweep; "
+        "import sys; import plora.cli.main, plora.executor, plora.swarm.sweep, plora.swarm.net_ray; "
         "from plora.executor import ExecutorConfig, run_tasks; run_tasks(abs, [-1], ExecutorConfig(), "
         "progress=False); assert 'ray' not in sys.modules and 'torch' not in sys.modules, 'imported'"
     )

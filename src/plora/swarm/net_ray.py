@@ -37,15 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from plora.errors import PloraError
 from plora.swarm.config import NetConfig
 
 FileTree = dict[str, Any]  # path -> bytes (a file) or {name: bytes} (a folder of keys)
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
 class AgentHost:
     """One swarm agent on a Ray node: a ``plora agent --coordinated`` process it starts, feeds and relays to."""
 
@@ -111,6 +108,8 @@ class AgentHost:
 
 def _node_address() -> str:
     """The address this node is registered at in the cluster: what the other nodes reach it at."""
+    import ray
+
     here = ray.get_runtime_context().get_node_id()
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == here)
 
@@ -188,11 +187,11 @@ def run_swarm_net_ray(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
 
     setup = _setup(cfg)
     address = ray_address_in_force(ExecutorConfig(ray_address=cfg.ray_address)) or "local"
-    connect_ray(ExecutorConfig(jobs=os.cpu_count() or 1, ray_address=address))
+    ray = connect_ray(ExecutorConfig(jobs=os.cpu_count() or 1, ray_address=address))  # the first `import ray`
     flags = {i: setup.agent_flags(i) for i in range(cfg.agents)}
     files = ray.put(_referenced_files(setup.policy_json, list(flags.values())))
     cfg_json = cfg.model_dump(mode="json")
-    host: Any = AgentHost  # a Ray actor class (ray.remote's typing does not show .options)
+    host: Any = ray.remote(num_cpus=0, max_restarts=0)(AgentHost)
     actors = {i: host.options(scheduling_strategy="SPREAD").remote() for i in range(cfg.agents)}
     addresses: dict[int, str] = {}
     nodes: dict[int, str] = {}
