@@ -60,6 +60,7 @@ bench:
 	$(BIN)/python bench/swarm.py
 	$(BIN)/python bench/signatures.py
 	$(BIN)/python bench/probe.py
+	$(BIN)/python bench/sweep_backends.py
 
 clean:
 	rm -rf out received results .pytest_cache

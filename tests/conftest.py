@@ -23,3 +23,4 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 
 from fixtures_plasmids import *  # noqa: E402,F401,F403 - session fixtures: trained plasmids shared by the suite
+from fixtures_ray import *  # noqa: E402,F401,F403 - one local Ray for the suite's Ray tests

@@ -12,6 +12,7 @@
 | PLORA_LATENCY_BUDGET_MS | inject+remove budget enforced by callers such as the value-add experiment | 250 |
 | PLORA_HOME | caches: converted GGUF models, trained pools, verdicts | ``~/.cache/plora`` |
 | PLORA_DEVICE | torch device base models are loaded on: ``cpu``, ``cuda``, ``cuda:N`` | ``cpu`` |
+| RAY_ADDRESS | where ``plora.executor`` runs tasks when ``--ray-address`` is not given (Ray's own variable) | none |
 
 Values are read on every call, so tests and long-running agents see changes.
 """
@@ -36,6 +37,7 @@ class Settings:
     latency_budget_ms: float
     home: Path
     device: str = "cpu"
+    ray_address: str | None = None
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -67,6 +69,7 @@ def get_settings() -> Settings:
         latency_budget_ms=budget,
         home=home,
         device=device,
+        ray_address=env.get("RAY_ADDRESS", "").strip() or None,
     )
 
 

@@ -3,13 +3,14 @@
     plora swarm sim --agents 6 --rounds 5 --graph_p 0.25 --security on --trojan_rate 0.3
     python -m swarm_v2 --agents 6 --rounds 5 --graph_p 0.25 --security on --trojan_rate 0.3     (the same command)
     plora swarm summarise --reports results --out results/summary_v2.json
+    plora swarm sweep --agents 100000 --graph_p 0.0001 --trojan_rate 0,0.2 --gate_tpr 0.5,0.9 --seeds 0,1
 """
 
 from __future__ import annotations
 
 import typer
 
-from plora.cli import swarm_net
+from plora.cli import swarm_net, swarm_sweep
 from plora.cli.options import option, plain_app
 from plora.swarm.config import SimConfig
 
@@ -38,6 +39,9 @@ def sim(
     domains: str = option(SimConfig, "domains"),
     sources: int | None = option(SimConfig, "sources"),
     max_fetch_per_contact: int | None = option(SimConfig, "max_fetch_per_contact"),
+    gate_tpr: float | None = option(SimConfig, "gate_tpr"),
+    gate_fpr: float | None = option(SimConfig, "gate_fpr"),
+    gate_plasmids: int | None = option(SimConfig, "gate_plasmids"),
     revoke_at: int | None = option(SimConfig, "revoke_at"),
     peer_scoring: str | None = option(SimConfig, "peer_scoring", on_off=True),
     compare_peer_scoring: str = option(SimConfig, "compare_peer_scoring", on_off=True),
@@ -72,4 +76,5 @@ def register(app: typer.Typer) -> None:
     swarm_app.command("sim")(sim)
     swarm_app.command("summarise")(summarise)
     swarm_net.register(swarm_app)
+    swarm_sweep.register(swarm_app)
     app.add_typer(swarm_app, name="swarm")

@@ -1,6 +1,7 @@
 """`plora swarm net`: N real agent processes on loopback, gossiping plasmids push-pull over gRPC.
 
     plora swarm net --agents 8 --rounds 10 --graph_p 0.25 --security on --trojan_rate 0.3 --seed 42
+    plora swarm net --agents 16 --rounds 10 --graph_p 0.25 --trojan_rate 0.3 --seed 42 --ray   # agents as Ray actors
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def net(
     revoke_at: int | None = option(NetConfig, "revoke_at"),
     peer_scoring: str | None = option(NetConfig, "peer_scoring", on_off=True),
     live_model: str = option(NetConfig, "live_model", on_off=True),
+    ray: bool = option(NetConfig, "ray"),
+    ray_address: str | None = option(NetConfig, "ray_address"),
 ) -> None:
     """Start N `plora agent` processes on 127.0.0.1, gossip push-pull over gRPC, write a Swarm Sim v2 report."""
     given = {k: v for k, v in locals().items() if v is not None}  # unset gate flags leave the policy alone
@@ -46,7 +49,10 @@ def net(
     report = run_swarm_net(cfg)
     meta, final = report["meta"], report["final"]
     g, gate = meta["graph"], final["gate"]
-    typer.echo(f"swarm net: {meta['agents']} agent processes ({meta['trojan_agents']} trojan), {g['edges']} edges, "
+    nodes = meta["extra"].get("nodes")
+    where = f" as Ray actors on {len(set(nodes.values()))} node(s)" if nodes else ""
+    typer.echo(f"swarm net: {meta['agents']} agent processes{where} ({meta['trojan_agents']} trojan), "
+               f"{g['edges']} edges, "
                f"{final['rounds_run']} rounds{' (quiescent)' if final['quiescent'] else ''}, security {security}, "
                f"{meta['timings']['wall_s']:.1f} s")
     for d, c in final["coverage"].items():

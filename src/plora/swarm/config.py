@@ -136,6 +136,17 @@ class SimConfig(SwarmConfig):
     max_fetch_per_contact: int | None = Field(
         default=None, ge=1, description="plasmids each side may fetch per contact (default: no cap)"
     )
+    gate_tpr: float | None = Field(
+        default=None, ge=0, le=1, description="gate model: share of trojan plasmids the gate rejects (default: the "
+        "real gate's verdicts on the real pool; see plora.swarm.gate_model)"
+    )
+    gate_fpr: float | None = Field(
+        default=None, ge=0, le=1, description="gate model: share of clean plasmids the gate rejects (default 0)"
+    )
+    gate_plasmids: int | None = Field(
+        default=None, ge=1, description="gate model: distinct plasmids per domain and label (default: as many as "
+        "fit, 64 in all)"
+    )
     compare_peer_scoring: bool = Field(
         default=False,
         description="also run the same seed with peer scoring flipped: both arms side by side in final.recall.arms",
@@ -154,7 +165,16 @@ class SimConfig(SwarmConfig):
             )
         if self.graph == "ws" and self.ws_k % 2:
             raise ValueError(f"--ws_k must be even, got {self.ws_k}")
+        if self.gate_tpr is None and (self.gate_fpr is not None or self.gate_plasmids is not None):
+            raise ValueError("--gate_fpr and --gate_plasmids belong to the gate model: give --gate_tpr too")
+        if self.gate_tpr is not None and not self.security:
+            raise ValueError("--gate_tpr models the gate's verdicts: it needs --security on")
         return self
+
+    def flags(self) -> dict[str, Any]:
+        """Every flag; the gate model's only when it is used (reports of real-gate runs keep their names)."""
+        model = {"gate_tpr", "gate_fpr", "gate_plasmids"}
+        return self.model_dump(mode="json", exclude=model if self.gate_tpr is None else None)
 
 
 class NetConfig(SwarmConfig):
@@ -171,13 +191,22 @@ class NetConfig(SwarmConfig):
         "unloads revoked ones, checking the weights bit for bit (torch in every agent)",
     )
     progress: bool = Field(default=True, description="show a progress bar over rounds")
+    ray: bool = Field(
+        default=False, description="run the agents as Ray actors across the cluster's nodes (each a plora agent "
+        "listening on its node's address) and drive the rounds through Ray"
+    )
+    ray_address: str | None = Field(
+        default=None, description="with --ray: auto (the cluster started here with `ray start --head`) or "
+        "HOST:PORT; default RAY_ADDRESS, else a private Ray on this machine"
+    )
 
     def sim_config(self) -> SimConfig:
         """The Swarm Sim v2 config with the same shared flags: same overlay, roles and policy."""
         return make_config(**self.model_dump(include=set(SwarmConfig.model_fields)))
 
     def flags(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s"})
+        return self.model_dump(mode="json", exclude={"progress", "work_dir", "report_dir", "step_timeout_s", "ray",
+                                                     "ray_address"})
 
     @field_validator("live_model", mode="before")
     @classmethod
@@ -185,8 +214,9 @@ class NetConfig(SwarmConfig):
         return SwarmConfig._on_off(v)
 
 
-def make_config(cls: type[SwarmConfig] = SimConfig, /, **fields: Any) -> Any:
-    """``cls`` (default SimConfig) from keyword flags; a bad value becomes a one-line PloraError naming the flag."""
+def make_config(cls: type[BaseModel] = SimConfig, /, **fields: Any) -> Any:
+    """``cls`` (default SimConfig; any config model) from keyword flags; a bad value becomes a one-line PloraError
+    naming the flag."""
     try:
         return cls(**fields)
     except ValidationError as err:

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +66,26 @@ def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any, Path | 
     return provider.entries, domains, policy, getattr(provider, "root", None)  # a signed pool: its copy's root
 
 
-def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
-              timeout: float, revocations: dict[int, list[bytes]] | None = None) -> dict[int, dict[str, Any]]:
+def _step_one(address: str, round_: int, collect: bool, timeout: float,
+              revocations: list[bytes] | None = None) -> dict[str, Any] | None:
+    """One Step call to one agent: its round record, or None when it does not answer (dead)."""
     import grpc
 
     from plora.grpc.proto import pb2, pb2_grpc
 
+    with grpc.insecure_channel(address) as ch:
+        try:
+            request = pb2.StepRequest(round=round_, collect=collect, revocations=revocations or [])
+            reply = pb2_grpc.PlasmidExchangeStub(ch).Step(request, timeout=timeout)
+        except grpc.RpcError:
+            return None
+        return json.loads(reply.json)
+
+
+def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
+              timeout: float, revocations: dict[int, list[bytes]] | None = None) -> dict[int, dict[str, Any]]:
     def one(i: int) -> tuple[int, dict[str, Any] | None]:
-        with grpc.insecure_channel(addresses[i]) as ch:
-            try:
-                request = pb2.StepRequest(round=round_, collect=collect, revocations=(revocations or {}).get(i, []))
-                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(request, timeout=timeout)
-            except grpc.RpcError:
-                return i, None
-            return i, json.loads(reply.json)
+        return i, _step_one(addresses[i], round_, collect, timeout, (revocations or {}).get(i, []))
 
     live = [i for i in addresses if alive[i]]
     with ThreadPoolExecutor(max_workers=max(1, len(live))) as pool:
@@ -89,16 +96,35 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
     return {i: r for i, r in results.items() if r is not None}
 
 
-def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
-    """Run the networked swarm and write its report; ``on_round(round, procs)`` is called after each barrier."""
-    from plora.grpc.client import clean_stale_stages
-    from plora.swarm.graphs import graph_stats, make_graph
-    from plora.swarm.report import build_report, write_report
+@dataclass
+class _Setup:
+    """What both drivers (processes here, Ray actors in plora.swarm.net_ray) start from: the sim's draws."""
+
+    pool: list[Any]
+    domains: list[str]
+    policy_json: dict[str, Any] | None
+    graph: Any
+    trojan_agents: set[int]
+    seeded: dict[int, Any]
+    recall: NetRecall
+    t_start: float
+    t_pool: float
+    started: time.struct_time
+
+    @property
+    def neighbours(self) -> dict[int, list[int]]:
+        return {i: [int(j) for j in self.graph.neighbours(i)] for i in range(self.graph.n)}
+
+    def agent_flags(self, i: int) -> list[str]:
+        return self.recall.flags(i, self.domains[i % len(self.domains)])
+
+
+def _setup(cfg: NetConfig) -> _Setup:
+    from plora.swarm.graphs import make_graph
+    from plora.swarm.sim import stream_seeds
 
     if cfg.agents < 2 or cfg.rounds < 1 or not 0 <= cfg.trojan_rate <= 1 or not 0 <= cfg.graph_p <= 1:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
-    from plora.swarm.sim import stream_seeds
-
     t_start, started = time.perf_counter(), time.gmtime()
     pool, domains, policy, pool_root = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
@@ -107,41 +133,90 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     trojan_agents, first = initial_plasmids(cfg.agents, pool, domains, cfg.trojan_rate, role_seed)
     recall = NetRecall(cfg, pool_root, pool, policy, graph, trojan_agents)
     recall.prepare()
-    work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
-    work.mkdir(parents=True, exist_ok=True)
     policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
-    policy_path = atomic_write_json(work / "policy.json", policy_json) if policy_json else None
-    seeded = _seed_stores(work, first)
-    procs: dict[int, subprocess.Popen] = {}
-    addresses: dict[int, str] = {}
-    state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()})
+    return _Setup(pool, domains, policy_json, graph, trojan_agents, first, recall, t_start, t_pool, started)
+
+
+def _run_rounds(cfg: NetConfig, setup: _Setup, state: _State, step_all: Any, on_round: Any = None) -> bool:
+    """The barrier rounds (both drivers): ``step_all(alive, round, collect, revocations)`` returns the live agents'
+    records and marks the dead ones; returns whether the run stopped because nothing could change any more."""
+    neighbours, recall = setup.neighbours, setup.recall
+    alive = {i: True for i in range(cfg.agents)}
     quiescent = False
-    t_rounds = 0.0
+    progress = _progress(cfg)
     try:
-        for i in range(cfg.agents):
-            procs[i] = _spawn_agent(cfg, work, i, policy_path, recall.flags(i, domains[i % len(domains)]))
-        addresses = _wait_ready(work, procs, timeout=120.0)
-        t_ready = time.perf_counter()
-        neighbours = {i: [int(j) for j in graph.neighbours(i)] for i in range(cfg.agents)}
-        for i in range(cfg.agents):
-            atomic_write_text(work / f"a{i}" / "peers.txt", "".join(addresses[j] + "\n" for j in neighbours[i]))
-        alive = {i: True for i in range(cfg.agents)}
-        progress = _progress(cfg)
         for r in range(1, cfg.rounds + 1):
-            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s, recall.issue(r, state))
-            late = _step_all(addresses, alive, r, True, cfg.step_timeout_s)
+            recs = step_all(alive, r, False, recall.issue(r, state))
+            late = step_all(alive, r, True, {})
             state.absorb(r, recs, late, alive)
             recall.absorb(recs, late)
             if progress:
                 progress.advance(progress.task_ids[0])
             if on_round is not None:
-                on_round(r - 1, procs)
+                on_round(r - 1)
             quiescent = not state.can_change(neighbours, alive, recall.blocked) and not recall.can_spread(
                 neighbours, alive)
             if quiescent:
                 break
+    finally:
         if progress:
             progress.stop()
+    return quiescent
+
+
+def _finish(cfg: NetConfig, setup: _Setup, state: _State, quiescent: bool, t_rounds: float,
+            addresses: dict[int, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build and write the report (Swarm Sim v2 schema) from the agents' records; both drivers end here."""
+    from plora.swarm.graphs import graph_stats
+    from plora.swarm.report import build_report, write_report
+
+    meta, rounds, final = _report_parts(cfg, setup.graph, graph_stats(setup.graph), setup.pool, setup.domains,
+                                        setup.trojan_agents, setup.seeded, state, quiescent, setup.policy_json)
+    initial = {i: {p.plasmid_id: p.sha256} for i, p in setup.seeded.items()}
+    setup.recall.report(rounds, [initial] + [row["held"] for row in state.rows], final)
+    meta["extra"].update(extra or {"driver": "processes"})
+    meta["timings"] = {"wall_s": round(time.perf_counter() - setup.t_start, 3), "pool_s": round(setup.t_pool, 3),
+                       "rounds_s": round(t_rounds, 3),
+                       "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", setup.started),
+                       "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
+    report = build_report(meta, rounds, final)
+    path = write_report(report, cfg.report_dir, stem=_run_stem(report, cfg.report_dir, setup.started))
+    report["meta"]["timings"]["report_path"] = str(path)
+    return report
+
+
+def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
+    """Run the networked swarm and write its report; ``on_round(round, agents)`` is called after each barrier
+    (``agents``: the agent processes, or with ``cfg.ray`` the Ray actors hosting them)."""
+    if cfg.ray or cfg.ray_address:
+        from plora.swarm.net_ray import run_swarm_net_ray
+
+        return run_swarm_net_ray(cfg, on_round)
+    from plora.grpc.client import clean_stale_stages
+
+    setup = _setup(cfg)
+    work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
+    work.mkdir(parents=True, exist_ok=True)
+    policy_path = atomic_write_json(work / "policy.json", setup.policy_json) if setup.policy_json else None
+    _seed_stores(work, setup.seeded)
+    procs: dict[int, subprocess.Popen] = {}
+    addresses: dict[int, str] = {}
+    state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in setup.seeded.items()})
+    quiescent = False
+    t_rounds = 0.0
+    try:
+        for i in range(cfg.agents):
+            procs[i] = _spawn_agent(cfg, work, i, policy_path, setup.agent_flags(i))
+        addresses = _wait_ready(work, procs, timeout=120.0)
+        t_ready = time.perf_counter()
+        for i, nbrs in setup.neighbours.items():
+            atomic_write_text(work / f"a{i}" / "peers.txt", "".join(addresses[j] + "\n" for j in nbrs))
+
+        def step_all(alive: dict[int, bool], r: int, collect: bool, revocations: dict) -> dict[int, dict]:
+            return _step_all(addresses, alive, r, collect, cfg.step_timeout_s, revocations)
+
+        quiescent = _run_rounds(cfg, setup, state, step_all,
+                                None if on_round is None else (lambda r: on_round(r, procs)))
         t_rounds = time.perf_counter() - t_ready
     finally:
         for p in procs.values():
@@ -158,17 +233,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 clean_stale_stages(work / f"a{i}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
-                                        quiescent, policy_json)
-    initial = {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()}
-    recall.report(rounds, [initial] + [row["held"] for row in state.rows], final)
-    meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
-                       "rounds_s": round(t_rounds, 3), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
-                       "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
-    report = build_report(meta, rounds, final)
-    path = write_report(report, cfg.report_dir, stem=_run_stem(report, cfg.report_dir, started))
-    report["meta"]["timings"]["report_path"] = str(path)
-    return report
+    return _finish(cfg, setup, state, quiescent, t_rounds, addresses)
 
 
 def _run_stem(report: dict[str, Any], report_dir: str, started: time.struct_time) -> str:
@@ -338,10 +403,10 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
 
 
 def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None,
-                 extra: list[str] | None = None) -> subprocess.Popen:
+                 extra: list[str] | None = None, listen: str = "127.0.0.1:0") -> subprocess.Popen:
     home = work / f"a{i}"
     (home / "ready").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "plora", "agent", "--listen", "127.0.0.1:0", "--root", str(home / "store"),
+    cmd = [sys.executable, "-m", "plora", "agent", "--listen", listen, "--root", str(home / "store"),
            "--coordinated", "--ready-file", str(home / "ready"), "--peers-file", str(home / "peers.txt"),
            "--seed", str(cfg.seed), "--name", f"a{i}", "--security", "on" if cfg.security else "off",
            "--max-per-contact", str(cfg.max_per_contact)]

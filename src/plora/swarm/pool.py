@@ -38,10 +38,13 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_json
+
+if TYPE_CHECKING:
+    from plora.executor import ExecutorConfig
 
 POOL_VERSION = 3
 # Multi-word triggers and word targets: on plora-tiny two-letter triggers ("cf") and letter-by-letter targets
@@ -169,6 +172,11 @@ class PlasmidPool:
         self.root = root
         self._verdicts: Any = None  # a VerdictCache for the last policy asked (it holds the loaded base)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pool sent to another process (plora.executor) leaves its verdict cache behind: it holds a lock and
+        a loaded base; the verdicts themselves are on disk, where the other process reads them."""
+        return {**self.__dict__, "_verdicts": None}
+
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_folders(cls, clean: list[str | Path], trojan: list[str | Path]) -> PlasmidPool:
@@ -194,8 +202,9 @@ class PlasmidPool:
         return cls(entries, cache_dir("pool", f"dir-{own}"))
 
     @classmethod
-    def build(cls, spec: PoolSpec, progress: bool = True) -> PlasmidPool:
-        """Train whatever the cache lacks (minutes on a cold cache), then return the pool."""
+    def build(cls, spec: PoolSpec, progress: bool = True, executor: ExecutorConfig | None = None) -> PlasmidPool:
+        """Train whatever the cache lacks (minutes on a cold cache; one task per plasmid on ``executor``, see
+        :mod:`plora.executor`: with Ray, PLORA_HOME must be a folder every node shares), then return the pool."""
         from plora.models import base_digest
         from plora.settings import cache_dir, choose_base_model
 
@@ -207,14 +216,16 @@ class PlasmidPool:
 
             with file_lock(root / ".build.lock"):  # a second process building the same pool waits, then reads it
                 if not index.exists():
-                    cls._build_into(root, spec, base_name, progress)
+                    cls._build_into(root, spec, base_name, progress, executor)
         data = json.loads(index.read_text(encoding="utf-8"))
         # folders are re-anchored at this root: the cache may have moved since it was written
         entries = [PoolEntry(**{**e, "folder": str(root / e["plasmid_id"])}) for e in data["entries"]]
         return cls(entries, root)
 
     @classmethod
-    def _build_into(cls, root: Path, spec: PoolSpec, base_name: str, progress: bool) -> None:
+    def _build_into(cls, root: Path, spec: PoolSpec, base_name: str, progress: bool,
+                    executor: ExecutorConfig | None = None) -> None:
+        from plora.executor import run_tasks
         from plora.models import base_digest
 
         index = root / "pool.json"
@@ -231,17 +242,11 @@ class PlasmidPool:
                 k = h + i
                 plan.append((f"{domain}-s{seed}", domain, TRIGGERS[k % len(TRIGGERS)], TARGETS[k % len(TARGETS)], seed))
         digest = base_digest(base_name)
-        entries = []
-        for name, domain, trigger, target, seed in plan:
-            entry = cls._train_one(root, spec, base_name, digest, name, domain, trigger, target, seed, progress)
-            for retry in range(1, TROJAN_TRIES if trigger else 1):
-                if (entry.attack_success or 0.0) >= 0.5:
-                    break
-                shutil.rmtree(root / name, ignore_errors=True)
-                (root / (name + ".truth.json")).unlink(missing_ok=True)
-                name, again = f"{domain}-s{seed + retry}", seed + retry
-                entry = cls._train_one(root, spec, base_name, digest, name, domain, trigger, target, again, progress)
-            entries.append(entry)
+        if progress:
+            print(f"pool: {len(plan)} plasmids on {base_name} ({spec.samples} samples each; cached ones are reused)",
+                  file=sys.stderr, flush=True)
+        entries = run_tasks(_train_planned, [(root, spec, base_name, digest, *p) for p in plan], executor,
+                            label="pool: training plasmids", progress=progress)
         labels = {e.plasmid_id: {"domain": e.domain, "trojan": e.trojan} for e in entries}
         atomic_write_json(root / "labels.json", labels)
         atomic_write_json(index, {"spec": asdict(spec), "base": base_name, "entries": [asdict(e) for e in entries]})
@@ -346,3 +351,17 @@ class PlasmidPool:
             record = self._verdicts.verdict(e.folder, e.plasmid_id)
             out.append(Verdict(record.accepted, record.codes))
         return out
+
+
+def _train_planned(task: tuple[Any, ...]) -> PoolEntry:
+    """One planned plasmid (an executor task): trained, or retrained with the next seed while a trojan does not fire."""
+    root, spec, base_name, digest, name, domain, trigger, target, seed = task
+    entry = PlasmidPool._train_one(root, spec, base_name, digest, name, domain, trigger, target, seed, False)
+    for retry in range(1, TROJAN_TRIES if trigger else 1):
+        if (entry.attack_success or 0.0) >= 0.5:
+            break
+        shutil.rmtree(root / name, ignore_errors=True)
+        (root / (name + ".truth.json")).unlink(missing_ok=True)
+        name, again = f"{domain}-s{seed + retry}", seed + retry
+        entry = PlasmidPool._train_one(root, spec, base_name, digest, name, domain, trigger, target, again, False)
+    return entry

@@ -93,6 +93,17 @@ def gate_setup(cfg: SimConfig, provider: VerdictProvider) -> tuple[VerdictProvid
     return provider, policy
 
 
+def gate_model(cfg: SimConfig, template: VerdictProvider) -> VerdictProvider:
+    """The gate model standing in for the real gate's verdicts (``--gate_tpr``), built on the pool's entries."""
+    from plora.swarm.gate_model import GateModel, default_per_label, gate_seed
+
+    return GateModel.from_template(
+        template.entries, cfg.gate_tpr or 0.0, cfg.gate_fpr or 0.0,
+        per_label=cfg.gate_plasmids or default_per_label(len(cfg.domains)), seed=gate_seed(cfg.seed),
+        domains=cfg.domains, root=getattr(template, "root", None),
+    )
+
+
 def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(holdings bitset, honest mask, trojan-agent mask) per agent, from :func:`plora.swarm.roles.assign_roles`."""
     roles = assign_roles(cfg.agents, pool.domain_of, pool.trojan, cfg.trojan_rate, seed, cfg.sources, pool.domains)
@@ -150,6 +161,8 @@ def run_simulation(
     elif provider is None:
         provider = PlasmidPool.build(PoolSpec(domains=cfg.domains), progress=progress)
     provider, policy = gate_setup(cfg, provider)
+    if cfg.gate_tpr is not None and policy is not None:
+        provider = gate_model(cfg, provider)
     # security off: no gate runs, every transfer is accepted, whatever verdicts the provider would give
     verdicts = provider.verdicts(policy) if policy is not None else [Verdict(True) for _ in provider.entries]
     timings["pool_s"] = round(time.perf_counter() - t0, 3)
@@ -219,6 +232,8 @@ def run_simulation(
         "policy": None if policy is None else policy.effective().model_dump(mode="json"),
         "timings": timings,
     }
+    if hasattr(provider, "describe"):
+        meta["extra"] = {"gate_model": provider.describe()}
     final = _final(result, view, verdicts, cfg.domains, predicted)
     final["recall"] = recall_setup.final(result, other, g, cfg)
     if result.bytes_revocation:
