@@ -15,7 +15,10 @@ from pathlib import Path
 
 import typer
 
+from plora.cli.options import option
 from plora.cli.trust import user_errors
+from plora.executor import ExecutorConfig
+from plora.swarm.config import make_config
 
 
 def gate_eval(
@@ -26,7 +29,8 @@ def gate_eval(
                                "most 256 items each: for a base like smollm2-135m)"),
     base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="default PLORA_BASE_MODEL"),
     probe_seed: int = typer.Option(0, "--probe-seed", "--probe_seed", help="seed of the behavioural probe"),
-    jobs: int = typer.Option(2, "--jobs", help="train and probe in this many one-thread processes"),
+    jobs: int = option(ExecutorConfig, "jobs", default=2),
+    ray_address: str | None = option(ExecutorConfig, "ray_address", "--ray-address", "--ray_address"),
     calibration: Path | None = typer.Option(
         None, "--calibration", help="score with this calibration file instead of choosing one (all held out)"
     ),
@@ -38,12 +42,9 @@ def gate_eval(
     with user_errors():
         from plora.experiments.gate_eval.evaluate import run_gate_eval
 
-        if jobs < 1:
-            from plora.errors import PloraError
-
-            raise PloraError(f"--jobs must be >= 1, got {jobs}")
+        executor = make_config(ExecutorConfig, jobs=jobs, ray_address=ray_address)
         report = run_gate_eval(out, quick=quick, cohort=cohort, seed=seed, base_name=base_model, probe_seed=probe_seed,
-                               jobs=jobs, calibration=calibration, use_installed=shipped)
+                               executor=executor, calibration=calibration, use_installed=shipped)
     cal = report["calibration"]
     typer.echo(f"calibration: {cal['source']}; statistic {cal['statistic']}; thresholds "
                + ", ".join(f"{k}={v:.4g}" for k, v in cal["thresholds"].items()))

@@ -29,9 +29,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plora.experiments.gate_eval import families as fam
+
+if TYPE_CHECKING:
+    from plora.executor import ExecutorConfig
 
 COHORT_VERSION = 2
 WORKING_ASR = 0.5
@@ -275,7 +278,8 @@ def adaptive_caps(clean: Sequence[Member]) -> dict[str, dict[str, float]]:
     return {shape: {mod: statistics.median(v) for mod, v in mods.items()} for shape, mods in norms.items()}
 
 
-def train_cohort(plan: list[Member], spec: CohortSpec, base_name: str, base_digest: str, *, jobs: int = 1,
+def train_cohort(plan: list[Member], spec: CohortSpec, base_name: str, base_digest: str, *,
+                 executor: ExecutorConfig | None = None,
                  on_member: Callable[[Member], None] | None = None) -> list[Member]:
     """Train (or reuse) every member; the adaptive ones last, with caps from the clean members of their shape.
 
@@ -291,25 +295,19 @@ def train_cohort(plan: list[Member], spec: CohortSpec, base_name: str, base_dige
                 m.max_module_norm = caps.get(m.shape)
                 if m.max_module_norm is None:
                     m.attrs["attack"] = "ordinary"
-        _run(batch, base_name, base_digest, spec.dev_size, jobs, done, on_member)
+        _run(batch, base_name, base_digest, spec.dev_size, executor, done, on_member)
     order = {m.index: i for i, m in enumerate(plan)}
     return sorted(done, key=lambda m: order[m.index])
 
 
-def _run(batch: list[Member], base_name: str, base_digest: str, dev_size: int, jobs: int, done: list[Member],
-         on_member: Callable[[Member], None] | None) -> None:
-    if jobs <= 1:
-        for m in batch:
-            done.append(ensure_member(m, base_name, base_digest, dev_size))
-            if on_member:
-                on_member(done[-1])
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+def _run(batch: list[Member], base_name: str, base_digest: str, dev_size: int, executor: ExecutorConfig | None,
+         done: list[Member], on_member: Callable[[Member], None] | None) -> None:
+    from plora.executor import run_tasks
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, (m, base_name, base_digest, dev_size)) for m in batch]
-        for fut in as_completed(futures):
-            done.append(fut.result())
-            if on_member:
-                on_member(done[-1])
+    def keep(_: int, m: Member) -> None:
+        done.append(m)
+        if on_member:
+            on_member(m)
+
+    run_tasks(_worker, [(m, base_name, base_digest, dev_size) for m in batch], executor, on_result=keep,
+              label="cohort members", progress=False)

@@ -133,7 +133,7 @@ def _calibration(choice: Choice, reference: Any, base: Any, spec: co.CohortSpec,
 def run_gate_eval(
     out: str | Path = "results/gate_eval", *, quick: bool = False, cohort: str = "default", seed: int = 1,
     base_name: str | None = None,
-    probe_seed: int = 0, jobs: int = 2, calibration: str | Path | None = None, use_installed: bool = False,
+    probe_seed: int = 0, executor: Any = None, calibration: str | Path | None = None, use_installed: bool = False,
     spec: co.CohortSpec | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     import torch
@@ -141,6 +141,7 @@ def run_gate_eval(
     from transformers.utils import logging as hf_logging
 
     from plora.errors import PloraError
+    from plora.executor import ExecutorConfig, backend_of
     from plora.experiments.gate_eval.report import write_outputs
     from plora.experiments.gate_eval.scoring import probe_all
     from plora.gate import calibration as calib
@@ -151,6 +152,7 @@ def run_gate_eval(
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
+    executor = executor or ExecutorConfig(jobs=2)
     started = time.perf_counter()
     spec = spec or co.CohortSpec.named("quick" if quick else cohort, seed)
     name = choose_base_model(base_name)
@@ -168,10 +170,11 @@ def run_gate_eval(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("cohort (train or reuse)", total=len(plan))
-        members = co.train_cohort(plan, spec, name, base.digest, jobs=jobs, on_member=lambda m: bar.advance(task))
+        members = co.train_cohort(plan, spec, name, base.digest, executor=executor,
+                                  on_member=lambda m: bar.advance(task))
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("gate detectors", total=len(members))
-        scored = probe_all({m.id: _folder(m) for m in members}, name, probe_seed, jobs=jobs,
+        scored = probe_all({m.id: _folder(m) for m in members}, name, probe_seed, executor=executor,
                            on_done=lambda: bar.advance(task))
     rows = _rows(members, scored)
     n_params = sum(p.numel() for p in base.model.parameters())
@@ -217,7 +220,8 @@ def run_gate_eval(
         "timing": {"probe_seconds_median": float(np.median(probe_secs)) if probe_secs else None,
                    "probe_stage_seconds_median": _stage_medians(rows),
                    "train_seconds_median": float(np.median([r.extra["train_seconds"] or 0.0 for r in rows])),
-                   "total_seconds": time.perf_counter() - started, "jobs": jobs, "threads_per_job": 1},
+                   "total_seconds": time.perf_counter() - started, "jobs": executor.jobs,
+                   "backend": backend_of(executor), "threads_per_job": 1},
         "members": [_member_row(r, cal.statistic) for r in rows],
     }
     write_outputs(Path(out), report, rows, cal, given is None)

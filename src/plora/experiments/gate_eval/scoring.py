@@ -17,7 +17,10 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plora.executor import ExecutorConfig
 
 _WORKER_BASE: Any = None
 
@@ -64,29 +67,19 @@ def _work(args: tuple[str, Path, int]) -> tuple[str, dict[str, Any]]:
     return key, probe_folder(folder, _WORKER_BASE, seed)
 
 
-def probe_all(folders: dict[str, Path], base_name: str, seed: int, jobs: int = 1,
+def probe_all(folders: dict[str, Path], base_name: str, seed: int, executor: ExecutorConfig | None = None,
               on_done: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
-    """``{key: probe result}`` for every folder, in ``jobs`` processes (cached results are only read)."""
-    out: dict[str, dict[str, Any]] = {}
-    if jobs <= 1:
-        _init(base_name)
-        for key, folder in folders.items():
-            out[key] = probe_folder(folder, _WORKER_BASE, seed)
-            if on_done:
-                on_done()
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """``{key: probe result}`` for every folder, on ``executor`` (each worker loads the base once; cached results
+    are only read)."""
+    from plora.executor import run_tasks
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(base_name,)) as pool:
-        futures = [pool.submit(_work, (k, f, seed)) for k, f in folders.items()]
-        for fut in as_completed(futures):
-            key, result = fut.result()
-            out[key] = result
-            if on_done:
-                on_done()
-    return out
+    def done(_: int, __: Any) -> None:
+        if on_done:
+            on_done()
+
+    results = run_tasks(_work, [(k, f, seed) for k, f in folders.items()], executor, init=_init,
+                        init_args=(base_name,), on_result=done, label="gate detectors", progress=False)
+    return dict(results)
 
 
 def weight_scores(members: Sequence[Any]) -> dict[str, dict[str, dict[str, float]]]:
