@@ -71,10 +71,11 @@ def _workflow_targets() -> list[str]:
 
 def test_workflow_and_ci_run_call_the_same_make_targets() -> None:
     ci_run = _make_targets((REPO / ".ci" / "run").read_text().splitlines())
-    assert ci_run == ["setup", "lint", "test", "readme-commands"]
-    assert sorted(set(_workflow_targets())) == sorted(ci_run)
+    assert ci_run == ["setup", "lint", "test"]  # the README's set-up, lint and test commands
+    # the workflow runs the same, plus the README-commands check in a job of its own (too long for .ci/run here)
+    assert sorted(set(_workflow_targets())) == sorted([*ci_run, "readme-commands"])
     makefile = (REPO / "Makefile").read_text()
-    assert all(re.search(rf"^{t}:", makefile, re.M) for t in ci_run)
+    assert all(re.search(rf"^{t}:", makefile, re.M) for t in [*ci_run, "readme-commands"])
 
 
 def test_workflow_steps_are_readme_commands() -> None:
