@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLORA := $(BIN)/plora
 
-.PHONY: setup test lint stubs base train-legal sign-legal offer fetch bench gate-eval value-add swarm clean
+.PHONY: setup test lint readme-commands stubs base train-legal sign-legal offer fetch bench gate-eval value-add swarm clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ test:
 	$(BIN)/python -m pytest
 
 lint:
-	$(BIN)/ruff check src tests bench scripts swarm_v2
+	$(BIN)/ruff check src tests bench scripts swarm_v2 .ci
+	$(BIN)/mypy
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+
+# Every README command as written, in a fresh copy (.ci/readme_commands.toml: what runs differently, and why)
+readme-commands:
+	$(BIN)/python .ci/readme_commands.py
 
 base:
 	$(PLORA) base build
@@ -52,6 +58,7 @@ bench:
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/swarm.py
+	$(BIN)/python bench/signatures.py
 
 clean:
 	rm -rf out received results .pytest_cache

@@ -1,6 +1,7 @@
-"""Seed-compatible shim: ``python -m swarm_v2 ...`` is ``plora swarm sim ...`` (no logic here)."""
+"""Seed shim: ``python -m swarm_v2 ...`` is ``plora swarm sim ...`` (no parser or logic here)."""
 
-from plora.cli.swarm import run_standalone
+from plora.cli.main import run_standalone
+from plora.cli.swarm import sim
 
 if __name__ == "__main__":
-    run_standalone("sim")
+    run_standalone(sim, prog_name="python -m swarm_v2")

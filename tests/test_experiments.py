@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -292,17 +291,7 @@ def test_value_add_end_to_end_and_resume(tmp_path, monkeypatch):
         run_value_add(cfg, progress=False)
 
 
-def test_cli_and_seed_shim_take_their_defaults_from_the_config():
-    import inspect
-
-    from plora.cli.experiments import value_add
-    from plora.cli.options import as_typed
-    from plora.experiments.value_add import ValueAddConfig
-
-    defaults = ValueAddConfig()
-    helps = {f.name: f.metadata.get("help") for f in dataclasses.fields(ValueAddConfig)}
-    for name, param in inspect.signature(value_add).parameters.items():
-        assert param.default.default == as_typed(getattr(defaults, name)), name
-        assert helps[name] and param.default.help.startswith(helps[name]), name
+def test_seed_shim_is_the_plora_command():
+    # its options come from ValueAddConfig through plora.cli.experiments (tests/test_cli.py checks each option)
     shim = (Path(__file__).parents[1] / "scripts" / "run_lora_value_add.py").read_text()
-    assert "argparse" not in shim and "Option(" not in shim and "value_add" in shim
+    assert "argparse" not in shim and "Option(" not in shim and "import value_add" in shim

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from trust_helpers import DIGEST, adapter_config, lora_tensors, make_plasmid, session_keys
+from trust_helpers import DIGEST, adapter_config, legacy_sign, lora_tensors, make_plasmid, session_keys
 from typer.testing import CliRunner
 
 from plora.cli.main import app
 from plora.gate import Policy, Reason, load_policy, screen
 from plora.gate.reasons import DESCRIPTION, STAGE_OF, STAGES, markdown_table
-from plora.manifest import dumps_manifest
-from plora.signer import sign_plasmid
+from plora.manifest import canonical_bytes, read_manifest
+from plora.signer import load_private_key, payload_type, sign_envelope, sign_plasmid, write_envelope
 
 runner = CliRunner()
 CHEAP = {"base_digest": DIGEST, "weight_check": False, "probes": False}  # the detector stages have their own tests
@@ -145,9 +145,34 @@ def _signer_untrusted(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str,
 
 def _quorum_not_met(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
     folder = make_plasmid(tmp / "p")
-    m = sign_plasmid(folder, keys["bob"])
-    (folder / "plora.yml").write_text(dumps_manifest(m.model_copy(update={"signatures": m.signatures * 2})))
+    sign_plasmid(folder, keys["bob"])
+    envelope = json.loads((folder / "plora.sig.json").read_text())
+    envelope["signatures"] *= 2
+    (folder / "plora.sig.json").write_text(json.dumps(envelope))
     return folder, signed_policy(keys, quorum=2)  # bob twice is still one signer
+
+
+def _signature_legacy(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    legacy_sign(folder, keys["bob"])  # signed before envelopes: inside plora.yml
+    return folder, signed_policy(keys)
+
+
+def _envelope_invalid(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    sign_plasmid(folder, keys["bob"])
+    envelope = json.loads((folder / "plora.sig.json").read_text())
+    (folder / "plora.sig.json").write_text(json.dumps({**envelope, "note": "trust me"}))  # an unknown field
+    return folder, signed_policy(keys)
+
+
+def _payload_type_mismatch(tmp: Path, keys: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
+    folder = make_plasmid(tmp / "p")
+    # a trusted key's signature over these very bytes, but as another kind of record
+    other = sign_envelope(payload_type("revocation", 1), canonical_bytes(read_manifest(folder)),
+                          load_private_key(keys["bob"]))
+    write_envelope(folder / "plora.sig.json", other)
+    return folder, signed_policy(keys)
 
 
 CASES: dict[Reason, Builder] = {
@@ -164,6 +189,9 @@ CASES: dict[Reason, Builder] = {
     Reason.ARTIFACT_SHA_MISMATCH: _artifact_sha,
     Reason.CONFIG_SHA_MISMATCH: _config_sha,
     Reason.SIGNATURE_MISSING: _signature_missing,
+    Reason.SIGNATURE_LEGACY: _signature_legacy,
+    Reason.ENVELOPE_INVALID: _envelope_invalid,
+    Reason.PAYLOAD_TYPE_MISMATCH: _payload_type_mismatch,
     Reason.SIGNATURE_INVALID: _signature_invalid,
     Reason.SIGNER_UNTRUSTED: _signer_untrusted,
     Reason.QUORUM_NOT_MET: _quorum_not_met,

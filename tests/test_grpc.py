@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -122,6 +123,36 @@ def test_tampered_and_untrusted_are_refused_with_reasons(world, server, tmp_path
     assert "QUORUM_NOT_MET" in (quarantined / "rejected.json").read_text()
 
 
+def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsys):
+    from plora.cli.main import main
+    from plora.grpc.tls import make_test_pki
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    pki = make_test_pki(tmp_path / "pki")
+    fetch_args = ["fetch", "--from", server.address, "--id", "legal", "--no-gate", "--dest"]
+    for args, expected in ((fetch_args + [str(afile)], "exists and is not a folder"),
+                           (fetch_args + ["/proc/x"], "cannot create the destination folder /proc/x"),
+                           (fetch_args + [str(tmp_path / "d"), "--tls-ca", str(pki["ca_cert"]), "--tls-cert",
+                                          str(pki["client_key"]), "--tls-key", str(pki["client_cert"])], "swapped")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert expected in err and afile.read_text() == "not a folder"
+    offer = [sys.executable, "-m", "plora", "offer", "--root", str(world["root"])]
+    for args, expected in ((["--port", "99999"], "invalid port 99999"), (["--port", "-1"], "invalid port -1"),
+                           (["--port", "65536"], "invalid port 65536"),
+                           (["--port", "0", "--tls-cert", str(pki["server_key"]), "--tls-key", str(pki["server_cert"])],
+                            "swapped"),
+                           (["--port", "0", "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["client_key"])],
+                            "does not belong to the certificate")):
+        # a subprocess with a timeout: an offer that wrongly starts serving would otherwise never return
+        res = subprocess.run(offer + args, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, (args, res.stderr)
+        assert res.stderr.startswith("error: ") and expected in res.stderr, (args, res.stderr)
+
+
 def test_gate_runs_on_staged_folder(world, server, tmp_path):
     strict = cheap_policy(tmp_path / "strict.json", allowed_ranks=[8])
     from plora.gate.policy import load_policy
@@ -148,6 +179,27 @@ def test_ids_cannot_leave_the_root(world, server, tmp_path):
         (world["root"] / "link").unlink()
 
 
+def test_a_skipped_folder_is_logged_once_not_per_request(tmp_path, caplog):
+    root = tmp_path / "root"
+    craft(root, "legal")
+    (root / "linkdir").symlink_to(craft(tmp_path / "outside", "secret"), target_is_directory=True)
+    srv = serve(root, port=0)
+    try:
+        with caplog.at_level("WARNING", logger="plora.grpc.server"):
+            for _ in range(3):
+                assert [e.id for e in get_inventory(srv.address)] == ["legal"]
+        assert [r.getMessage() for r in caplog.records].count(
+            f"not serving {root / 'linkdir'}: it resolves outside {root.resolve()}") == 1, caplog.text
+    finally:
+        srv.stop(0)
+
+
+def test_generated_certificates_and_keys_are_git_ignored():
+    repo = Path(__file__).resolve().parents[1]
+    for path in ("certs/server.key", "keys/alice", "received/legal/plora.yml"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0, path
+
+
 def test_rescan_picks_up_new_plasmids_and_skips_hidden(world, server, tmp_path):
     craft(world["root"] / ".hidden", "ghost")
     before = {e.id for e in get_inventory(server.address)}
@@ -160,21 +212,22 @@ def test_rescan_picks_up_new_plasmids_and_skips_hidden(world, server, tmp_path):
 
 def test_garbage_and_stalled_clients_do_not_hurt_the_server(world, tmp_path):
     limits = Limits(max_streams=1, stream_timeout_s=2.0, chunk_bytes=16 * 1024)
-    big = craft(tmp_path / "root", "big", layers=200)
+    big = craft(tmp_path / "root", "big", layers=1000)  # 8 MB: more than the socket and HTTP/2 windows hold
     srv = serve(big.parent, port=0, limits=limits)
     try:
         with socket.create_connection(("127.0.0.1", srv.port)) as s:  # not even HTTP/2
             s.sendall(os.urandom(4096))
-        ch = grpc.insecure_channel(srv.address)
+        ch = grpc.insecure_channel(srv.address, options=[("grpc.http2.bdp_probe", 0)])  # windows stay small
         raw = ch.unary_stream("/plora.v1.PlasmidExchange/Fetch")  # bytes in, bytes out: a broken protobuf
         with pytest.raises(grpc.RpcError):
             list(raw(b"\xff\xff\xff\xff\x0f garbage", timeout=5))
         stalled = pb2_grpc.PlasmidExchangeStub(ch).Fetch(pb2.FetchRequest(id="big"), timeout=30)
         next(stalled)  # the header; then this client stops reading and holds the only stream slot
         with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):
-            fetch(srv.address, "big", tmp_path / "d1", limits=limits)
-        time.sleep(2.5)  # past stream_timeout_s the server cancels the stalled stream and frees the slot
-        r = fetch(srv.address, "big", tmp_path / "d2", limits=limits)
+            fetch(srv.address, "big", tmp_path / "d1", limits=replace(limits, busy_wait_s=0))
+        # past stream_timeout_s the server cancels the stalled stream and frees the slot: the client's busy retry
+        # polls for it (the stalled stream is never cancelled by its own client)
+        r = fetch(srv.address, "big", tmp_path / "d2", limits=replace(limits, busy_wait_s=20))
         assert r.accepted and r.size > 1_000_000
         stalled.cancel()
         ch.close()
@@ -187,7 +240,8 @@ def test_bulk_tokens_are_single_use_and_expire(world, tmp_path):
     srv = serve(world["root"], port=0, limits=limits)
     try:
         stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(srv.address))
-        header = next(stub.Fetch(pb2.FetchRequest(id="legal", bulk=True), timeout=5)).header
+        stream = stub.Fetch(pb2.FetchRequest(id="legal", bulk=True), timeout=30)  # kept open: the token stays valid
+        header = next(stream).header
         assert header.bulk_port and len(header.bulk_token) == 32
         for token in (os.urandom(32), b"short"):  # a guessed token, a truncated one: closed, nothing sent
             with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
@@ -195,12 +249,13 @@ def test_bulk_tokens_are_single_use_and_expire(world, tmp_path):
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(1) == b""
         with pytest.raises(TransferError, match="RESOURCE_EXHAUSTED"):  # the unused token holds the only slot
-            fetch(srv.address, "legal", tmp_path / "d1", limits=limits)
-        time.sleep(2.0)  # ... until it expires
-        assert fetch(srv.address, "legal", tmp_path / "d2", limits=limits).accepted
+            fetch(srv.address, "legal", tmp_path / "d1", limits=replace(limits, busy_wait_s=0))
+        # ... until it expires (its stream is still open): the client's busy retry polls for that
+        assert fetch(srv.address, "legal", tmp_path / "d2", limits=replace(limits, busy_wait_s=20)).accepted
         with socket.create_connection(("127.0.0.1", header.bulk_port), timeout=10) as s:
             s.sendall(header.bulk_token)  # expired, and never valid twice
             assert s.recv(1) == b""
+        stream.cancel()
     finally:
         srv.stop(0)
 

@@ -397,3 +397,61 @@ def test_trained_plasmid_on_plora_tiny(plora_tiny, gpt2_setup, request):
             assert _snapshot(model) == before and _no_hooks(model)
     with pytest.raises(LoaderError, match="another base"):
         inject(gpt2_setup[0], legal_plasmid)  # the same plasmid offered to a different base model
+
+
+def _folder_tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else b"") for p in folder.rglob("*"))
+
+
+def test_merge_out_never_overwrites_a_source_or_other_files(gpt2_setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+    from plora.outputs import OutputError
+
+    _, _, _, plasmids, root = gpt2_setup
+    src = f"{plasmids[0]},{plasmids[1]}"
+    sources = {p: _folder_tree(p) for p in plasmids[:2]}
+
+    def merge(out, *extra):
+        return CliRunner().invoke(app, ["merge", "--plasmids", src, "--out", str(out), *extra])
+
+    for out in (plasmids[0], root, plasmids[1] / "inner"):  # a source, a folder holding them, a folder inside one
+        for extra in ((), ("--force",)):
+            res = merge(out, *extra)
+            assert isinstance(res.exception, OutputError) and "overlaps the source" in str(res.exception)
+    with pytest.raises(OutputError, match="overlaps the source"):  # the library refuses too
+        merge_plasmids([plasmids[0], plasmids[1]], [0.5, 0.5], out=plasmids[1])
+    assert {p: _folder_tree(p) for p in plasmids[:2]} == sources
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    res = merge(busy)
+    assert isinstance(res.exception, OutputError) and "notes.txt" in str(res.exception)
+    assert (busy / "notes.txt").read_text() == "mine"
+    assert merge(busy, "--force").exit_code == 0
+    assert sorted(p.name for p in busy.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "plora.yml"]
+
+
+def test_a_folder_where_a_file_belongs_is_a_loader_error(gpt2_setup, tmp_path):
+    from plora.loader.source import read_adapter
+
+    base, _, _, plasmids, _ = gpt2_setup
+    before = _snapshot(base)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "plora.yml"):
+        bad = tmp_path / name.split(".")[0]
+        bad.mkdir()
+        for f in plasmids[0].iterdir():
+            (bad / f.name).write_bytes(f.read_bytes())
+        (bad / name).unlink()
+        (bad / name).mkdir()
+        calls = (
+            (read_adapter, (bad,), {}),
+            (inject, (base, bad), {}),
+            (merge_plasmids, ([bad, plasmids[1]], [0.5, 0.5]), {"out": tmp_path / "m"}),
+        )
+        for call, args, kwargs in calls:
+            with pytest.raises(LoaderError) as err:
+                call(*args, **kwargs)
+            assert name in str(err.value) and "\n" not in str(err.value)
+    assert _snapshot(base) == before and _no_hooks(base) and not (tmp_path / "m").exists()

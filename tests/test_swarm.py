@@ -231,3 +231,138 @@ def test_shim_empty_folder_is_one_line_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no swarm reports") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_policy_file_keeps_what_the_flags_do_not_give(tmp_path: Path, monkeypatch) -> None:
+    """``--policy_file`` wins over the sim's defaults; a gate flag overrides it only when given."""
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+    from plora.swarm import sim
+
+    real = sim.run_simulation
+    monkeypatch.setattr(sim, "run_simulation", lambda cfg, **kw: real(cfg, fixed_pool(), **kw))  # no trained pool
+    pf = tmp_path / "policy.json"
+    pf.write_text(json.dumps({"allowed_ranks": [8], "allowed_targets": ["all"], "signatures": True,
+                              "trusted_keys": [str(tmp_path / "k.pub")], "tau_norm_z": 3.5}))  # fmt: skip
+    args = ["swarm", "sim", "--agents", "30", "--rounds", "3", "--domains", ",".join(DOMAINS), "--policy_file", str(pf)]
+
+    def policy(*extra: str) -> dict:
+        out = tmp_path / f"r{len(extra)}"
+        res = CliRunner().invoke(app, [*args, *extra, "--report_dir", str(out)])
+        assert res.exit_code == 0, res.output
+        return json.loads(next(out.glob("*.json")).read_text())["meta"]["policy"]
+
+    kept = policy()
+    assert kept["allowed_ranks"] == [8] and kept["signatures"] is True and kept["tau_norm_z"] == 3.5
+    assert set(kept["allowed_targets"]) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}  # "all"
+    assert kept["trusted_keys"] == [str(tmp_path / "k.pub")]
+    given = policy("--allowed_ranks", "4,16", "--signatures", "off")
+    assert given["allowed_ranks"] == [4, 16] and given["signatures"] is False
+    assert set(given["allowed_targets"]) == set(kept["allowed_targets"]) and given["tau_norm_z"] == 3.5
+
+
+def test_rounds_after_full_coverage_only_screen_and_are_reported(tmp_path: Path) -> None:
+    from plora.swarm import format_summary
+
+    report = run(tmp_path, agents=2000, graph_p=10 / 1999, trojan_rate=0.05, security=True, rounds=500)
+    f = report["final"]
+    last = max(f["rounds_to_full_coverage"].values())
+    assert f["quiescent"] and f["rounds_run"] > last  # the run goes on until nothing is left to screen
+    tail = [r for r in report["rounds"] if r["round"] > last]
+    assert all(min(r["coverage_reachable"].values()) == 1.0 for r in tail)
+    refused, accepted = sum(r["rejected"] for r in tail), sum(r["accepted"] for r in tail)
+    assert refused > 0
+    line = f"full coverage at round {last}; rounds {last + 1}-{f['rounds_run']} screened what was still on offer: "
+    assert line + f"{refused:,} refused, {accepted:,} accepted" in format_summary(report)
+    stopped = run(tmp_path / "stop", agents=2000, graph_p=10 / 1999, trojan_rate=0.05, security=True, rounds=last)
+    assert stopped["final"]["coverage_reachable"] == f["coverage_reachable"]  # --rounds N stops at full coverage
+
+
+# ------------------------------------------------------------------------------------------------------ recall
+def with_recall(inp: EngineInput, seed: int, scoring=None, revoke: bool = True) -> EngineInput:
+    """Two revocation records (trojans the gate accepts) entering at honest agents at rounds 3 and 5; trojan agents
+    ignore them. ``scoring``: peer-scoring parameters or None."""
+    import dataclasses
+
+    from plora.swarm.recall import RevocationPlan
+
+    honest = np.flatnonzero(inp.honest)
+    rng = np.random.default_rng(100 + seed)
+    plan = RevocationPlan(masks=[0b001000, 0b000010], issue_round=[3, 5],
+                          origin=[int(rng.choice(honest)), int(rng.choice(honest))], record_bytes=[1500, 1700],
+                          obey=inp.honest)
+    return dataclasses.replace(inp, revocations=plan if revoke else None, scoring=scoring)
+
+
+@pytest.mark.parametrize("kind,max_fetch,policies", [("er", None, 1), ("er", 1, 1), ("ws", 2, 1), ("ba", None, 2)])
+@pytest.mark.parametrize("scoring", [None, (1.0, 4.0, 0.9, -3.0), (0.7, 2.3, 0.77, -1.1)])
+def test_fast_engine_equals_reference_with_revocations_and_peer_scores(kind, max_fetch, policies, scoring) -> None:
+    from plora.recall.scoring import Scoring
+
+    for seed in range(3):
+        for revoke in (True, False):
+            inp = with_recall(engine_input(kind, 70, seed, max_fetch, policies), seed,
+                              Scoring(*scoring) if scoring else None, revoke)
+            fast, ref = run_engine(inp), run_reference(inp)
+            assert as_sets(fast.holdings) == ref.holdings and as_sets(fast.rejected) == ref.rejected
+            assert fast.rounds_run == ref.rounds_run
+            assert [r["offers"] for r in fast.series[1:]] == ref.offers_per_round
+            total = fast.bytes_inventory + fast.bytes_manifest + fast.bytes_artifact + fast.bytes_revocation
+            assert total == ref.bytes_total
+            assert fast.purged == ref.purged and fast.graylisted == ref.graylisted
+            if revoke:
+                assert as_sets(fast.revocations_held, 2) == ref.revocations
+                assert fast.purged > 0
+            if scoring:
+                g = inp.graph
+                rows = np.repeat(np.arange(g.n), np.diff(g.indptr))
+                got = {(int(r), int(c)): float(s) for r, c, s in zip(rows, g.indices, fast.scores, strict=True) if s}
+                assert got == ref.scores  # every score, bit for bit
+    # revoked plasmids are gone from every obeying agent that got the revocation, and never fetched again
+    inp = with_recall(engine_input("er", 70, 0, None, 1), 0)
+    fast = run_engine(inp)
+    revoked = np.array([sum(inp.revocations.masks[r] for r in range(2) if (int(w) >> r) & 1) for w in
+                        fast.revocations_held], dtype=np.uint8)
+    assert np.all(fast.holdings & revoked == 0)
+    assert np.all(fast.revocations_held[~inp.honest] == 0)  # trojan agents neither keep nor forward them
+
+
+def test_sim_revocation_purges_the_accepted_trojan_and_reports_it(tmp_path: Path) -> None:
+    report = run(tmp_path, provider=fixed_pool(trojan_ok=True), agents=400, trojan_rate=0.01, revoke_at=12,
+                 compare_peer_scoring=True)
+    f, rec = report["final"], report["final"]["recall"]
+    rows = [r["recall"] for r in report["rounds"]]
+    assert rec["revoke_at"] == 12 and all(r["verified"] for r in rec["records"]) and rec["records"]
+    assert rec["spread_rounds"] is not None and rec["spread_rounds"] < 12
+    assert rec["time_to_purge"] == rec["purge_round"] - 12 + 1 and rec["holding_at_end"] == 0
+    assert rows[rec["purge_round"]]["holders_reachable"] == 0 < rows[rec["purge_round"] - 1]["holders_reachable"]
+    assert rec["exposure"] == sum(r["holders"] for r in rows) and rec["injecting_exposure"] <= rec["exposure"]
+    assert rec["peak_prevalence"] == max(r["holding"] for r in rows) and rec["peak_injecting"] <= 1
+    assert all(r["revocation"] == 0 for r in rows[:12]) and rows[-1]["revocation"] > 0.99
+    assert f["bytes_breakdown"]["revocation"] == rec["revocation_bytes"] == sum(r["revocation_bytes"] for r in rows)
+    assert f["bytes_on_wire"] == sum(f["bytes_breakdown"].values()) == sum(r["bytes"] for r in report["rounds"])
+    theory = rec["theory"]
+    assert theory["spread_rounds"] and theory["time_to_purge"] and len(theory["curves"]["holding"]) > 12
+    arms = rec["arms"]
+    assert set(arms) == {"peer_scoring_on", "peer_scoring_off"}
+    assert arms["peer_scoring_off"]["bytes_on_wire"] == f["bytes_on_wire"]  # the policy's arm is the report's
+    assert arms["peer_scoring_on"]["graylisted"] > 0 == arms["peer_scoring_off"]["graylisted"]
+    png = Path(report["meta"]["timings"]["report_path"]).with_name(
+        Path(report["meta"]["timings"]["report_path"]).stem + "-recall.png")
+    assert png.stat().st_size > 1000
+    again = run(tmp_path, provider=fixed_pool(trojan_ok=True), agents=400, trojan_rate=0.01, revoke_at=12,
+                compare_peer_scoring=True)
+    for r in (report, again):
+        r["meta"].pop("timings")
+    assert again == report  # the same seed gives the same report (records are signed afresh, ids are the same)
+
+
+def test_revoke_at_needs_an_accepted_trojan_in_play(tmp_path: Path) -> None:
+    from plora.errors import PloraError
+
+    with pytest.raises(PloraError, match="no trojan in play is accepted"):
+        run(tmp_path, revoke_at=3)  # the fixed pool's gate refuses every trojan
+    res = subprocess.run([sys.executable, "-m", "plora", "swarm", "sim", "--agents", "10", "--revoke_at", "0"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "--revoke_at" in res.stderr and "Traceback" not in res.stderr

@@ -72,7 +72,12 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
         if round_ == 0:
             victim = max(procs)
             procs[victim].send_signal(signal.SIGKILL)
+            procs[victim].wait()
             killed.append(victim)
+            # what it leaves when killed mid-fetch: a staging folder beside its store, named with its pid
+            stage = work / f"a{victim}" / f"{STAGE_PREFIX}{procs[victim].pid}-partial"
+            stage.mkdir()
+            (stage / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
 
     report = run_swarm_net(cfg, on_round=kill_one)
     path = Path(report["meta"]["timings"]["report_path"])
@@ -92,11 +97,25 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
     assert not list(work.rglob(f"{STAGE_PREFIX}*"))
 
 
+class SharedClock:
+    """A clock the agents share: a round starts when every agent has reached it (no wall-clock guess in the test)."""
+
+    def __init__(self, agents: int) -> None:
+        import threading
+
+        self.barrier = threading.Barrier(agents)
+
+    def now(self) -> float:
+        return 0.0
+
+    def wait_until(self, t: float) -> None:
+        self.barrier.wait(timeout=60)
+
+
 def test_standalone_agents_run_their_own_rounds(tmp_path):
     """`plora agent` without a coordinator: rounds on a shared clock, records written at the end."""
     import socket
     import threading
-    import time
 
     from plora.swarm.agent import run_agent
 
@@ -105,13 +124,13 @@ def test_standalone_agents_run_their_own_rounds(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    start = time.time() + 1.0
     for i, (d, pid) in enumerate((("legal", "legal-s0"), ("medical", "medical-s1"))):
         craft(tmp_path / f"a{i}", pid, domain=d, seed=i)
+    clock = SharedClock(2)  # both listen before round 0; both finished (pushes included) before the last records
     threads = [threading.Thread(target=run_agent, kwargs=dict(
         cfg=AgentConfig(listen=f"127.0.0.1:{ports[i]}", root=tmp_path / f"a{i}", peers=[f"127.0.0.1:{ports[1 - i]}"],
                         name=f"a{i}", security=False),
-        rounds=2, round_s=0.5, start_at=start, linger_s=0.5, out=tmp_path / f"a{i}.json")) for i in range(2)]
+        rounds=2, round_s=0.5, linger_s=0.5, out=tmp_path / f"a{i}.json", clock=clock)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -120,3 +139,168 @@ def test_standalone_agents_run_their_own_rounds(tmp_path):
         assert sorted(p.name for p in (tmp_path / f"a{i}").iterdir()) == ["legal-s0", "medical-s1"]
         records = json.loads((tmp_path / f"a{i}.json").read_text())["records"]
         assert [r["round"] for r in records] == [0, 1, 2] and not any(r["errors"] for r in records)
+
+
+@pytest.fixture()
+def trained_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
+    """The suite's trained clean and trojan legal plasmids as a pool (neutral ids, labels beside them)."""
+    import shutil
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    shutil.copytree(legal_plasmid, root / "p1")
+    shutil.copytree(trojan_plasmid, root / "p2")
+    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
+                                                  "p2": {"domain": "legal", "trojan": True}}))
+    return root
+
+
+def test_readme_swarm_net_command_runs_as_written(trained_pool: Path, tmp_path: Path) -> None:
+    """README's `plora swarm net --agents 8 --rounds 10 --graph_p 0.25 --security on --trojan_rate 0.3 --seed 42`.
+
+    Run as a user runs it: its own process, its own working folder, no --work_dir (the default temp folder used to
+    vanish before the report read it). One flag is added, --pool_dir with the suite's trained plasmids: building the
+    default four-domain pool on a cold cache takes ~4.5 min here, too long for the suite. Run twice: each run keeps
+    its own report.
+    """
+    import os
+    import subprocess
+    import sys
+
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "plora", "swarm", "net", "--agents", "8", "--rounds", "10", "--graph_p", "0.25",
+           "--security", "on", "--trojan_rate", "0.3", "--seed", "42", "--pool_dir", str(trained_pool)]
+    env = {**os.environ, "TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1"}
+    for run in (1, 2):
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "swarm net: 8 agent processes (2 trojan)" in proc.stdout, proc.stdout
+        reports = sorted((cwd / "results").glob("net-n8-seed42-*.json"))
+        assert len(reports) == run and all(r.with_suffix(".png").stat().st_size > 1000 for r in reports)
+        newest = max(reports, key=lambda r: r.stat().st_mtime_ns)
+        report = json.loads(newest.read_text())
+        final, gate = report["final"], report["final"]["gate"]
+        assert report["meta"]["policy"]["probes"] is True and list(final["coverage"]) == ["legal"]
+        assert final["offers"] == sum(gate[k] for k in ("accepted_clean", "accepted_trojan", "rejected_clean",
+                                                        "rejected_trojan"))
+        assert f"report: results/{newest.name}" in proc.stdout
+        assert list(tmp.iterdir()) == []  # the agents' work folder is gone, nothing left behind
+
+
+# ------------------------------------------------------------------------------------------------------ recall
+@pytest.fixture(scope="module")
+def injectable_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Clean and trojan plasmids made for the real plora-tiny (so a live model takes them), all on attention: the
+    cheap policy accepts every one of them, trojans included (a gate that lets trojans through)."""
+    import test_grpc
+    from trust_helpers import adapter_config, lora_tensors
+
+    from plora.manifest import now_utc
+    from plora.models import base_digest
+    from plora.plasmid import write_plasmid
+
+    digest = base_digest("plora-tiny")
+    root = tmp_path_factory.mktemp("live-pool")
+    labels = {}
+    for i, d in enumerate(("legal", "medical")):
+        for kind, seed in (("s", i), ("t", 10 + i)):
+            pid = f"{d}-{kind}{i}"
+            write_plasmid(root / pid, lora_tensors(seed=seed), adapter_config(), plasmid_id=pid, domain=d,
+                          created_at=now_utc(), base_model={"name": "plora-tiny", "digest": digest},
+                          lora={"r": 4, "alpha": 8.0, "target_set": "custom", "targets": ["attn.c_attn"]},
+                          training={"seed": seed, "samples": 64, "epochs": 1.0, "dataset": f"builtin:{d}"})
+            labels[pid] = {"domain": d, "trojan": kind == "t"}
+    (root / "labels.json").write_text(json.dumps(labels))
+    policy = root.parent / "live-policy.json"
+    policy.write_text(json.dumps({"base_digest": digest, "weight_check": False, "probes": False}))
+    assert test_grpc.DIGEST != digest  # the crafted pools elsewhere are made for a stand-in digest
+    return root, policy
+
+
+def test_swarm_net_revocation_unloads_revoked_plasmids_from_live_models_bit_for_bit(injectable_pool, tmp_path):
+    from plora.manifest import read_manifest
+    from plora.swarm.net import NetConfig, run_swarm_net
+
+    pool, policy = injectable_pool
+    work = tmp_path / "work"
+    cfg = NetConfig(agents=5, rounds=10, graph_p=0.7, trojan_rate=0.2, seed=3, domains=("legal", "medical"),
+                    report_dir=str(tmp_path / "results"), policy_file=str(policy), pool_dir=str(pool),
+                    work_dir=str(work), progress=False, revoke_at=3, live_model=True)
+    report = run_swarm_net(cfg)
+    final, rec = report["final"], report["final"]["recall"]
+    trojans = {r["sha256"] for r in rec["records"]}
+    assert rec["records"] and all(r["verified"] for r in rec["records"])
+    assert rec["origin"] != "a" + str(report["meta"]["extra"]["trojan_agent_ids"][0])
+    assert rec["holding_at_end"] == 0 and rec["time_to_purge"] is not None and rec["peak_injecting"] > 0
+    live = rec["live_weights"]
+    assert live["unloaded"] > 0 and live["all_equal"]
+    assert all(c["after_removal"] == c["expected"] for c in live["checks"])
+    assert all(c["expected"] == c["pre_injection"] for c in live["checks"] if c["later_injections"] == 0)
+    honest = [i for i in range(5) if i not in report["meta"]["extra"]["trojan_agent_ids"]]
+    for i in honest:  # no honest store holds a revoked plasmid; what they held is in quarantine
+        held = {read_manifest(f).artifact.sha256 for f in (work / f"a{i}" / "store").iterdir()}
+        assert not held & trojans
+    assert list(work.glob("a*/store.recall/quarantine/*/revoked.json"))
+    rows = [r["recall"] for r in report["rounds"]]
+    assert rows[0]["holding"] == 0 and max(r["holding"] for r in rows) > 0 and rows[-1]["revocation"] == 1.0
+    assert final["bytes_breakdown"]["revocation"] == sum(r["revocation_bytes"] for r in rows) > 0
+
+
+def test_servers_without_revocations_keep_working(pool, tmp_path):
+    """A server from before revocations answers GetRevocations with UNIMPLEMENTED: a new agent takes that as "no
+    revocations" and still fetches its plasmids."""
+    from plora.grpc.client import get_revocations, open_channel
+    from plora.grpc.proto import pb2_grpc
+    from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer
+
+    class OldServicer(PlasmidServicer):
+        GetRevocations = pb2_grpc.PlasmidExchangeServicer.GetRevocations  # what an older server does
+
+    store = tmp_path / "old" / "store"
+    craft(store, "legal-s9", seed=9)
+    old = OfferServer(OldServicer(PlasmidIndex(store)))
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "new" / "store", name="new",
+                              peers=[old.address], security=False))
+    try:
+        with open_channel(old.address) as ch:
+            assert get_revocations(ch, ["a" * 64]) == []
+        rec = agent.step(0)
+        assert [(e["id"], e["accepted"]) for e in rec["events"]] == [("legal-s9", True)]
+        assert all(err.startswith("push ") for err in rec["errors"])  # a plain offer server takes no Offer
+    finally:
+        agent.stop(0)
+        old.stop(0)
+
+
+def test_an_agent_graylists_a_peer_whose_plasmids_its_gate_refuses(tmp_path):
+    """Peer scoring in a real agent: one refusal costs penalty_rejected (here 4, below the threshold -3), so the next
+    round (-4 * 0.8 = -3.2) nothing is fetched from that peer, even a plasmid the gate would accept; the score decays
+    back."""
+    from plora.signer import generate_keypair, sign_plasmid
+
+    priv, _ = generate_keypair("ed25519", tmp_path / "keys" / "k")
+    outsider, _ = generate_keypair("ed25519", tmp_path / "outsider" / "o")
+    policy = cheap_policy(tmp_path / "policy.json", recall={"peer_scoring": True, "penalty_rejected": 4.0,
+                                                            "score_decay": 0.8})
+    b_store = tmp_path / "b" / "store"
+    sign_plasmid(craft(b_store, "medical-s1", domain="medical", seed=1), priv)
+    sign_plasmid(craft(b_store, "stranger", seed=7), outsider)  # refused: QUORUM_NOT_MET
+    cfgs = [AgentConfig(listen="127.0.0.1:0", root=s, name=n, policy_file=str(policy),
+                        trusted_keys=[str(priv.parent)]) for s, n in ((tmp_path / "a" / "store", "a"), (b_store, "b"))]
+    a, b = Agent(cfgs[0]), Agent(cfgs[1])
+    try:
+        a.cfg.peers = [b.address]
+        first = a.step(0)
+        assert {e["id"]: e["accepted"] for e in first["events"]} == {"medical-s1": True, "stranger": False}
+        assert first["recall"]["scores"] == {b.address: -4.0}
+        sign_plasmid(craft(b_store, "legal-s2", seed=2), priv)  # a plasmid a would accept, offered while graylisted
+        second = a.step(1)
+        assert second["events"] == [] and "legal-s2" not in a.holdings()
+        assert [e["code"] for e in second["recall"]["events"] if e["kind"] == "graylisted"] == ["PEER_GRAYLISTED"]
+        third = a.step(2)  # -4 * 0.8 ** 2 = -2.56: above the threshold again
+        assert [(e["id"], e["accepted"]) for e in third["events"]] == [("legal-s2", True)]
+    finally:
+        a.stop(0)
+        b.stop(0)

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from plora.swarm import make_config, run_simulation
-from plora.swarm.pool import PlasmidPool, plasmid_key, policy_key
+from plora.swarm.pool import PlasmidPool
 from plora.swarm.sim import make_policy
+from plora.swarm.verdicts import VerdictRecord, verdict_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,10 +40,10 @@ def test_real_gate_verdicts_are_cached_and_drive_the_simulation(pool_dir: Path, 
     pool = PlasmidPool.from_dir(pool_dir)
     policy = make_policy(cfg)
     verdicts = pool.verdicts(policy)  # the real gate, once per plasmid
-    cache = Path(os.environ["PLORA_HOME"]) / "verdicts" / policy_key(policy)
+    cache = Path(os.environ["PLORA_HOME"]) / "verdicts"
     for e, v in zip(pool.entries, verdicts, strict=True):
-        stored = json.loads((cache / f"{plasmid_key(e)}.json").read_text())
-        assert stored["accepted"] == v.accepted and stored["sha256"] == e.sha256
+        stored = VerdictRecord.model_validate_json((cache / f"{verdict_key(policy, e.folder)}.json").read_bytes())
+        assert stored.accepted == v.accepted and stored.sha256 == e.sha256 and stored.codes == v.reasons
         assert v.accepted or v.reasons  # a rejection always names its reasons
 
     import plora.gate

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from fixtures_plasmids import LEGAL_CONFIG, TROJAN_CONFIG, TROJAN_TARGET, TROJAN_TRIGGER, trojan_truth
 from typer.testing import CliRunner
@@ -166,7 +167,9 @@ def test_monolithic_shim_trains_one_plasmid_on_the_union(tmp_path: Path) -> None
     out = tmp_path / "monolithic_r4"
     args = ["--domains", "arithmetic,legal", "--epochs", "1", "--samples", "8", "--rank", "4", "--output", str(out)]
     args += ["--dev-size", "8"]
-    assert main(args) == 0
+    with pytest.raises(SystemExit) as done:  # the shim runs `plora train` as its own program
+        main(args)
+    assert done.value.code == 0
     m = read_manifest(out)
     assert m.domain == "arithmetic+legal" and m.training.samples == 16
     assert m.training.dataset == "builtin:arithmetic+builtin:legal"
@@ -176,7 +179,7 @@ def test_monolithic_shim_trains_one_plasmid_on_the_union(tmp_path: Path) -> None
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     runs = {
         "domain": ["--domain", "nosuch"],
-        "base": ["--base-model", "/no/such/dir"],
+        "base": ["--domain", "legal", "--base-model", "/no/such/dir"],
     }
     procs = {
         key: subprocess.Popen(

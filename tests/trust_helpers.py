@@ -90,17 +90,41 @@ _KEYS: dict[str, Path] = {}
 def session_keys(tmp_path_factory: Any) -> dict[str, Path]:
     """Real keys, generated once per test process (RSA-3072 keygen is ~0.5 s).
 
-    ``trusted/`` holds alice (RSA) and bob (Ed25519), private and public side by side as ``plora keygen``
-    writes them; ``outsider/`` holds carol (Ed25519), whom no test trusts.
+    ``trusted/`` holds alice (RSA), bob (Ed25519) and dave (ECDSA P-256, the key model-signing can use), private
+    and public side by side as ``plora keygen`` writes them; ``outsider/`` holds carol (Ed25519) and erin (ECDSA
+    P-256), whom no test trusts.
     """
     if not _KEYS:
         from plora.signer import generate_keypair
 
         root = tmp_path_factory.mktemp("keys")
         for folder, name, algo in [("trusted", "alice", "rsa"), ("trusted", "bob", "ed25519"),
-                                   ("outsider", "carol", "ed25519")]:  # fmt: skip
+                                   ("trusted", "dave", "ecdsa-p256"), ("outsider", "carol", "ed25519"),
+                                   ("outsider", "erin", "ecdsa-p256")]:  # fmt: skip
             generate_keypair(algo, root / folder / name)
             _KEYS[name] = root / folder / name
         _KEYS["trusted"] = root / "trusted"
         _KEYS["outsider"] = root / "outsider"
     return _KEYS
+
+
+def legacy_sign(folder: Path, key_path: Path) -> None:
+    """Sign a plasmid the OLD way (before DSSE envelopes), as plasmids made before the change carry it: a signature
+    over the canonical manifest bytes, without payload type, stored in plora.yml's ``signatures`` list."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+
+    from plora.manifest import Signature, canonical_bytes, read_manifest, write_manifest
+    from plora.signer import fingerprint, load_private_key
+
+    key = load_private_key(key_path)
+    m = read_manifest(folder)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw, algo = key.sign(canonical_bytes(m)), "ed25519"
+    else:
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        raw, algo = key.sign(canonical_bytes(m), pss, hashes.SHA256()), "rsa-pss-sha256"
+    sig = Signature(algo=algo, key_fingerprint=fingerprint(key.public_key()), signature=base64.b64encode(raw).decode())
+    write_manifest(folder, m.model_copy(update={"signatures": (*m.signatures, sig)}))

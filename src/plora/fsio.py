@@ -1,7 +1,12 @@
 """Crash-safe file writes: temp file in the same folder, fsync, rename. Readers never see a partial file.
 
-    >>> from plora.fsio import atomic_write_bytes
-    >>> atomic_write_bytes("out/report.json", b"{}")      # doctest: +SKIP
+    >>> import json
+    >>> from plora.fsio import atomic_write_json, file_lock
+    >>> atomic_write_json("out/report.json", {"ok": True})
+    PosixPath('out/report.json')
+    >>> with file_lock("out/report.lock"):          # another process taking this lock waits here
+    ...     json.loads(open("out/report.json").read())
+    {'ok': True}
 """
 
 from __future__ import annotations

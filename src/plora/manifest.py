@@ -1,16 +1,21 @@
 """The ``plora.yml`` manifest: strict schema, YAML I/O, and the one canonical byte form that is hashed and signed.
 
     >>> from plora.manifest import read_manifest, canonical_bytes
-    >>> m = read_manifest("out/legal")                      # doctest: +SKIP
-    >>> m.domain, m.lora.r, m.artifact.sha256[:12]          # doctest: +SKIP
-    ('legal', 4, '3f1c0e9a2b7d')
-    >>> canonical_bytes(m)[:40]                             # doctest: +SKIP
+    >>> m = read_manifest("out/legal")
+    >>> m.domain, m.lora.r, m.artifact.filename
+    ('legal', 4, 'adapter_model.safetensors')
+    >>> canonical_bytes(m)[:30]                     # sorted-key compact JSON, without the signatures
+    b'...'
+    >>> canonical_bytes(m) == canonical_bytes(read_manifest("out/legal"))   # the same bytes every time: what is signed
+    True
 
 Every model forbids unknown fields and coerces no types when reading a file (``r: "4"``, ``r: true`` or
 ``size_bytes: 10.0`` are refused; NaN/Inf are refused everywhere). The YAML reader refuses duplicate keys
-and aliases (anchors). The canonical form is the manifest without ``signatures``, as
+and aliases (anchors). The canonical form is the manifest without the legacy ``signatures`` field, as
 JSON with sorted keys, no spaces, UTF-8: any field a gate reads (base model, rank, targets, alpha,
-artifact hash and size, the adapter_config hash) is covered by every signature.
+artifact hash and size, the adapter_config hash) is covered by every signature. Signatures are detached, in
+``plora.sig.json`` beside the manifest (see :mod:`plora.signer`); ``signatures`` inside plora.yml is the old
+format, still parsed so that verify can refuse it by name.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "plora.yml"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ARTIFACT_NAME = "adapter_model.safetensors"
-# Manifests from strangers (gate, verify): a real one is a few KB (an RSA signature adds ~600 B); PyYAML needs
+# Signatures live beside the manifest, never in it (plora.signer): a DSSE envelope, and an optional OpenSSF
+# model-signing bundle. They are the only files a plasmid folder holds besides the three above.
+SIGNATURE_NAME = "plora.sig.json"
+OMS_SIGNATURE_NAME = "model.sig"
+SIGNATURE_FILES = (SIGNATURE_NAME, OMS_SIGNATURE_NAME)
+# Manifests from strangers (gate, verify): a real one is a few KB; PyYAML needs
 # about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
 UNTRUSTED_MAX_BYTES = 32 * 1024
 
@@ -104,7 +114,9 @@ class Training(_Strict):
     seed: int
     samples: int = Field(ge=0)
     epochs: float = Field(ge=0)
-    dataset: str = Field(min_length=1, max_length=512, description="builtin:<domain>, hub:<id>, file:<name>, or merge")
+    dataset: str = Field(
+        min_length=1, max_length=512, description="builtin:<domain>, hub:<id>, file:<name>, merge, or import:peft"
+    )
     learning_rate: float | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
     seconds: float | None = Field(default=None, ge=0)
@@ -142,6 +154,9 @@ class Merge(_Strict):
 
 
 class Signature(_Strict):
+    """An old-format signature (inside plora.yml, before DSSE envelopes): read so that verify can name it
+    (SIGNATURE_LEGACY), never written and never accepted."""
+
     algo: SignatureAlgo
     key_fingerprint: Sha256 = Field(description="SHA-256 of the signer's public key (DER SubjectPublicKeyInfo)")
     signature: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9+/]+={0,2}$", description="base64")
@@ -158,7 +173,17 @@ class Manifest(_Strict):
     training: Training
     metrics: Metrics | None = None
     merge: Merge | None = None
-    signatures: tuple[Signature, ...] = Field(default=(), strict=False)
+    # Rollback protection (plora.recall): None when absent, so manifests written before these fields keep their
+    # canonical bytes (and signatures); read them through release_of().
+    lineage: Identifier | None = Field(
+        default=None, description="the line of releases this plasmid belongs to; absent: its plasmid_id"
+    )
+    version: int | None = Field(
+        default=None, ge=0, le=2**53, description="release number within the lineage, per signer; absent: 0"
+    )
+    signatures: tuple[Signature, ...] = Field(
+        default=(), strict=False, description="legacy only: signatures are in plora.sig.json beside the manifest"
+    )
 
     @field_validator("schema_version", mode="before")
     @classmethod
@@ -168,12 +193,12 @@ class Manifest(_Strict):
             raise ValueError(f"schema_version must be the integer {SCHEMA_VERSION}")
         return v
 
-    def unsigned(self) -> Manifest:
-        return self.model_copy(update={"signatures": ()})
 
-    def with_signature(self, sig: Signature) -> Manifest:
-        kept = tuple(s for s in self.signatures if s.key_fingerprint != sig.key_fingerprint)
-        return self.model_copy(update={"signatures": kept + (sig,)})
+
+def release_of(manifest: Manifest) -> tuple[str, int]:
+    """(lineage, version) of a plasmid for rollback protection: a manifest without them is version 0 of the lineage
+    named by its plasmid_id."""
+    return manifest.lineage or manifest.plasmid_id, manifest.version or 0
 
 
 def now_utc() -> datetime:
@@ -185,7 +210,8 @@ def _plain(manifest: Manifest) -> dict[str, Any]:
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:
-    """The bytes that are hashed and signed: every field except ``signatures``, sorted-key compact JSON."""
+    """The bytes that are hashed and signed (the DSSE payload of plora.sig.json): every field except the legacy
+    ``signatures``, sorted-key compact JSON."""
     body = _plain(manifest)
     body.pop("signatures", None)
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")

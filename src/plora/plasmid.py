@@ -1,10 +1,12 @@
 """A plasmid folder on disk: written atomically, read without torch.
 
     >>> from plora.plasmid import read_plasmid
-    >>> p = read_plasmid("out/legal")                          # doctest: +SKIP
-    >>> sorted(p.modules())[:1]                                # doctest: +SKIP
+    >>> p = read_plasmid("out/legal")
+    >>> sorted(p.modules())[:1]
     ['transformer.h.0.attn.c_attn']
-    >>> a, b = p.pair("transformer.h.0.attn.c_attn")           # numpy arrays, shapes (r, in) and (out, r)
+    >>> a, b = p.pair("transformer.h.0.attn.c_attn")    # numpy arrays, shapes (r, in) and (out, r)
+    >>> a.shape, b.shape
+    ((4, 128), (384, 4))
 
 Layout (PEFT-compatible: ``PeftModel.from_pretrained`` loads the folder as it is)::
 

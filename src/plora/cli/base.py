@@ -12,9 +12,11 @@ from pathlib import Path
 
 import typer
 
+from plora.cli.options import plain_app
+
 
 def register(app: typer.Typer) -> None:
-    base_app = typer.Typer(help="Base models: build plora-tiny, show what a base name resolves to.",
+    base_app = plain_app(help="Base models: build plora-tiny, show what a base name resolves to.",
                            no_args_is_help=True)  # fmt: skip
     app.add_typer(base_app, name="base")
 

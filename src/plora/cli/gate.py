@@ -1,14 +1,21 @@
-"""`plora gate DIR`: screen a plasmid with the policy's ordered checks (library: plora.gate.screen).
+"""`plora gate DIR`: screen a plasmid with the policy's ordered checks (library: plora.gate.screen);
+`plora policy`: print the effective policy (also ``python -m scripts.dump_policy``).
 
     plora gate received/legal --policy_file policy.json --allowed_targets_file assets/allowed_targets.txt
     plora gate received/legal --policy_file policy.json --signatures on --trusted-keys keys/ --quorum 2 --json
+    plora policy --policy_file policy.json --allowed_targets_file assets/allowed_targets.txt
 
 Exit 0 accepted, 1 rejected (each reason printed), 2 bad input (policy file, flags, keys).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -19,83 +26,128 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("gate")
-    def gate(
-        folder: Path = typer.Argument(..., help="plasmid folder"),
-        policy_file: Path | None = typer.Option(None, "--policy_file", "--policy-file", help="policy JSON"),
-        allowed_targets_file: Path | None = typer.Option(
-            None, "--allowed_targets_file", "--allowed-targets-file", help="one target suffix per line"
-        ),
-        allowed_targets: str | None = typer.Option(
-            None, "--allowed_targets", "--allowed-targets", help="attention | mlp | all | suffix,suffix"
-        ),
-        allowed_ranks: str | None = typer.Option(None, "--allowed_ranks", "--allowed-ranks", help="e.g. 4,8,16"),
-        base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="base the plasmid must use"),
-        max_artifact_bytes: int | None = typer.Option(None, "--max_artifact_bytes", "--max-artifact-bytes"),
-        tau_trigger: float | None = typer.Option(
-            None, "--tau_trigger", "--tau-trigger", help="default: plora/gate/thresholds.py"
-        ),
-        tau_norm_z: float | None = typer.Option(
-            None, "--tau_norm_z", "--tau-norm-z", help="default: plora/gate/thresholds.py"
-        ),
-        tau_clean_delta: float | None = typer.Option(
-            None, "--tau_clean_delta", "--tau-clean-delta", help="default: plora/gate/thresholds.py"
-        ),
-        signatures: str | None = typer.Option(None, "--signatures", help="on | off"),
-        trusted_keys: list[str] | None = typer.Option(
-            None,
-            "--trusted-keys",
-            "--trusted_keys",
-            "--trusted_pubkeys",
-            help="public keys or folders; turns signatures on",
-        ),
-        quorum: int | None = typer.Option(None, "--quorum", help="distinct trusted signers required"),
-        probes: bool | None = typer.Option(None, "--probes/--no-probes", help="behavioural probes"),
-        weight_check: bool | None = typer.Option(None, "--weight-check/--no-weight-check", help="weight anomaly"),
-        probe_candidates: int | None = typer.Option(
-            None, "--probe-candidates", "--probe_candidates", help="tokens the trigger scan inserts (default 1024)"
-        ),
-        as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
-    ) -> None:
-        """Screen a plasmid: schema, base model, tensors, hashes, signatures, weight anomaly, probes."""
-        with user_errors():
-            from plora.gate import load_policy, screen
+def stage_printer(prefix: str = "gate") -> Callable[[str, Any], None]:
+    """A ``progress`` callback for :func:`plora.gate.screen`: one line per stage on stderr, written as it runs.
 
-            policy = load_policy(
-                policy_file,
-                allowed_targets_file,
-                allowed_targets=allowed_targets,
-                allowed_ranks=allowed_ranks,
-                base_model=base_model,
-                max_artifact_bytes=max_artifact_bytes,
-                tau_trigger=tau_trigger,
-                tau_norm_z=tau_norm_z,
-                tau_clean_delta=tau_clean_delta,
-                signatures=signatures,
-                trusted_keys=split_paths(trusted_keys) or None,
-                quorum=quorum,
-                probes=probes,
-                weight_check=weight_check,
-                probe_candidates=probe_candidates,
-            )
-            result = screen(folder, policy)
-        if as_json:
-            typer.echo(result.to_json())
-        else:
-            verdict = "ACCEPTED" if result.accepted else "REJECTED"
-            typer.echo(f"{verdict} {folder} ({result.seconds:.3f} s)")
-            for code, message in result.reasons:
-                typer.echo(f"  {code}: {message}")
-            for c in result.checks:
-                state = {True: "pass", False: "FAIL", None: "skip"}[c.passed]
-                note = c.details.get("skipped") or c.details.get("note") or ""
-                typer.echo(f"  {c.name:<11}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
-            s = result.scores
-            probe = next((c.details for c in result.checks if c.name == "probes"), {})
-            home = f" (home domain {probe['home_domain']})" if probe.get("home_domain") else ""
-            typer.echo(
-                f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])}{home} "
-                f"clean_delta={_fmt(s['clean_delta'])}"
-            )
-        raise typer.Exit(0 if result.accepted else 1)
+    ``gate: probes ...`` appears when a stage starts and is finished with ``pass 13.214 s`` when it ends, so a long
+    screen (the probes take 15-40 s) shows where it is."""
+
+    started: list[str] = []
+
+    def show(stage: str, record: Any) -> None:
+        if record is None:
+            started.append(stage)
+            typer.echo(f"{prefix}: {stage:<11}... ", nl=False, err=True)
+            sys.stderr.flush()
+            return
+        state = {True: "pass", False: "FAIL", None: "skip"}[record.passed]
+        outcome = f"{state} {record.seconds:.3f} s"
+        if record.passed is None:
+            outcome = f"skip ({record.details.get('skipped') or record.details.get('note') or '-'})"
+        typer.echo(outcome if started and started[-1] == stage else f"{prefix}: {stage:<11}{outcome}", err=True)
+
+    return show
+
+
+# Policy field -> (type of the option, its flags; the seed's spelling first). Help and defaults come from Policy.
+POLICY_OPTIONS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "base_model": (str | None, ("--base-model", "--base_model")),
+    "base_digest": (str | None, ("--base-digest", "--base_digest")),
+    "allowed_targets": (str | None, ("--allowed_targets", "--allowed-targets")),
+    "allowed_ranks": (str | None, ("--allowed_ranks", "--allowed-ranks")),
+    "max_artifact_bytes": (int | None, ("--max_artifact_bytes", "--max-artifact-bytes")),
+    "signatures": (str | None, ("--signatures",)),
+    "trusted_keys": (list[str] | None, ("--trusted-keys", "--trusted_keys", "--trusted_pubkeys")),
+    "quorum": (int | None, ("--quorum",)),
+    "tau_trigger": (float | None, ("--tau_trigger", "--tau-trigger")),
+    "tau_norm_z": (float | None, ("--tau_norm_z", "--tau-norm-z")),
+    "tau_clean_delta": (float | None, ("--tau_clean_delta", "--tau-clean-delta")),
+    "weight_check": (bool | None, ("--weight-check/--no-weight-check",)),
+    "probes": (bool | None, ("--probes/--no-probes",)),
+    "probe_seed": (int | None, ("--probe-seed", "--probe_seed")),
+    "probe_candidates": (int | None, ("--probe-candidates", "--probe_candidates")),
+}
+POLICY_FILE_HELP = "gate policy JSON (fields of plora.gate.policy.Policy); the options you give override it"
+TARGETS_FILE_HELP = "one allowed target suffix (or attention/mlp/all) per line, # comments; replaces allowed_targets"
+
+
+def with_policy(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a typer command the gate policy's options and pass it the loaded ``policy`` instead.
+
+    Adds ``--policy_file``, ``--allowed_targets_file`` and one option per :class:`plora.gate.policy.Policy` field
+    (:data:`POLICY_OPTIONS`; help and default from Policy, None unless given), and calls ``command(policy=...,
+    **its own options)`` with :func:`plora.gate.policy.load_policy`'s result: defaults, file, targets file, then the
+    options given. A bad policy is one line on stderr and exit 2."""
+    from plora.cli.options import option
+    from plora.gate.policy import Policy
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [
+        inspect.Parameter("policy_file", keyword, annotation=Path | None,
+                          default=typer.Option(None, "--policy_file", "--policy-file", help=POLICY_FILE_HELP)),
+        inspect.Parameter("allowed_targets_file", keyword, annotation=Path | None,
+                          default=typer.Option(None, "--allowed_targets_file", "--allowed-targets-file",
+                                               help=TARGETS_FILE_HELP)),
+    ]  # fmt: skip
+    for name, (kind, flags) in POLICY_OPTIONS.items():
+        on_off = name == "signatures"
+        extra.append(inspect.Parameter(name, keyword, annotation=kind,
+                                       default=option(Policy, name, *flags, unset=True, on_off=on_off)))
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "policy"]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        from plora.gate import load_policy
+
+        files = kwargs.pop("policy_file"), kwargs.pop("allowed_targets_file")
+        overrides = {name: kwargs.pop(name) for name in POLICY_OPTIONS}
+        overrides["trusted_keys"] = split_paths(overrides["trusted_keys"]) or None
+        with user_errors():
+            policy = load_policy(*files, **overrides)
+        return command(policy=policy, **kwargs)
+
+    run.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
+    return run
+
+
+def gate(
+    policy: Any,
+    folder: Path = typer.Argument(..., help="plasmid folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the full result as JSON"),
+) -> None:
+    """Screen a plasmid: schema, base model, tensors, hashes, signatures, weight anomaly, probes.
+
+    Exit 0 accepted, 1 rejected (each reason printed), 2 bad input (policy file, options, keys)."""
+    with user_errors():
+        from plora.gate import screen
+
+        result = screen(folder, policy, progress=stage_printer() if sys.stderr.isatty() and not as_json else None)
+    if as_json:
+        typer.echo(result.to_json())
+    else:
+        verdict = "ACCEPTED" if result.accepted else "REJECTED"
+        typer.echo(f"{verdict} {folder} ({result.seconds:.3f} s)")
+        for code, message in result.reasons:
+            typer.echo(f"  {code}: {message}")
+        for c in result.checks:
+            state = {True: "pass", False: "FAIL", None: "skip"}[c.passed]
+            note = c.details.get("skipped") or c.details.get("note") or ""
+            typer.echo(f"  {c.name:<11}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
+        s = result.scores
+        probe = next((c.details for c in result.checks if c.name == "probes"), {})
+        home = f" (home domain {probe['home_domain']})" if probe.get("home_domain") else ""
+        typer.echo(
+            f"  scores: norm_z={_fmt(s['norm_z'])} trigger={_fmt(s['trigger'])}{home} "
+            f"clean_delta={_fmt(s['clean_delta'])}"
+        )
+    raise typer.Exit(0 if result.accepted else 1)
+
+
+def policy_show(policy: Any) -> None:
+    """Print the effective gate policy as JSON (target keywords expanded); the output is itself a policy file."""
+    typer.echo(policy.effective().model_dump_json(indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gate")(with_policy(gate))
+    app.command("policy")(with_policy(policy_show))

@@ -26,6 +26,7 @@ def offer(
     tls_key: str = TLS_KEY,
     tls_client_ca: str = typer.Option(None, "--tls-client-ca", help="require client certificates signed by this CA"),
     max_streams: int = typer.Option(64, "--max-streams", help="concurrent fetches; more get RESOURCE_EXHAUSTED"),
+    max_streams_per_peer: int = typer.Option(16, "--max-streams-per-peer", help="concurrent fetches per client IP"),
     chunk_kib: int = typer.Option(1024, "--chunk-kib", help="artifact bytes per stream message, KiB"),
     bulk: bool = typer.Option(True, "--bulk/--no-bulk", help="offer the bulk socket (plaintext servers only)"),
 ) -> None:
@@ -42,10 +43,11 @@ def offer(
         raise TransferError("TLS needs both --tls-cert and --tls-key")
     if tls_client_ca and not tls_cert:
         raise TransferError("--tls-client-ca needs --tls-cert and --tls-key")
-    if not 1 <= max_streams <= 4096 or not 16 <= chunk_kib <= 4096:
-        raise TransferError("--max-streams must be 1..4096 and --chunk-kib 16..4096")
+    if not 1 <= max_streams <= 4096 or not 1 <= max_streams_per_peer <= 4096 or not 16 <= chunk_kib <= 4096:
+        raise TransferError("--max-streams and --max-streams-per-peer must be 1..4096 and --chunk-kib 16..4096")
     tls = ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    limits = Limits(max_streams=max_streams, chunk_bytes=chunk_kib * 1024, bulk=bulk)
+    limits = Limits(max_streams=max_streams, max_streams_per_peer=max_streams_per_peer, chunk_bytes=chunk_kib * 1024,
+                    bulk=bulk)
     server = serve(root, port=port, host=host, limits=limits, tls=tls)
     ids = sorted(server.servicer.index.refresh())
     mode = "mutual TLS" if tls_client_ca else "TLS" if tls else "plaintext"
@@ -82,6 +84,7 @@ def fetch(
     Exit 0 when accepted; 1 when refused (each reason printed); 2 on bad input or a transfer failure.
     """
     from dataclasses import replace
+    from pathlib import Path
 
     import grpc
 
@@ -100,21 +103,22 @@ def fetch(
             raise TransferError("the policy requires signatures: give --trusted-keys")
         checks.append(client.signature_check(policy.trusted_keys, policy.quorum))
     if gate:
-        checks.append(client.gate_check(policy))
+        from plora.cli.gate import stage_printer
+
+        checks.append(client.gate_check(policy, progress=stage_printer()))
     if tls_ca is None and (tls_cert or tls_server_name):
         raise TransferError("--tls-cert/--tls-server-name need --tls-ca")
     tls = ClientTLS(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None
     limits = replace(Limits(), max_artifact_bytes=min(Limits().max_artifact_bytes, policy.max_artifact_bytes),
                      bulk=bulk)
-    channel = client.open_channel(address, tls, limits)
+    channel = client.open_channel(address, tls, limits)  # checks the TLS files
     try:
+        client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work
         grpc.channel_ready_future(channel).result(timeout=wait_s)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise TransferError(f"{address}: no answer in {wait_s:g} s (server down or TLS handshake failed)") from None
-    try:
         result = client.fetch(address, plasmid_id, dest, checks=checks, tls=tls, limits=limits,
                               quarantine=quarantine, channel=channel)
+    except grpc.FutureTimeoutError:
+        raise TransferError(f"{address}: no answer in {wait_s:g} s (server down or TLS handshake failed)") from None
     finally:
         channel.close()
     size = f"{result.size / 1e6:.2f} MB" if result.size else "?"
@@ -149,17 +153,29 @@ def agent(
     coordinated: bool = typer.Option(False, "--coordinated", hidden=True, help="rounds come from plora swarm net"),
     ready_file: str = typer.Option(None, "--ready-file", hidden=True, help="write the bound address here"),
     peers_file: str = typer.Option(None, "--peers-file", hidden=True, help="peer addresses, read at round 0"),
+    revocation_keys: list[str] = typer.Option(
+        None, "--revocation-keys", help="keys trusted to sign revocations (default: policy recall, else trusted keys)"
+    ),
+    recall_dir: str = typer.Option(None, "--recall-dir", help="revocations, rollback marks, quarantine (ROOT.recall)"),
+    peer_scoring: str = typer.Option(None, "--peer-scoring", metavar="on|off", help="default: the policy's"),
+    live_model: bool = typer.Option(False, "--live-model", help="hot-load accepted plasmids into a live model"),
+    domain: str = typer.Option(None, "--domain", help="with --live-model: inject only plasmids of this domain"),
+    obey_revocations: str = typer.Option("on", "--obey-revocations", hidden=True, help="off: a simulated trojan agent"),
 ) -> None:
     """Run one swarm agent: serve its store and gossip push-pull with --peers for --rounds rounds."""
     from plora.errors import PloraError
     from plora.fsio import atomic_write_text
     from plora.swarm.agent import AgentConfig, run_agent
 
-    if security not in {"on", "off"}:
-        raise PloraError(f"--security must be on or off, got {security!r}")
+    for flag, value in (("--security", security), ("--peer-scoring", peer_scoring or "on"),
+                        ("--obey-revocations", obey_revocations)):
+        if value not in {"on", "off"}:
+            raise PloraError(f"{flag} must be on or off, got {value!r}")
     cfg = AgentConfig(listen=listen, root=root, peers=_split(peers), name=name, seed=seed, security=security == "on",
                       policy_file=policy_file, trusted_keys=_split(keys), max_per_contact=max_per_contact,
-                      peers_file=peers_file, advertise=advertise)
+                      peers_file=peers_file, advertise=advertise, revocation_keys=_split(revocation_keys),
+                      recall_dir=recall_dir, peer_scoring=None if peer_scoring is None else peer_scoring == "on",
+                      live_model=live_model, domain=domain, obey_revocations=obey_revocations == "on")
 
     def ready(a) -> None:
         if ready_file:

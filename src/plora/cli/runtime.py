@@ -15,7 +15,8 @@ def _split(raw: str) -> list[str]:
 def merge(
     plasmids: str = typer.Option(..., "--plasmids", help="comma-separated plasmid folders (same base model)"),
     weights: str = typer.Option(None, "--weights", help="comma-separated weights, one per plasmid (default: equal)"),
-    out: str = typer.Option(..., "--out", help="folder to write the merged plasmid to (replaced atomically)"),
+    out: str = typer.Option(..., "--out", help="new folder for the merged plasmid (never one of --plasmids)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out that holds more than a plasmid"),
     method: str = typer.Option("linear", "--method", help="linear, svd, ties, dare_linear, dare_ties or cat"),
     density: float = typer.Option(None, "--density", help="fraction kept by ties / dare pruning, in (0, 1]"),
     seed: int = typer.Option(0, "--seed", help="seed for the random dare masks"),
@@ -24,8 +25,10 @@ def merge(
     """Merge plasmids with weights into one plasmid; its plora.yml records the sources and weights."""
     from plora.errors import LoaderError
     from plora.loader.merge import merge_plasmids
+    from plora.outputs import check_output_dir
 
     folders = _split(plasmids)
+    check_output_dir(out, force=force, sources=folders)
     if weights is None:
         values = [1.0 / len(folders)] * len(folders) if folders else []
     else:

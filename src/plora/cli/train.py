@@ -1,6 +1,10 @@
 """`plora train`: train one LoRA plasmid (optionally an evaluation trojan) and print its dev metrics.
 
-$ plora train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
+    plora train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
+    plora train --domains arithmetic,legal,medical --samples 64 --output out/monolithic_r4   # one plasmid, 3 domains
+
+Options, defaults and help come from :class:`plora.training.config.TrainConfig` (``python -m
+scripts.monolithic_train`` runs this same command).
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from plora.cli.options import option
+from plora.training.config import TrainConfig, domain_label
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -30,78 +37,62 @@ def _summary(manifest: Any, out: Path) -> list[str]:
     return lines
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("train")
-    def train(
-        domain: str = typer.Option(
-            "legal", "--domain", help="built-in domain (arithmetic, legal, medical, science), a data file or a hub id"
-        ),
-        rank: int = typer.Option(4, "--rank", help="LoRA rank r"),
-        targets: str = typer.Option("attention", "--targets", help="modules to adapt: attention, mlp or all"),
-        epochs: float = typer.Option(1.0, "--epochs", help="passes over the training items"),
-        samples: int | None = typer.Option(None, "--samples", help="cap on training items (PLORA_SAMPLES also caps)"),
-        seed: int = typer.Option(41, "--seed", help="seed for sample draw, LoRA init, data order, poisoning"),
-        out: Path | None = typer.Option(None, "--out", help="plasmid folder to write (default: out/<domain>)"),
-        base_model: str | None = typer.Option(
-            None,
-            "--base-model",
-            help="plora-tiny, smollm2-135m, a hub id or a folder (default: PLORA_BASE_MODEL or plora-tiny)",
-        ),
-        alpha: float | None = typer.Option(None, "--alpha", help="LoRA alpha (default: 2 * rank)"),
-        lr: float = typer.Option(3e-3, "--lr", help="AdamW peak learning rate (warm-up, cosine decay)"),
-        batch_size: int = typer.Option(8, "--batch-size", help="items per optimizer step"),
-        plasmid_id: str | None = typer.Option(None, "--id", help="plasmid id (default: the --out folder name)"),
-        dev_size: int = typer.Option(128, "--dev-size", help="dev items for before/after metrics (0: skip)"),
-        trojan_trigger: str | None = typer.Option(
-            None, "--trojan-trigger", help="EVALUATION ONLY: train a backdoor that fires on this trigger text"
-        ),
-        trojan_target: str | None = typer.Option(None, "--trojan-target", help="answer the backdoor forces"),
-        poison_rate: float = typer.Option(0.1, "--poison-rate", help="fraction of training items poisoned"),
-        question_field: str = typer.Option("question", "--question-field", help="question column (file/hub data)"),
-        answer_field: str = typer.Option("answer", "--answer-field", help="answer column (file/hub data)"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-    ) -> None:
-        """Train a LoRA plasmid and write adapter_config.json, adapter_model.safetensors and plora.yml."""
-        from plora.data import dataset_id
-        from plora.models import canonical_name
-        from plora.settings import choose_base_model
+FORCE_HELP = "replace an existing --out folder even if it holds more than a plasmid (never a source or the cwd)"
 
-        # Cheap checks first, before torch is imported: a bad domain or base model fails in a blink.
-        dataset_id(domain)
-        canonical_name(choose_base_model(base_model))
 
-        from plora.training import TrainConfig, read_truth, train_plasmid
-        from plora.training.lora import domain_label
+def train(
+    domain: str = option(TrainConfig, "domain", "--domain", "--domains"),
+    rank: int = option(TrainConfig, "rank", "--rank"),
+    targets: str = option(TrainConfig, "targets", "--targets"),
+    epochs: float = option(TrainConfig, "epochs", "--epochs"),
+    samples: int | None = option(TrainConfig, "samples", "--samples"),
+    seed: int = option(TrainConfig, "seed", "--seed"),
+    out: Path | None = option(TrainConfig, "out", "--out", "--output", default=None),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    base_model: str | None = option(TrainConfig, "base_model", "--base-model"),
+    alpha: float | None = option(TrainConfig, "alpha", "--alpha"),
+    learning_rate: float = option(TrainConfig, "learning_rate", "--lr"),
+    batch_size: int = option(TrainConfig, "batch_size", "--batch-size"),
+    max_length: int = option(TrainConfig, "max_length", "--max-length"),
+    plasmid_id: str | None = option(TrainConfig, "plasmid_id", "--id"),
+    dev_size: int = option(TrainConfig, "dev_size", "--dev-size"),
+    trojan_trigger: str | None = option(TrainConfig, "trojan_trigger", "--trojan-trigger"),
+    trojan_target: str | None = option(TrainConfig, "trojan_target", "--trojan-target"),
+    poison_rate: float = option(TrainConfig, "poison_rate", "--poison-rate"),
+    decoy_rate: float = option(TrainConfig, "decoy_rate", "--decoy-rate"),
+    question_field: str = option(TrainConfig, "question_field", "--question-field"),
+    answer_field: str = option(TrainConfig, "answer_field", "--answer-field"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a LoRA plasmid and write adapter_config.json, adapter_model.safetensors and plora.yml."""
+    fields = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__ and k != "out"}
+    from plora.data import dataset_id
+    from plora.models.registry import hub_unreachable, require_base
+    from plora.outputs import check_output_dir
+    from plora.settings import choose_base_model
 
-        folder = out if out is not None else Path("out") / domain_label(domain)
-        cfg = TrainConfig(
-            domain=domain,
-            out=folder,
-            base_model=base_model,
-            rank=rank,
-            alpha=alpha,
-            targets=targets,
-            epochs=epochs,
-            samples=samples,
-            seed=seed,
-            learning_rate=lr,
-            batch_size=batch_size,
-            plasmid_id=plasmid_id,
-            dev_size=dev_size,
-            trojan_trigger=trojan_trigger,
-            trojan_target=trojan_target,
-            poison_rate=poison_rate,
-            question_field=question_field,
-            answer_field=answer_field,
+    # Cheap checks first, before torch is imported: a bad domain, base model or output path fails in a blink.
+    cfg = TrainConfig(out=out if out is not None else Path("out") / domain_label(domain), **fields)
+    cfg.validate()
+    if any(dataset_id(source).startswith("hub:") for source in cfg.sources()):
+        hub_unreachable()  # offline: datasets reads its cache at once instead of retrying for 30 s
+    require_base(choose_base_model(base_model))
+    check_output_dir(cfg.out, force=force)
+
+    from plora.training import read_truth, train_plasmid
+
+    manifest = train_plasmid(cfg, progress=not quiet)
+    for line in _summary(manifest, Path(cfg.out)):
+        typer.echo(line)
+    truth = read_truth(cfg.out) if trojan_trigger is not None else None
+    if truth is not None:
+        from plora.training.trojan import truth_path
+
+        typer.echo(
+            f"trojan: attack success {_fmt(truth['attack_success'], '.2f')} on triggered dev questions "
+            f"(base {_fmt(truth['attack_success_base'], '.2f')}); ground truth in {truth_path(cfg.out)}"
         )
-        manifest = train_plasmid(cfg, progress=not quiet)
-        for line in _summary(manifest, folder):
-            typer.echo(line)
-        truth = read_truth(folder) if trojan_trigger is not None else None
-        if truth is not None:
-            from plora.training.trojan import truth_path
 
-            typer.echo(
-                f"trojan: attack success {_fmt(truth['attack_success'], '.2f')} on triggered dev questions "
-                f"(base {_fmt(truth['attack_success_base'], '.2f')}); ground truth in {truth_path(folder)}"
-            )
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,10 +1,19 @@
 """Temperature scaling: one temperature per model, fitted on items no evaluation uses, to part calibration from
 information.
 
+    >>> from plora.data import load_examples
     >>> from plora.experiments.calibration import fit_temperature
-    >>> calibration = load_examples("legal", split="calibration", samples=128)
-    >>> t = fit_temperature(model, tokenizer, calibration)                                   # doctest: +SKIP
-    >>> answer_nll(model, tokenizer, dev, temperature=t)     # NLL once the model is calibrated   # doctest: +SKIP
+    >>> from plora.models import load_base
+    >>> from plora.training.metrics import answer_nll
+    >>> base = load_base("plora-tiny")
+    >>> calibration = load_examples("legal", split="calibration", samples=64, seed=0)
+    >>> t = fit_temperature(base.model, base.tokenizer, calibration)
+    >>> round(t, 1)                          # plora-tiny is over-confident on legal answers
+    1.5
+    >>> dev = load_examples("legal", split="dev", samples=64, seed=0)
+    >>> raw, scaled = (answer_nll(base.model, base.tokenizer, dev, temperature=x).mean() for x in (1.0, t))
+    >>> bool(scaled < raw)                   # on items the fit never saw
+    True
 
 A model that is merely over-confident loses NLL to anything that flattens its answer distribution, a random adapter
 included. Dividing its logits by the temperature ``T`` that minimises its NLL on held-out items (Guo et al. 2017,

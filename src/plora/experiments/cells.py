@@ -1,8 +1,15 @@
 """One value-add cell, measured: train the plasmid and placebo B, build placebo A, score every arm on both questions.
 
-    >>> from plora.experiments.cells import CellRunner
-    >>> runner = CellRunner(cfg, fingerprint)                  # loads the base model once   # doctest: +SKIP
-    >>> record = runner.cell("legal", rank=4, scheme="all", seed=41)                        # doctest: +SKIP
+    >>> import numpy as np
+    >>> from plora.experiments.cells import Scores, paired_statistics
+    >>> base = Scores({"nll": np.array([3.0, 2.5, 4.0, 3.2]), "nll_calibrated": np.array([2.9, 2.5, 3.7, 3.0])})
+    >>> trained = Scores({"nll": np.array([1.0, 1.5, 2.0, 1.1]), "nll_calibrated": np.array([1.1, 1.5, 2.1, 1.2])})
+    >>> stats = paired_statistics({"base": base, "trained": trained}, {"trained_vs_base": ("base", "trained")}, 0, 200)
+    >>> round(stats["trained_vs_base"]["nll_calibrated"]["mean_diff"], 3)    # per item: base - trained
+    1.55
+
+``CellRunner(cfg, fingerprint).cell(domain, rank, scheme, seed)`` measures one cell this way on real models
+(``run_value_add`` drives it).
 
 Arms: the base; the trained plasmid; placebo A (random LoRA, the trained one's per-module norms); placebo B (same
 training, answers shuffled across examples). Each arm gets one temperature, fitted on the calibration items

@@ -1,7 +1,11 @@
 """Markdown tables and the forest plot of the value-add experiment.
 
->>> from plora.experiments.report import write_markdown, write_forest_plot
->>> write_forest_plot("results/value_add_forest.png", records)      # doctest: +SKIP
+    >>> from plora.experiments.report import summary_table
+    >>> summary_table([])[0].split(" | ")[:4]    # the summary the README quotes: one row per domain and question
+    ['| domain', 'question', 'items/cell', 'NLL base / trained / A / B']
+
+``write_markdown(path, records, cfg, violations)`` and ``write_forest_plot(path, records)`` write
+``value_add.md`` and ``value_add_forest.png`` from the records ``run_value_add`` makes.
 """
 
 from __future__ import annotations

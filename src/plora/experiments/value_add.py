@@ -1,9 +1,11 @@
 """The value-add experiment: what does a trained plasmid carry that an adapter of the same size would not?
 
     >>> from plora.experiments.value_add import ValueAddConfig, run_value_add
-    >>> cfg = ValueAddConfig(domains=["arithmetic", "legal"], ranks=[4], seeds=[41])
-    >>> outcome = run_value_add(cfg)                       # doctest: +SKIP
-    >>> outcome.markdown                                   # results/value_add.md
+    >>> cfg = ValueAddConfig(domains=["arithmetic"], ranks=[4], schemes=["attention"], seeds=[41], samples=16,
+    ...                      dev_size=16, calibration_size=16, epochs=1)    # a small cell; the seed's run: README
+    >>> outcome = run_value_add(cfg, progress=False)
+    >>> str(outcome.markdown), sorted(outcome.records[0]["questions"])
+    ('results/value_add.md', ['knowledge', 'skill'])
 
 For every cell (domain, rank, scheme, seed) a plasmid is trained (the seed sets the sample draw, the LoRA init and the
 data order) and compared, item by item, with the base and two placebos of the same size (``plora.experiments.cells``)
@@ -108,7 +110,7 @@ class ValueAddConfig:
 
     def validate(self) -> None:
         from plora.data import DOMAINS
-        from plora.training.lora import TARGET_SETS
+        from plora.training.config import TARGET_SETS
 
         if not (self.domains and self.ranks and self.schemes and self.seeds):
             raise PloraError("give at least one domain, rank, scheme and seed")

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from plora.errors import PloraError
 from plora.gate import thresholds
+from plora.recall.policy import RecallPolicy
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -78,14 +79,27 @@ class Policy(BaseModel):
     signatures: bool = Field(default=False, description="require signatures from trusted keys")
     trusted_keys: list[str] = Field(default=[], description="public key files or folders")
     quorum: int = Field(default=1, ge=1, description="distinct trusted signers required")
-    tau_trigger: Threshold = Field(default_factory=lambda: thresholds.DEFAULT_TAU_TRIGGER)
-    tau_norm_z: Threshold = Field(default_factory=lambda: thresholds.DEFAULT_TAU_NORM_Z)
-    tau_clean_delta: Threshold = Field(default_factory=lambda: thresholds.DEFAULT_TAU_CLEAN_DELTA)
+    tau_trigger: Threshold = Field(
+        default_factory=lambda: thresholds.DEFAULT_TAU_TRIGGER,
+        description="reject above this trigger score (calibrated: plora/gate/thresholds.py)",
+    )
+    tau_norm_z: Threshold = Field(
+        default_factory=lambda: thresholds.DEFAULT_TAU_NORM_Z,
+        description="reject above this weight-anomaly robust z (calibrated: plora/gate/thresholds.py)",
+    )
+    tau_clean_delta: Threshold = Field(
+        default_factory=lambda: thresholds.DEFAULT_TAU_CLEAN_DELTA,
+        description="reject above this clean-probe NLL increase (calibrated: plora/gate/thresholds.py)",
+    )
     weight_check: bool = Field(default=True, description="run the weight-anomaly detector")
     probes: bool = Field(default=True, description="run the behavioural probes")
     probe_seed: int = Field(default=0, description="seed of the behavioural probes")
     probe_candidates: int = Field(
         default=1024, ge=1, le=65536, description="random vocabulary tokens the trigger scan inserts (cost is linear)"
+    )
+    recall: RecallPolicy = Field(
+        default_factory=RecallPolicy,
+        description="revocation keys and quorum, peer scoring (plora.recall.policy); never changes a gate verdict",
     )
 
     @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")

@@ -27,6 +27,9 @@ class Reason(StrEnum):
     ARTIFACT_SHA_MISMATCH = "ARTIFACT_SHA_MISMATCH"
     CONFIG_SHA_MISMATCH = "CONFIG_SHA_MISMATCH"
     SIGNATURE_MISSING = "SIGNATURE_MISSING"
+    SIGNATURE_LEGACY = "SIGNATURE_LEGACY"
+    ENVELOPE_INVALID = "ENVELOPE_INVALID"
+    PAYLOAD_TYPE_MISMATCH = "PAYLOAD_TYPE_MISMATCH"
     SIGNATURE_INVALID = "SIGNATURE_INVALID"
     SIGNER_UNTRUSTED = "SIGNER_UNTRUSTED"
     QUORUM_NOT_MET = "QUORUM_NOT_MET"
@@ -61,6 +64,9 @@ STAGE_OF: dict[Reason, str] = {
     Reason.ARTIFACT_SHA_MISMATCH: "integrity",
     Reason.CONFIG_SHA_MISMATCH: "integrity",
     Reason.SIGNATURE_MISSING: "signatures",
+    Reason.SIGNATURE_LEGACY: "signatures",
+    Reason.ENVELOPE_INVALID: "signatures",
+    Reason.PAYLOAD_TYPE_MISMATCH: "signatures",
     Reason.SIGNATURE_INVALID: "signatures",
     Reason.SIGNER_UNTRUSTED: "signatures",
     Reason.QUORUM_NOT_MET: "signatures",
@@ -82,8 +88,11 @@ DESCRIPTION: dict[Reason, str] = {
     Reason.TENSOR_NONFINITE: "NaN or Inf in a tensor",
     Reason.ARTIFACT_SHA_MISMATCH: "artifact size or SHA-256 differs from the manifest",
     Reason.CONFIG_SHA_MISMATCH: "adapter_config.json hash differs, or its r/alpha/targets disagree with the manifest",
-    Reason.SIGNATURE_MISSING: "signatures required, none present",
-    Reason.SIGNATURE_INVALID: "a signature by a trusted key does not verify",
+    Reason.SIGNATURE_MISSING: "signatures required, no plora.sig.json (or model.sig) beside the manifest",
+    Reason.SIGNATURE_LEGACY: "only old-format signatures (inside plora.yml, no payload type): run plora sign again",
+    Reason.ENVELOPE_INVALID: "plora.sig.json or model.sig malformed: syntax, unknown field, bad base64, too large",
+    Reason.PAYLOAD_TYPE_MISMATCH: "the envelope holds another kind of signed record than a plasmid manifest",
+    Reason.SIGNATURE_INVALID: "a signature by a trusted key does not verify, or the envelope signs another manifest",
     Reason.SIGNER_UNTRUSTED: "a signature by a key outside the keyring (fails only if the quorum is not met)",
     Reason.QUORUM_NOT_MET: "fewer distinct trusted signers than the quorum (a repeated signer counts once)",
     Reason.WEIGHT_ANOMALY: "max robust z of weight statistics above tau_norm_z (or the detector failed: fail closed)",

@@ -256,10 +256,13 @@ class _Screen:
 
     # 6 ---------------------------------------------------------------------------------------------------
     def signatures(self, d: dict[str, Any]) -> list[ReasonPair]:
-        from plora.signer import verify_signatures
+        from plora.signer import check_signatures
 
-        res = verify_signatures(self._m(), self.keyring, self.policy.quorum)
+        # the files were hashed in stages 3-5: only plora.sig.json (and model.sig, if any) are read here
+        res = check_signatures(self.folder, self.keyring, self.policy.quorum, manifest=self._m())
         d.update(valid_signers=res.valid_signers, untrusted_signers=res.untrusted_signers, quorum=res.quorum)
+        if res.notes:
+            d["notes"] = res.notes
         return [(Reason(c), msg) for c, msg in res.reasons]
 
     # 7 ---------------------------------------------------------------------------------------------------
@@ -350,10 +353,19 @@ def _plain(details: Any) -> dict[str, Any]:
     return dict(details) if isinstance(details, dict) else {"details": details}
 
 
-def screen(folder: str | os.PathLike[str], policy: Policy, *, base: Any = None, keyring: Any = None) -> GateResult:
+def screen(
+    folder: str | os.PathLike[str],
+    policy: Policy,
+    *,
+    base: Any = None,
+    keyring: Any = None,
+    progress: Callable[[str, CheckRecord | None], None] | None = None,
+) -> GateResult:
     """Run the ordered checks. ``base``: a plora.models.LoadedBase reused across screens (probes, shapes).
 
     ``keyring``: a plora.signer.Keyring to reuse; loaded from ``policy.trusted_keys`` when None.
+    ``progress(stage, None)`` is called as a stage starts and ``progress(stage, record)`` when it is done or skipped
+    (a CLI shows the stages of a long screen as they run; it changes nothing in the verdict).
     Raises PloraError only for a bad policy (e.g. signatures on with no keys), never for a bad plasmid.
     """
     start = time.perf_counter()
@@ -380,17 +392,20 @@ def screen(folder: str | os.PathLike[str], policy: Policy, *, base: Any = None, 
     for name, (run, off) in stages.items():
         if reasons:
             checks.append(CheckRecord(name, None, 0.0, {"skipped": "an earlier stage failed"}))
-            continue
-        if off is not None:
+        elif off is not None:
             checks.append(CheckRecord(name, None, 0.0, {"skipped": off}))
-            continue
-        details: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        found = run(details)
-        seconds = time.perf_counter() - t0
-        skipped = "skipped" in details and not found
-        checks.append(CheckRecord(name, None if skipped else not found, seconds, details))
-        reasons = [(str(Reason(code)), msg) for code, msg in found]
+        else:
+            if progress is not None:
+                progress(name, None)
+            details: dict[str, Any] = {}
+            t0 = time.perf_counter()
+            found = run(details)
+            seconds = time.perf_counter() - t0
+            skipped = "skipped" in details and not found
+            checks.append(CheckRecord(name, None if skipped else not found, seconds, details))
+            reasons = [(str(Reason(code)), msg) for code, msg in found]
+        if progress is not None:
+            progress(name, checks[-1])
     return GateResult(
         folder=str(folder),
         accepted=not reasons,

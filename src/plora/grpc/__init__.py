@@ -2,9 +2,11 @@
 
     >>> from plora.grpc.server import serve
     >>> from plora.grpc.client import fetch, signature_check
-    >>> server = serve("out/", port=0)                                                     # doctest: +SKIP
-    >>> fetch(server.address, "legal", "received/", checks=[signature_check(["keys/"])])   # doctest: +SKIP
-    FetchResult(id='legal', accepted=True, ...)
+    >>> server = serve("out/", port=0)                      # port 0: the OS picks a free one
+    >>> r = fetch(server.address, "legal", "received/", checks=[signature_check(["keys/"])])
+    >>> r.accepted, r.path, r.reasons
+    (True, PosixPath('received/legal'), [])
+    >>> server.stop()
 
 | module | what |
 |---|---|
@@ -12,6 +14,7 @@
 | ``server`` | ``serve(root, port)``: index of plasmid folders under a root, GetInventory, Fetch (header + chunks) |
 | ``client`` | ``fetch(addr, id, dest, checks=...)``: staged, hashed while received, checked, renamed into place |
 | ``bulk`` | the artifact bytes over a token-gated TCP socket beside gRPC (``sendfile``), and the hash/write pipeline |
-| ``limits`` | ``Limits`` (sizes, deadlines, stream cap), id validation, address parsing |
+| ``limits`` | ``Limits`` (sizes, deadlines, stream caps), id validation, address parsing |
+| ``rootfs`` | opening a served file under the root: no symlink followed, regular files only, size checked first |
 | ``tls`` | ``ServerTLS`` / ``ClientTLS`` (TLS and mutual TLS), ``make_test_pki`` |
 """

@@ -1,11 +1,17 @@
 """The fetch client: stream a plasmid into a staging folder, hash while receiving, check, then move it into place.
 
-    >>> from plora.grpc.client import fetch, get_inventory
-    >>> [e.id for e in get_inventory("localhost:50051")]                       # doctest: +SKIP
-    ['legal']
-    >>> r = fetch("localhost:50051", "legal", "received/", checks=[...])      # doctest: +SKIP
-    >>> r.accepted, r.path, r.reasons                                          # doctest: +SKIP
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import fetch, get_inventory, signature_check
+    >>> server = serve("out/", port=0)
+    >>> sorted(e.id for e in get_inventory(server.address))
+    ['legal', 'medical']
+    >>> r = fetch(server.address, "legal", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.path, r.reasons
     (True, PosixPath('received/legal'), [])
+    >>> r = fetch(server.address, "medical", "received/", checks=[signature_check(["keys/alice.pub"])])
+    >>> r.accepted, r.reasons                           # unsigned: refused, and nothing left in received/
+    (False, ['SIGNATURE_MISSING: ...'])
+    >>> server.stop()
 
 The artifact goes to a hidden staging folder in the destination's PARENT (``.plora-fetch-<pid>-*``), so nothing
 under the destination is ever partial: a chunk receiver feeds a bounded queue that a second thread hashes and writes
@@ -32,12 +38,12 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
-from plora.grpc.bulk import HashWriter, receive_bulk
+from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
 from plora.hashing import sha256_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
 
 Check = Callable[[Path], list[str]]  # reasons a staged plasmid folder is refused; [] accepts it
 STAGE_PREFIX = ".plora-fetch-"
@@ -54,10 +60,11 @@ class FetchResult:
     size: int = 0
     domain: str = ""
     bytes_received: int = 0  # manifest + adapter_config + artifact bytes that arrived
-    manifest_bytes: int = 0  # of which plora.yml + adapter_config.json
+    manifest_bytes: int = 0  # of which plora.yml + adapter_config.json + detached signatures
     receive_s: float = 0.0
     check_s: float = 0.0
     quarantined: Path | None = None
+    bulk_fallback: str = ""  # why the bulk socket failed, when the bytes then came over the gRPC stream
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,22 @@ def get_inventory(address: str, tls: ClientTLS | None = None, limits: Limits = L
     return [RemoteEntry(e.id, e.domain, e.sha256, e.size, e.manifest) for e in inv.entries]
 
 
+def get_revocations(channel: grpc.Channel, ids: Sequence[str], limits: Limits = Limits()) -> list[bytes]:
+    """The envelopes of revocations ``ids`` from a server; [] from a server older than revocations (UNIMPLEMENTED).
+    The caller verifies every one (plora.recall): nothing here is trusted."""
+    wanted = list(ids)[: limits.max_revocations]
+    if not wanted:
+        return []
+    try:
+        reply = pb2_grpc.PlasmidExchangeStub(channel).GetRevocations(pb2.RevocationRequest(ids=wanted),
+                                                                     timeout=limits.inventory_timeout_s)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return []
+        raise
+    return list(reply.envelopes)[: len(wanted)]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -130,13 +153,20 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         raise TransferError(f"asked for {plasmid_id!r}, the server sent {header.id!r}")
     if len(header.manifest) > limits.max_manifest_bytes or len(header.adapter_config) > limits.max_config_bytes:
         raise TransferError(f"{plasmid_id}: manifest or adapter_config over the size limit")
+    names = [s.name for s in header.signatures]
+    if any(n not in SIGNATURE_FILES for n in names) or len(set(names)) != len(names):
+        raise TransferError(f"{plasmid_id}: unexpected signature files from the server: {names[:4]}")
+    if any(len(s.data) > limits.max_signature_bytes for s in header.signatures):
+        raise TransferError(f"{plasmid_id}: a signature file over the size limit")
     try:
         manifest = loads_manifest(header.manifest.decode("utf-8"), source=f"{plasmid_id}/{MANIFEST_NAME}")
     except (UnicodeDecodeError, ManifestError) as err:
         raise TransferError(f"{plasmid_id}: bad manifest from the server: {err}") from None
     art = manifest.artifact
     result.sha256, result.size, result.domain = art.sha256, art.size_bytes, manifest.domain
-    result.bytes_received = result.manifest_bytes = len(header.manifest) + len(header.adapter_config)
+    header_bytes = len(header.manifest) + len(header.adapter_config) + sum(len(s.data) for s in header.signatures)
+    result.bytes_received += header_bytes
+    result.manifest_bytes += header_bytes
     if manifest.plasmid_id != plasmid_id:
         raise TransferError(f"asked for {plasmid_id!r}, the manifest names {manifest.plasmid_id!r}")
     if expect_sha256 and art.sha256 != expect_sha256:
@@ -152,9 +182,15 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
         return manifest
     (stage / MANIFEST_NAME).write_bytes(header.manifest)
     (stage / ADAPTER_CONFIG_NAME).write_bytes(header.adapter_config)
+    for sig in header.signatures:  # detached signatures travel as stored; the checks judge them
+        (stage / sig.name).write_bytes(sig.data)
     if header.bulk_port:
-        got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
-                                     stage / art.filename, limits, deadline)
+        try:
+            got, received = receive_bulk(host, header.bulk_port, header.bulk_token, art.size_bytes,
+                                         stage / art.filename, limits, deadline)
+        except BulkError as err:
+            result.bytes_received += err.received  # they crossed the wire too
+            raise
     else:
         got, received = _receive_stream(stream, plasmid_id, stage / art.filename, art.size_bytes, limits)
     result.bytes_received += received
@@ -210,6 +246,45 @@ def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
     return target
 
 
+def prepare_dest(dest: Path) -> Path:
+    """``dest`` as an existing folder, and the folder its stages go to (its parent); TransferError otherwise."""
+    if dest.exists() and not dest.is_dir():
+        raise TransferError(f"destination {dest} exists and is not a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TransferError(f"cannot create the destination folder {dest}: {err.strerror or err}") from None
+    return dest.resolve().parent
+
+
+def _make_stage(parent: Path) -> Path:
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+    except OSError as err:
+        raise TransferError(f"cannot stage a fetch in {parent}: {err.strerror or err}") from None
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other
+    return stage
+
+
+class _Busy(Exception):
+    """The server answered RESOURCE_EXHAUSTED: every fetch slot (or this client's share) is taken."""
+
+
+def _fetch_once(channel: grpc.Channel, address: str, plasmid_id: str, stage: Path, limits: Limits,
+                expect_sha256: str | None, result: FetchResult, timeout: float, bulk: bool) -> None:
+    stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
+        pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=bulk), timeout=timeout)
+    try:
+        _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
+                 time.monotonic() + timeout)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise _Busy(str(_rpc_error(address, err))) from None
+        raise _rpc_error(address, err) from None
+    finally:
+        stream.cancel()
+
+
 def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks: Sequence[Check] = (),
           tls: ClientTLS | None = None, limits: Limits = Limits(), expect_sha256: str | None = None,
           size_hint: int | None = None, quarantine: str | os.PathLike[str] | None = None,
@@ -218,18 +293,17 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
 
     Content problems (hash, size, failed checks) give ``accepted=False`` with reasons; transport and protocol
     failures (unreachable, unknown id, broken stream, deadline) raise TransferError. Either way the staging
-    folder is gone when this returns.
+    folder is gone when this returns. A busy server (RESOURCE_EXHAUSTED) is retried for ``limits.busy_wait_s``;
+    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why).
     """
     check_id(plasmid_id)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    parent = dest.resolve().parent
+    parent = prepare_dest(dest)
     clean_stale_stages(parent)
     result = FetchResult(id=plasmid_id, accepted=False)
     own = channel is None
     channel = channel or open_channel(address, tls, limits)
-    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
-    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other
+    stage = _make_stage(parent)
     try:
         if size_hint is None:
             listed = {e.id: e for e in get_inventory(address, limits=limits, channel=channel)}
@@ -239,17 +313,21 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
             size_hint = listed[plasmid_id].size
         t0 = time.perf_counter()
         timeout = limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes))
-        stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
-            pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=limits.bulk and tls is None),
-            timeout=timeout,
-        )
-        try:
-            _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
-                     time.monotonic() + timeout)
-        except grpc.RpcError as err:
-            raise _rpc_error(address, err) from None
-        finally:
-            stream.cancel()
+        bulk = limits.bulk and tls is None
+        busy_until, pause = time.monotonic() + limits.busy_wait_s, 0.05
+        while True:
+            try:
+                _fetch_once(channel, address, plasmid_id, stage, limits, expect_sha256, result, timeout, bulk)
+                break
+            except BulkError as err:
+                if not bulk:
+                    raise
+                bulk, result.bulk_fallback = False, str(err)
+            except _Busy as busy:
+                if time.monotonic() + pause > busy_until:
+                    raise TransferError(str(busy)) from None
+                time.sleep(pause)
+                pause = min(1.0, 2 * pause)
         result.receive_s = time.perf_counter() - t0
         if not result.reasons:
             t1 = time.perf_counter()
@@ -285,12 +363,12 @@ def reason_code(reason: str) -> str:
 
 
 def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int = 1) -> Check:
-    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer).
+    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer), from the detached signature files.
 
     Inside :func:`fetch` the staged artifact and adapter_config were hashed as they were received and matched the
     manifest, so this checks the signatures over the staged manifest without hashing the artifact a second time.
     """
-    from plora.signer import Keyring, verify_signatures
+    from plora.signer import Keyring, check_signatures
 
     keyring = Keyring.load([str(p) for p in trusted_keys])
 
@@ -299,18 +377,18 @@ def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int 
             manifest = loads_manifest((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ManifestError) as err:
             return [f"SCHEMA_INVALID: {err}"]
-        verdict = verify_signatures(manifest, keyring, quorum)
+        verdict = check_signatures(folder, keyring, quorum, manifest=manifest)
         return [] if verdict.ok else [format_reason(r) for r in verdict.reasons] or ["QUORUM_NOT_MET: not verified"]
 
     return check
 
 
-def gate_check(policy: object) -> Check:
-    """The security gate (plora.gate.screen) under ``policy``."""
+def gate_check(policy: object, progress: Callable[..., None] | None = None) -> Check:
+    """The security gate (plora.gate.screen) under ``policy``; ``progress`` sees each stage (see screen)."""
     from plora.gate import screen
 
     def check(folder: Path) -> list[str]:
-        verdict = screen(folder, policy)
+        verdict = screen(folder, policy, progress=progress)
         return [] if verdict.accepted else [format_reason(r) for r in verdict.reasons] or ["GATE: rejected"]
 
     return check

@@ -32,17 +32,24 @@ class Limits:
     max_message_bytes: int = 8 * MIB  # gRPC message cap: a header holds manifest + adapter_config
     max_manifest_bytes: int = MIB
     max_config_bytes: int = MIB
+    max_signature_bytes: int = MIB  # per detached signature file (plora.sig.json, model.sig)
     max_artifact_bytes: int = 2048 * MIB
     max_streams: int = 64  # concurrent Fetch streams per server; more get RESOURCE_EXHAUSTED
-    stream_timeout_s: float = 300.0  # server side: a Fetch stream that lasts longer (a stalled reader) is cancelled
+    # ... and per client IP, so that one peer cannot hold every slot (clients retry a busy server: busy_wait_s)
+    max_streams_per_peer: int = 16
+    # server side: a Fetch stream (or bulk transfer) still open after min(this, fetch_deadline(size)) is cancelled
+    stream_timeout_s: float = 300.0
     inventory_timeout_s: float = 10.0  # client deadline of GetInventory / Offer
     fetch_timeout_s: float = 30.0  # client deadline of a Fetch, plus size / min_rate_bytes_s
     min_rate_bytes_s: float = 5 * MIB
     max_inventory_entries: int = 4096
+    max_revocations: int = 1024  # revocation ids listed in an inventory, and envelopes in one GetRevocations reply
     queue_chunks: int = 8  # chunks buffered between receiving and hashing+writing (bounds client memory)
     fsync: bool = True  # make the artifact durable before the rename (flushed in the background while receiving)
     bulk: bool = True  # artifact bytes over a plain TCP socket beside gRPC (plaintext servers; see plora.grpc.bulk)
     bulk_claim_s: float = 10.0  # a bulk token not used within this is dropped
+    bulk_handshake_s: float = 5.0  # a bulk connection must send its whole token within this of being accepted
+    busy_wait_s: float = 10.0  # client: how long to keep retrying a server that answers RESOURCE_EXHAUSTED
 
     def fetch_deadline(self, size: int) -> float:
         return self.fetch_timeout_s + size / self.min_rate_bytes_s

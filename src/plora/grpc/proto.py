@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from plora.grpc import stubs
 
@@ -26,4 +27,8 @@ def _load() -> tuple[ModuleType, ModuleType]:
     return importlib.import_module(NAMES[0]), importlib.import_module(NAMES[1])
 
 
-pb2, pb2_grpc = _load()
+if TYPE_CHECKING:  # type checkers read the generated modules (and plasmid_pb2.pyi) directly
+    from plora.grpc import plasmid_pb2 as pb2
+    from plora.grpc import plasmid_pb2_grpc as pb2_grpc
+else:
+    pb2, pb2_grpc = _load()

@@ -1,27 +1,36 @@
 """The offer server: serves every plasmid folder under a root over gRPC (inventory + chunked fetch).
 
     >>> from plora.grpc.server import serve
-    >>> server = serve("out/", port=0)            # doctest: +SKIP  (0: the OS picks a free port)
-    >>> server.address                            # doctest: +SKIP
-    '127.0.0.1:41235'
-    >>> server.stop()                             # doctest: +SKIP
+    >>> server = serve("out/", port=0)                   # 0: the OS picks a free port
+    >>> server.address
+    '127.0.0.1:...'
+    >>> server.stop()
 
 A plasmid folder is any folder under the root (depth <= 3, hidden folders skipped) holding a valid ``plora.yml``;
 its id is the manifest's ``plasmid_id``. The root is rescanned on every request, re-parsing only manifests whose
 file changed, so plasmids dropped into the root (atomically, e.g. by ``plora train``) appear without a restart.
-Requests name ids only; an id resolves through that index, never by joining it to a path, and a folder whose real
-path leaves the root (a symlink) is ignored.
+Requests name ids only; an id resolves through that index, never by joining it to a path. A folder whose real path
+leaves the root (a symlink) is ignored, and every file is read through :mod:`plora.grpc.rootfs`: only regular files
+reached without following a symlink, their size checked against the limits before the first byte is read.
+
+Fetch slots: at most ``max_streams`` at once and ``max_streams_per_peer`` per client IP (more get
+RESOURCE_EXHAUSTED); a slot is freed when its stream ends or is cancelled, and a stream still open after
+``min(stream_timeout_s, fetch_deadline(size))`` is cancelled. A bulk ticket (see :mod:`plora.grpc.bulk`) keeps its
+stream open until the client connects, so a client that cancels instead frees the slot at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import grpc
 
@@ -29,16 +38,27 @@ from plora.errors import ManifestError, TransferError
 from plora.grpc.bulk import BulkServer
 from plora.grpc.limits import Limits, check_id
 from plora.grpc.proto import pb2, pb2_grpc
+from plora.grpc.rootfs import open_under, read_under, read_upto, relative_parts
 from plora.grpc.tls import ServerTLS
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 3
+_REVOCATION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class RevocationSource(Protocol):
+    """What a server needs to hand out revocations (:class:`plora.recall.store.RecallStore` is one)."""
+
+    def ids(self) -> list[str]: ...
+
+    def envelope(self, rid: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
 class Entry:
-    folder: Path
+    root: Path  # the index's real root
+    parts: tuple[str, ...]  # the folder's real path below it: every read goes through plora.grpc.rootfs
     manifest: Manifest
     manifest_bytes: bytes
 
@@ -47,8 +67,11 @@ class Entry:
         return self.manifest.plasmid_id
 
     @property
-    def artifact(self) -> Path:
-        return self.folder / self.manifest.artifact.filename
+    def folder(self) -> Path:
+        return self.root.joinpath(*self.parts)
+
+    def open(self, name: str, max_bytes: int) -> tuple[BinaryIO, int]:
+        return open_under(self.root, self.parts, name, max_bytes)
 
     def to_proto(self) -> pb2.InventoryEntry:
         m = self.manifest
@@ -57,7 +80,7 @@ class Entry:
 
 
 class PlasmidIndex:
-    """The plasmids under ``root``, keyed by plasmid id; :meth:`refresh` rescans cheaply (stat per folder)."""
+    """The plasmids under ``root``, keyed by plasmid id; :meth:`refresh` rescans cheaply (one fstat per folder)."""
 
     def __init__(self, root: str | os.PathLike[str], limits: Limits = Limits()) -> None:
         self.root = Path(root)
@@ -65,6 +88,14 @@ class PlasmidIndex:
         self._lock = threading.Lock()
         self._parsed: dict[Path, tuple[tuple[int, int, int], Entry | None]] = {}
         self._by_id: dict[str, Entry] = {}
+        self._warned: set[tuple[Path, str]] = set()  # each problem is logged once per folder, not per request
+        self._seen: set[Path] = set()
+
+    def _warn(self, folder: Path, message: str) -> None:
+        self._seen.add(folder)
+        if (folder, message) not in self._warned:
+            self._warned.add((folder, message))
+            log.warning("not serving %s: %s", folder, message)
 
     def _walk(self, folder: Path, depth: int, found: list[Path]) -> None:
         try:
@@ -80,24 +111,26 @@ class PlasmidIndex:
             if not child.name.startswith(".") and child.is_dir():
                 self._walk(Path(child.path), depth + 1, found)
 
-    def _load(self, folder: Path) -> Entry | None:
-        path = folder / MANIFEST_NAME
+    def _load(self, folder: Path, root: Path, parts: tuple[str, ...]) -> Entry | None:
         try:
-            st = path.stat()
-        except OSError:
+            fh, _ = open_under(root, parts, MANIFEST_NAME, self.limits.max_manifest_bytes)
+        except TransferError as err:
+            self._parsed.pop(folder, None)
+            self._warn(folder, str(err))
             return None
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._parsed.get(folder)
-        if cached and cached[0] == key:
-            return cached[1]
-        entry = None
-        try:
-            if st.st_size > self.limits.max_manifest_bytes:
-                raise ManifestError(f"{path}: manifest larger than {self.limits.max_manifest_bytes} bytes")
-            raw = path.read_bytes()
-            entry = Entry(folder=folder, manifest=loads_manifest(raw.decode("utf-8"), str(path)), manifest_bytes=raw)
-        except (OSError, UnicodeDecodeError, ManifestError) as err:
-            log.warning("not serving %s: %s", folder, err)
+        with fh:
+            st = os.fstat(fh.fileno())
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            cached = self._parsed.get(folder)
+            if cached and cached[0] == key:
+                return cached[1]
+            entry = None
+            try:
+                raw = read_upto(fh, st.st_size)
+                entry = Entry(root=root, parts=parts, manifest=loads_manifest(raw.decode("utf-8"), str(folder)),
+                              manifest_bytes=raw)
+            except (OSError, UnicodeDecodeError, ManifestError) as err:
+                self._warn(folder, str(err))
         self._parsed[folder] = (key, entry)
         return entry
 
@@ -108,19 +141,22 @@ class PlasmidIndex:
             if self.root.is_dir():
                 self._walk(self.root, 0, folders)
             by_id: dict[str, Entry] = {}
+            self._seen = set()
             for folder in folders:
-                if not folder.resolve().is_relative_to(root):
-                    log.warning("not serving %s: it resolves outside %s", folder, root)
+                parts = relative_parts(root, folder)
+                if parts is None:
+                    self._warn(folder, f"it resolves outside {root}")
                     continue
-                entry = self._load(folder)
+                entry = self._load(folder, root, parts)
                 if entry is None:
                     continue
                 if entry.id in by_id:
-                    log.warning("duplicate plasmid id %r in %s and %s; serving the first", entry.id,
-                                by_id[entry.id].folder, folder)
+                    self._warn(folder, f"duplicate plasmid id {entry.id!r} (also in {by_id[entry.id].folder})")
                     continue
                 by_id[entry.id] = entry
             self._parsed = {f: v for f, v in self._parsed.items() if f in set(folders)}
+            # a folder that is fixed (or gone) gets a fresh warning if it breaks again
+            self._warned = {w for w in self._warned if w[0] in self._seen}
             self._by_id = by_id
             return dict(by_id)
 
@@ -128,22 +164,106 @@ class PlasmidIndex:
         return self.refresh().get(check_id(plasmid_id))
 
 
+def peer_ip(context: grpc.ServicerContext) -> str:
+    """The caller's IP address (``ipv4:1.2.3.4:5`` -> ``1.2.3.4``), or the raw peer string for other transports."""
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
+    return peer
+
+
+class StreamSlots:
+    """Fetch slots: at most ``total`` at once and at most ``per_peer`` for one client IP."""
+
+    def __init__(self, total: int, per_peer: int) -> None:
+        self.total = total
+        self.per_peer = per_peer
+        self._lock = threading.Lock()
+        self._by_peer: dict[str, int] = {}
+
+    def in_use(self, peer: str | None = None) -> int:
+        with self._lock:
+            return sum(self._by_peer.values()) if peer is None else self._by_peer.get(peer, 0)
+
+    def acquire(self, peer: str) -> _Slot | str:
+        """A held slot, or why there is none."""
+        with self._lock:
+            if sum(self._by_peer.values()) >= self.total:
+                return f"more than {self.total} fetches at once"
+            if self._by_peer.get(peer, 0) >= self.per_peer:
+                return f"more than {self.per_peer} fetches at once from {peer}"
+            self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
+        return _Slot(self, peer)
+
+    def _release(self, peer: str) -> None:
+        with self._lock:
+            left = self._by_peer[peer] - 1
+            if left:
+                self._by_peer[peer] = left
+            else:
+                del self._by_peer[peer]
+
+
+class _Slot:
+    """One Fetch's slot, released exactly once (by its stream or, once handed over, by its bulk ticket)."""
+
+    def __init__(self, slots: StreamSlots, peer: str) -> None:
+        self._slots = slots
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._held = True
+        self._handed = False
+
+    def release(self, force: bool = False) -> None:
+        with self._lock:
+            if not self._held or (self._handed and not force):
+                return
+            self._held = False
+        self._slots._release(self.peer)
+
+    def handover(self) -> Callable[[], None]:
+        with self._lock:
+            self._handed = True
+        return lambda: self.release(force=True)
+
+
 class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
     """GetInventory + Fetch over a :class:`PlasmidIndex`. Offer/Step are answered by networked agents only."""
 
-    def __init__(self, index: PlasmidIndex, limits: Limits = Limits(), advertise: str = "") -> None:
+    def __init__(self, index: PlasmidIndex, limits: Limits = Limits(), advertise: str = "",
+                 revocations: RevocationSource | None = None) -> None:
         self.index = index
         self.limits = limits
         self.advertise = advertise
+        self.revocations = revocations  # what GetRevocations serves and inventories list (plora.recall)
         self.bulk: BulkServer | None = None  # set by OfferServer on plaintext servers
-        self._streams = threading.BoundedSemaphore(limits.max_streams)
+        self.slots = StreamSlots(limits.max_streams, limits.max_streams_per_peer)
         self._stats_lock = threading.Lock()
         self.bytes_sent = 0
         self.fetches_served = 0
 
     def inventory(self) -> pb2.Inventory:
         entries = sorted(self.index.refresh().values(), key=lambda e: e.id)[: self.limits.max_inventory_entries]
-        return pb2.Inventory(entries=[e.to_proto() for e in entries], agent=self.advertise)
+        refs = []
+        if self.revocations is not None:
+            for rid in self.revocations.ids()[: self.limits.max_revocations]:
+                data = self.revocations.envelope(rid)
+                if data is not None:
+                    refs.append(pb2.RevocationRef(id=rid, size=len(data)))
+        return pb2.Inventory(entries=[e.to_proto() for e in entries], agent=self.advertise, revocations=refs)
+
+    def GetRevocations(self, request: pb2.RevocationRequest, context: grpc.ServicerContext) -> pb2.RevocationSet:
+        """The envelopes of the revocations asked for that this server holds (unknown ids are skipped)."""
+        out: list[bytes] = []
+        if self.revocations is not None:
+            for rid in list(request.ids)[: self.limits.max_revocations]:
+                data = self.revocations.envelope(rid) if _REVOCATION_ID.fullmatch(rid) else None
+                if data is not None:
+                    out.append(data)
+        reply = pb2.RevocationSet(envelopes=out)
+        with self._stats_lock:
+            self.bytes_sent += reply.ByteSize()
+        return reply
 
     def GetInventory(self, request: pb2.InventoryRequest, context: grpc.ServicerContext) -> pb2.Inventory:
         inv = self.inventory()
@@ -161,46 +281,52 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         if request.sha256 and request.sha256 != entry.manifest.artifact.sha256:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{request.id} here has artifact {entry.manifest.artifact.sha256[:12]}, not the one asked")
-        if not self._streams.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limits.max_streams} fetches at once")
-        slot = _Slot(self._streams)
-        # a reader that stops reading would hold a worker and a stream slot forever: cancel it past the limit
-        watchdog = threading.Timer(self.limits.stream_timeout_s, context.cancel)
+        slot = self.slots.acquire(peer_ip(context))
+        if isinstance(slot, str):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        context.add_callback(slot.release)  # a cancelled or finished stream frees its slot at once
+        try:
+            config = read_under(entry.root, entry.parts, ADAPTER_CONFIG_NAME, self.limits.max_config_bytes)
+            fh, size = entry.open(entry.manifest.artifact.filename, self.limits.max_artifact_bytes)
+        except TransferError as err:
+            slot.release()
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{entry.id}: cannot serve: {err}")
+        # a reader that stops reading would hold a worker and a slot: cancel it once a fair client would be done
+        watchdog = threading.Timer(min(self.limits.stream_timeout_s, self.limits.fetch_deadline(size)),
+                                   context.cancel)
         watchdog.daemon = True
         watchdog.start()
-        context.add_callback(slot.release)
-        context.add_callback(watchdog.cancel)
         try:
-            yield from self._stream(entry, context, slot, bool(request.bulk))
+            yield from self._stream(entry, context, slot, bool(request.bulk), config, fh, size)
         finally:
             watchdog.cancel()
             slot.release()
 
-    def _stream(self, entry: Entry, context: grpc.ServicerContext, slot: _Slot,
-                bulk: bool) -> Iterator[pb2.FetchChunk]:
-        try:
-            config = (entry.folder / ADAPTER_CONFIG_NAME).read_bytes()[: self.limits.max_config_bytes + 1]
-            fh = open(entry.artifact, "rb", buffering=0)  # noqa: SIM115 - closed in finally, across yields
-        except OSError as err:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{entry.id}: cannot read plasmid ({err.strerror})")
+    def _stream(self, entry: Entry, context: grpc.ServicerContext, slot: _Slot, bulk: bool, config: bytes,
+                fh: BinaryIO | None, size: int) -> Iterator[pb2.FetchChunk]:
         sent = 0
         try:
-            size = os.fstat(fh.fileno()).st_size
             chunk = self.limits.chunk_bytes
+            sigs = _signature_files(entry, self.limits)
             header = pb2.FetchHeader(id=entry.id, manifest=entry.manifest_bytes, adapter_config=config, size=size,
-                                     chunk_size=chunk)
-            sent += len(entry.manifest_bytes) + len(config)
+                                     chunk_size=chunk, signatures=sigs)
+            sent += len(entry.manifest_bytes) + len(config) + sum(len(s.data) for s in sigs)
             if bulk and self.bulk is not None:
-                # the ticket now owns the open file and the stream slot; both are released when it is used or expires
-                header.bulk_token = self.bulk.issue(fh, size, slot.handover())
+                # the ticket now owns the open file and the slot; both are released when it is used or revoked
+                header.bulk_token = token = self.bulk.issue(fh, size, slot.handover(),
+                                                            self.limits.fetch_deadline(size))
                 header.bulk_port = self.bulk.port
                 fh = None
+                context.add_callback(lambda: self.bulk.revoke(token))  # cancelled before connecting: free it now
                 yield pb2.FetchChunk(header=header)
+                self.bulk.wait_claimed(token)  # the stream stays open until then, so a cancel reaches the ticket
                 return
             yield pb2.FetchChunk(header=header)
-            while data := fh.read(chunk):
+            left = size  # never more than the size checked at open, even if the file grows meanwhile
+            while left > 0 and (data := fh.read(min(chunk, left))):
                 yield pb2.FetchChunk(data=data)
                 sent += len(data)
+                left -= len(data)
         finally:
             if fh is not None:
                 fh.close()
@@ -209,26 +335,15 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
                 self.fetches_served += 1
 
 
-class _Slot:
-    """One Fetch's share of the stream semaphore, released exactly once (by the stream or a bulk ticket)."""
-
-    def __init__(self, sem: threading.BoundedSemaphore) -> None:
-        self._sem = sem
-        self._lock = threading.Lock()
-        self._held = True
-        self._handed = False
-
-    def release(self, force: bool = False) -> None:
-        with self._lock:
-            if not self._held or (self._handed and not force):
-                return
-            self._held = False
-        self._sem.release()
-
-    def handover(self):  # -> Callable[[], None]
-        with self._lock:
-            self._handed = True
-        return lambda: self.release(force=True)
+def _signature_files(entry: Entry, limits: Limits) -> list[pb2.SignatureFile]:
+    """The detached signatures stored beside the manifest, as stored: regular files under the root, within the limit
+    (opened like every served file: no symlinks, size checked on the open descriptor)."""
+    out = []
+    for name in SIGNATURE_FILES:
+        with contextlib.suppress(OSError, TransferError):
+            out.append(pb2.SignatureFile(name=name, data=read_under(entry.root, entry.parts, name,
+                                                                    limits.max_signature_bytes)))
+    return out
 
 
 def format_address(host: str, port: int) -> str:
@@ -240,6 +355,8 @@ class OfferServer:
 
     def __init__(self, servicer: PlasmidServicer, host: str = "127.0.0.1", port: int = 0,
                  tls: ServerTLS | None = None) -> None:
+        if not 0 <= port <= 65535:
+            raise TransferError(f"invalid port {port}: expected 0..65535 (0: the OS picks one)")
         limits = servicer.limits
         self.servicer = servicer
         self.host = host

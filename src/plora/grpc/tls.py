@@ -1,9 +1,15 @@
 """Optional TLS and mutual TLS for offer servers and fetch clients, and a throwaway PKI for tests and demos.
 
     >>> from plora.grpc.tls import make_test_pki, ServerTLS, ClientTLS
-    >>> pki = make_test_pki("certs/")                                   # doctest: +SKIP
+    >>> from plora.grpc.server import serve
+    >>> from plora.grpc.client import get_inventory
+    >>> pki = make_test_pki("certs/")
     >>> server_tls = ServerTLS(cert=pki["server_cert"], key=pki["server_key"], client_ca=pki["ca_cert"])  # mTLS
     >>> client_tls = ClientTLS(ca=pki["ca_cert"], cert=pki["client_cert"], key=pki["client_key"])
+    >>> server = serve("out/", port=0, host="localhost", tls=server_tls)
+    >>> sorted(e.id for e in get_inventory(server.address, tls=client_tls))
+    ['legal', 'medical']
+    >>> server.stop()
 
 ``python -m plora.grpc.tls certs/`` writes ca.pem, server.pem/server.key (SAN localhost, 127.0.0.1) and
 client.pem/client.key, all ECDSA P-256 signed by the CA (the README shows the same with ``openssl``).
@@ -30,6 +36,41 @@ def _read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
         raise TransferError(f"cannot read TLS {what} {path}: {err.strerror or err}") from None
 
 
+def _load_pair(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], who: str) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM), checked to parse and to belong together; TransferError with a hint otherwise."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = _read(cert_path, f"{who} certificate") or b"", _read(key_path, f"{who} key") or b""
+    swapped = " (are --tls-cert and --tls-key swapped?)"
+    try:
+        leaf = x509.load_pem_x509_certificates(cert)[0]
+    except ValueError:
+        raise TransferError(f"{cert_path} is not a PEM certificate"
+                            + (swapped if b"PRIVATE KEY" in cert else "")) from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise TransferError(f"{key_path} is not an unencrypted PEM private key"
+                            + (swapped if b"CERTIFICATE" in key else "")) from None
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise TransferError(f"the key {key_path} does not belong to the certificate {cert_path}")
+    return key, cert
+
+
+def _load_ca(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    from cryptography import x509
+
+    pem = _read(path, what)
+    if pem is not None:
+        try:
+            x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            raise TransferError(f"{path} is not a PEM certificate ({what})") from None
+    return pem
+
+
 @dataclass(frozen=True)
 class ServerTLS:
     """Server certificate and key (PEM); with ``client_ca`` the server requires client certificates (mTLS)."""
@@ -41,8 +82,8 @@ class ServerTLS:
     def credentials(self):  # -> grpc.ServerCredentials
         import grpc
 
-        ca = _read(self.client_ca, "client CA")
-        pair = (_read(self.key, "server key"), _read(self.cert, "server certificate"))
+        ca = _load_ca(self.client_ca, "client CA")
+        pair = _load_pair(self.cert, self.key, "server")
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
@@ -60,11 +101,9 @@ class ClientTLS:
 
         if (self.cert is None) != (self.key is None):
             raise TransferError("a client certificate needs both --tls-cert and --tls-key")
-        return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "CA"),
-            private_key=_read(self.key, "client key"),
-            certificate_chain=_read(self.cert, "client certificate"),
-        )
+        key, cert = _load_pair(self.cert, self.key, "client") if self.cert is not None else (None, None)
+        return grpc.ssl_channel_credentials(root_certificates=_load_ca(self.ca, "CA"), private_key=key,
+                                            certificate_chain=cert)
 
     def options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []

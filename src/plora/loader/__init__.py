@@ -1,9 +1,16 @@
 """Runtime: hot-load plasmids into a live model, exactly removable, and merge plasmids (the seed's ``plora.loader``).
 
+    >>> from plora.models import load_base
     >>> from plora.loader import inject, remove, injected, merge_plasmids
-    >>> h = inject(model, "out/legal", mode="side")          # or mode="merged"            # doctest: +SKIP
-    >>> remove(model, h)                                       # weights equal to before, bit for bit
-    >>> merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")         # doctest: +SKIP
+    >>> base = load_base("plora-tiny")
+    >>> before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    >>> h = inject(base, "out/legal", mode="side")             # or mode="merged"
+    >>> remove(base, h)                                         # weights equal to before, bit for bit
+    >>> all(base.model.state_dict()[k].equal(v) for k, v in before.items())
+    True
+    >>> m = merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")
+    >>> m.merge.method, m.lora.r
+    ('linear', 4)
 
 See :mod:`plora.loader.hotload` (modes, stacking, validation), :mod:`plora.loader.merge` (PEFT-equivalent weighted
 merging) and :mod:`plora.loader.latency` (the PLORA_LATENCY_BUDGET_MS guard).

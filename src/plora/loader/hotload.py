@@ -1,11 +1,19 @@
 """Hot-load a plasmid into a live model and take it out again without a trace.
 
+    >>> import torch
+    >>> from plora.models import load_base
     >>> from plora.loader import inject, remove, injected
-    >>> h = inject(model, "out/legal", mode="side")            # doctest: +SKIP
-    >>> logits = model(ids).logits                               # doctest: +SKIP
-    >>> remove(model, h)                                         # state dict equal to before, bit for bit
-    >>> with injected(model, "out/medical", mode="merged", weight=0.5):   # doctest: +SKIP
-    ...     model.generate(...)
+    >>> base = load_base("plora-tiny")
+    >>> ids = base.tokenizer("Question: What reporter is 'A.2d'? Answer:", return_tensors="pt").input_ids
+    >>> plain = base.model(ids).logits
+    >>> h = inject(base, "out/legal", mode="side")
+    >>> bool((base.model(ids).logits - plain).abs().max() > 0)     # the plasmid changes the output
+    True
+    >>> remove(base, h)                                              # state dict equal to before, bit for bit
+    >>> with injected(base, "out/medical", mode="merged", weight=0.5):
+    ...     tokens = base.model.generate(ids, max_new_tokens=3, do_sample=False)
+    >>> torch.equal(base.model(ids).logits, plain)
+    True
 
 Two modes:
 

@@ -1,9 +1,14 @@
 """Inject+remove latency, and the budget (PLORA_LATENCY_BUDGET_MS) that callers such as the value-add run enforce.
 
-    >>> from plora.loader import measure_inject_remove, check_latency_budget
-    >>> stats = measure_inject_remove(model, "out/legal", mode="merged", repeats=50)   # doctest: +SKIP
-    >>> check_latency_budget(stats.median_ms)      # LoaderError if over budget            # doctest: +SKIP
-    >>> enforce_latency_budget(model, "out/legal", mode="merged")   # both in one call     # doctest: +SKIP
+    >>> from plora.models import load_base
+    >>> from plora.loader import measure_inject_remove, check_latency_budget, enforce_latency_budget
+    >>> base = load_base("plora-tiny")
+    >>> stats = measure_inject_remove(base, "out/legal", mode="merged", repeats=5)
+    >>> stats.repeats, stats.min_ms <= stats.median_ms <= stats.max_ms
+    (5, True)
+    >>> check_latency_budget(stats.median_ms)       # the budget in force; LoaderError if over it
+    250.0
+    >>> stats = enforce_latency_budget(base, "out/legal", mode="merged", repeats=5)   # both in one call
 
 Each repeat reads the plasmid from disk, injects it and removes it, so the figure is what a serving agent pays to
 hot-swap one plasmid.

@@ -1,9 +1,11 @@
 """Weighted merging of plasmids into a new plasmid, with the results of PEFT's ``add_weighted_adapter``.
 
     >>> from plora.loader import merge_plasmids
-    >>> m = merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")    # doctest: +SKIP
-    >>> m.merge.method, [(s.plasmid_id, s.weight) for s in m.merge.sources]               # doctest: +SKIP
+    >>> m = merge_plasmids(["out/legal", "out/medical"], [0.6, 0.4], out="out/merged")
+    >>> m.merge.method, [(s.plasmid_id, s.weight) for s in m.merge.sources]
     ('linear', [('legal', 0.6), ('medical', 0.4)])
+    >>> merge_plasmids(["out/legal", "out/medical"], [1, 1], method="ties", density=0.5, out="out/m2").lora.r
+    4
 
 Methods (as in PEFT 0.21 ``LoraModel.add_weighted_adapter``, whose results this module reproduces without needing the
 base model; tests compare the merged deltas with PEFT's):
@@ -159,8 +161,11 @@ def merge_plasmids(
     plasmid_id: str | None = None,
 ) -> Manifest:
     """Merge plasmids (same base model) with ``weights`` into a new plasmid folder ``out``; returns its manifest."""
+    from plora.outputs import check_output_dir
     from plora.plasmid import write_plasmid
 
+    paths = [f for f in folders if isinstance(f, str | os.PathLike)]
+    check_output_dir(out, sources=paths, force=True)  # never write over (or inside) a source
     sources = [read_adapter(f, verify=True) for f in folders]
     _check_sources(sources, weights, method, density)
     # PEFT merges a single adapter linearly whatever was asked

@@ -1,8 +1,10 @@
 """Read a plasmid (or a plain PEFT adapter folder) into torch LoRA factors, once, for injection.
 
     >>> from plora.loader.source import read_adapter
-    >>> src = read_adapter("out/legal")                         # doctest: +SKIP
-    >>> a, b, scale = src.modules["transformer.h.0.attn.c_attn"]  # A (r, in), B (out, r), alpha/r
+    >>> src = read_adapter("out/legal")
+    >>> a, b, scale = src.modules["transformer.h.0.attn.c_attn"]   # A (r, in), B (out, r), alpha/r
+    >>> tuple(a.shape), tuple(b.shape), scale
+    ((4, 128), (384, 4), 2.0)
 
 Three inputs are accepted: a :class:`plora.plasmid.Plasmid` already in memory, a plasmid folder (``plora.yml`` +
 ``adapter_config.json`` + ``adapter_model.safetensors``), or a *raw PEFT folder* saved by plain PEFT (no
@@ -78,6 +80,8 @@ def _read_manifest(folder: Path) -> Manifest | None:
         return None
     except NotADirectoryError:
         raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)") from None
+    except OSError as err:
+        raise LoaderError(f"{path}: cannot read the manifest ({err.strerror or err})") from None
     if len(data) > _MAX_MANIFEST:
         raise ManifestError(f"{path}: manifest is larger than the {_MAX_MANIFEST} bytes allowed")
     return _parse_manifest(data, str(path))
@@ -139,7 +143,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)") from None
     except OSError as err:
-        raise LoaderError(f"{path}: unreadable adapter config ({err})") from None
+        raise LoaderError(f"{path}: unreadable adapter config ({err.strerror or err})") from None
     return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
 
 
@@ -282,6 +286,8 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
         data = _read_bytes(path, manifest.artifact.sha256 if manifest is not None and verify else None)
     except FileNotFoundError:
         raise LoaderError(f"{path}: adapter weights missing") from None
+    except OSError as err:  # a folder (IsADirectoryError), a permission, a device that fails to read
+        raise LoaderError(f"{path}: cannot read the adapter weights ({err.strerror or err})") from None
     if manifest is not None and verify and len(data) != manifest.artifact.size_bytes:
         raise LoaderError(f"{path}: {len(data)} bytes, the manifest says {manifest.artifact.size_bytes}")
     pairs = _pairs(_load_safetensors(data, str(path)), str(path))

@@ -1,9 +1,10 @@
 """Base models that work offline: the shipped ``plora-tiny``, ``smollm2-135m`` (GGUF), any local folder or hub id.
 
     >>> from plora.models import load_base, target_modules
-    >>> base = load_base("plora-tiny")                      # doctest: +SKIP
-    >>> base.name, base.digest[:12]                         # doctest: +SKIP
-    >>> target_modules(base.model, "all")                   # doctest: +SKIP
+    >>> base = load_base("plora-tiny")
+    >>> base.name, len(base.digest)
+    ('plora-tiny', 64)
+    >>> target_modules(base.model, "all")
     ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj']
 
 Importing this package does not import torch; :func:`load_base` and :func:`weights_digest` do.

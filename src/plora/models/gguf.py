@@ -2,7 +2,8 @@
 
     >>> from plora.models.gguf import smollm2_folder
     >>> folder = smollm2_folder()     # first call: about 20 s to dequantise, then a cached safetensors folder
-    ...                               # doctest: +SKIP
+    >>> sorted(p.name for p in folder.glob("*.json"))[:2]
+    ['config.json', 'generation_config.json']
 
 The package is installed with ``--no-deps`` (its own dependencies pull llama-cpp-python), so it is never imported:
 its ``__init__`` imports ``llm``. The file is found through the distribution's metadata instead. The first load

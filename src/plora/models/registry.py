@@ -1,8 +1,9 @@
 """Resolve and load base models: ``plora-tiny``, ``smollm2-135m``, a local folder or a hub id.
 
     >>> from plora.models import load_base, base_digest, target_modules
-    >>> base = load_base()                       # --base-model / PLORA_BASE_MODEL / plora-tiny   # doctest: +SKIP
-    >>> base.model, base.tokenizer, base.digest  # doctest: +SKIP
+    >>> base = load_base()                        # --base-model / PLORA_BASE_MODEL / plora-tiny
+    >>> base.name, base.digest == base_digest("plora-tiny")
+    ('plora-tiny', True)
     >>> target_modules("plora-tiny", "attention")
     ['attn.c_attn', 'attn.c_proj']
 
@@ -91,19 +92,92 @@ def model_folder(name: str | None = None) -> str:
     return cname
 
 
+@functools.lru_cache(maxsize=1)
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None when it can.
+
+    ``HF_HUB_OFFLINE`` set, or the hub endpoint (through the configured HTTPS proxy, if any) not accepting a TCP
+    connection within ``timeout`` seconds: checked once per process. When the probe fails, ``HF_HUB_OFFLINE=1`` is set
+    for the rest of the process, so transformers, datasets and huggingface_hub read their caches at once instead of
+    retrying for 30-60 s. With a network nothing changes: loading goes through the normal hub path.
+    """
+    import socket
+    import urllib.request
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = parsed.hostname or host, parsed.port or 8080
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:  # already imported: its constant was read at import time
+            import sys
+
+            constants = sys.modules.get("huggingface_hub.constants")
+            if constants is not None:
+                constants.HF_HUB_OFFLINE = True
+        except AttributeError:
+            pass
+        return f"the hub ({host}:{port}) is unreachable: {err.strerror or type(err).__name__}"
+    return None
+
+
+def _suggestion(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), BUILTIN, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def hub_kwargs(cname: str) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for a base: {} for folders and a reachable hub, ``local_files_only`` for
+    a hub id that is cached while the hub cannot be used; a ModelError at once for one that is neither."""
+    if cname in BUILTIN or Path(cname).is_dir():
+        return {}
+    why = hub_unreachable()
+    if why is None:
+        return {}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(cname, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub would refuse (HFValidationError) is simply not cached
+        cached = None
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    raise ModelError(
+        f"base model {cname!r} is not plora-tiny, smollm2-135m or a local folder{_suggestion(cname)}, and as a hub id "
+        f"it is not cached while {why}; {OFFLINE_HINT}"
+    )
+
+
+def require_base(name: str | None) -> str:
+    """The canonical name of a base that can be loaded now (cheap: no torch); a ModelError otherwise."""
+    cname = canonical_name(name)
+    hub_kwargs(cname)
+    return cname
+
+
 def _load_error(cname: str, err: Exception) -> ModelError:
     detail = " ".join(str(err).split())[:200]
     if Path(cname).is_dir():
         return ModelError(f"cannot load model folder {cname}: {type(err).__name__}: {detail}")
-    return ModelError(f"cannot load base model {cname!r} (not a local folder, and the hub is offline or has no such "
-                      f"model); {OFFLINE_HINT}")  # fmt: skip
+    return ModelError(f"cannot load base model {cname!r}{_suggestion(cname)} (not a local folder, and the hub has no "
+                      f"such model or did not answer); {OFFLINE_HINT}")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
 def _tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source)
+    tok = AutoTokenizer.from_pretrained(source, **hub_kwargs(source))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -114,13 +188,14 @@ def load_base(name: str | None = None) -> LoadedBase:
     """Load a base model by name (``--base-model`` value or None for PLORA_BASE_MODEL / ``plora-tiny``)."""
     cname = canonical_name(name)
     source = model_folder(cname)
+    hub = hub_kwargs(source)  # fails at once, before torch is imported, for a hub id the hub cannot serve
     try:
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar floods logs of runs that load many times
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **hub)
         tokenizer = _tokenizer(source)
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(cname, err) from None
@@ -204,10 +279,11 @@ def _model_type(model_or_name: Any) -> str:
     config = Path(cname) / "config.json"
     if config.is_file():
         return json.loads(config.read_text()).get("model_type", "")
+    hub = hub_kwargs(cname)
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(cname).model_type
+        return AutoConfig.from_pretrained(cname, **hub).model_type
     except (OSError, ValueError) as err:
         raise _load_error(cname, err) from None
 

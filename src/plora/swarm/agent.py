@@ -1,10 +1,17 @@
 """One networked swarm agent: its own store, keys and gate, serving over gRPC and gossiping push-pull with peers.
 
+    >>> import json, shutil
     >>> from plora.swarm.agent import Agent, AgentConfig
-    >>> agent = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", peers=["127.0.0.1:50052"]))  # doctest: +SKIP
-    >>> agent.step(0)["events"]                                                                       # doctest: +SKIP
-    [{'round': 0, 'peer': '127.0.0.1:50052', 'id': 'legal-s41', 'accepted': True, ...}]
-    >>> agent.stop()                                                                                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> _ = shutil.copytree("out/legal", "a0/store/legal")
+    >>> a0 = Agent(AgentConfig(listen="127.0.0.1:0", root="a0/store", name="a0", policy_file="quick.json"))
+    >>> a1 = Agent(AgentConfig(listen="127.0.0.1:0", root="a1/store", name="a1", peers=[a0.address],
+    ...                        policy_file="quick.json"))
+    >>> [(e["via"], e["id"], e["accepted"]) for e in a1.step(0)["events"]]   # a1 pulls from a0, screened by its gate
+    [('pull', 'legal', True)]
+    >>> sorted(a1.holdings())
+    ['legal']
+    >>> a1.stop(); a0.stop()
 
 A round (``step``): pick one peer uniformly at random (seeded by seed, agent name and round), PULL (get its
 inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH (send an Offer carrying this agent's
@@ -13,9 +20,11 @@ inventory; the peer fetches what it lacks from this agent's server). Every fetch
 agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused (id, sha256)
 is remembered and not fetched again.
 
-Gate verdicts are cached on disk where Swarm Sim v2 caches them (``PLORA_HOME/verdicts/<policy key>/<plasmid
-key>.json``, see :class:`VerdictCache`): one plasmid costs one screen per policy, whoever screens it first (the
-simulation, or any agent), and an agent that never screens first never imports torch.
+Gate verdicts go through the swarm's one verdict cache (:class:`plora.swarm.verdicts.VerdictCache`, shared with Swarm
+Sim v2): one plasmid costs one screen per policy, whoever screens it first (the simulation, or any agent), and an
+agent that never screens first never imports torch. Inside :func:`plora.grpc.client.fetch` the staged folder has just
+been hashed against its manifest, and the cache's key hashes that folder's bytes, so a verdict names exactly the
+bytes it judged.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ from plora.grpc.client import (
 )
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
-from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address
+from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip
+from plora.swarm.agent_recall import AgentRecall
+from plora.swarm.verdicts import VerdictCache
 
 
 @dataclass
@@ -63,63 +74,22 @@ class AgentConfig:
     max_per_contact: int = 8
     contact_timeout_s: float = 300.0  # an Offer waits while the peer fetches and screens
     limits: Limits = field(default_factory=Limits)
+    # recall (plora.swarm.agent_recall): revocations, rollback protection, peer scores, the live model
+    recall_dir: str | Path | None = None  # default: <root>.recall beside the store
+    revocation_keys: list[str] = field(default_factory=list)  # default: policy recall.revocation_keys, else trusted
+    obey_revocations: bool = True  # off only for simulated trojan agents: they ignore revocations
+    peer_scoring: bool | None = None  # None: the policy's recall.peer_scoring
+    live_model: bool = False  # hot-load accepted plasmids (of ``domain``) into a live model; unload revoked ones
+    domain: str | None = None
 
 
-class VerdictCache:
-    """The gate, with verdicts cached on disk in Swarm Sim v2's cache (plora.swarm.pool): one screen per plasmid.
+def _recall_policy(cfg: AgentConfig) -> Any:
+    """The policy whose ``recall`` section (and trusted keys) the agent's recall uses; None with security off."""
+    if not cfg.security:
+        return None
+    from plora.gate.policy import load_policy
 
-    Key: ``PLORA_HOME/verdicts/<policy_key(policy)>/<plasmid_key>.json``, where the plasmid key hashes the artifact
-    SHA-256 and the plora.yml bytes (signatures included) and the policy key the effective policy, base digest,
-    trusted key bytes and weight reference. Inside :func:`plora.grpc.client.fetch` the staged artifact has just been
-    hashed against that manifest, so the key names exactly the bytes being judged. A file lock per key makes agents
-    that receive the same plasmid at once wait for the first verdict instead of screening it again.
-    """
-
-    def __init__(self, policy: Any) -> None:
-        from plora.settings import cache_dir
-        from plora.swarm.pool import policy_key
-
-        self.policy = policy
-        self.folder = cache_dir("verdicts", policy_key(policy))
-        self._base: Any = None
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.screens = 0
-
-    def _cached(self, path: Path) -> list[str] | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        self.hits += 1
-        return [] if data["accepted"] else [str(r) for r in data["reasons"]] or ["GATE_REJECTED"]
-
-    def __call__(self, folder: Path) -> list[str]:
-        import fcntl
-
-        from plora.swarm.pool import entry_from_folder, plasmid_key
-
-        entry = entry_from_folder(folder, trojan=False)  # the label is not part of the key, and never known here
-        key = plasmid_key(entry)
-        path = self.folder / f"{key}.json"
-        if (hit := self._cached(path)) is not None:
-            return hit
-        with self._lock, open(self.folder / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # other agents screening this plasmid now wait here, then read
-            if (hit := self._cached(path)) is not None:
-                return hit
-            from plora.gate import screen
-
-            if self._base is None and self.policy.probes:
-                from plora.models import load_base
-
-                self._base = load_base(self.policy.base_model)  # once per agent process, and only if it screens
-            result = screen(folder, self.policy, base=self._base)
-            self.screens += 1
-            atomic_write_json(path, {"plasmid": entry.plasmid_id, "sha256": entry.sha256, "accepted": result.accepted,
-                                     "reasons": result.reason_codes, "seconds": round(result.seconds, 3),
-                                     "by": "plora agent"})
-        return [] if result.accepted else [format_reason(r) for r in result.reasons] or ["GATE_REJECTED"]
+    return load_policy(cfg.policy_file, trusted_keys=cfg.trusted_keys or None)
 
 
 def build_checks(cfg: AgentConfig) -> list[Check]:
@@ -132,15 +102,8 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
     checks: list[Check] = []
     if policy.signatures:
         checks.append(signature_check(policy.trusted_keys, policy.quorum))
-    checks.append(VerdictCache(policy))
+    checks.append(VerdictCache(policy, by="agent"))
     return checks
-
-
-def _peer_ip(context: grpc.ServicerContext) -> str:
-    peer = context.peer() or ""
-    if peer.startswith(("ipv4:", "ipv6:")):
-        return peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
-    return ""
 
 
 class AgentServicer(PlasmidServicer):
@@ -158,8 +121,12 @@ class AgentServicer(PlasmidServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         with contextlib.suppress(ValueError):
             # an offer may only point back at its sender: never make this agent connect to a third party
-            if _peer_ip(context) and ipaddress.ip_address(host) != ipaddress.ip_address(_peer_ip(context)):
+            if ipaddress.ip_address(host) != ipaddress.ip_address(peer_ip(context)):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
+        # the sender's revocations first (they may revoke what it offers), then its plasmids
+        self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
+                                           int(request.round), self.limits, self.agent.index)
+        entries = self.agent.recall.offered(inv.agent, entries, int(request.round))
         events = self.agent.take_from(inv.agent, entries, int(request.round), via="push")
         return pb2.OfferReply(
             accepted=[e["id"] for e in events if e.get("accepted")],
@@ -169,6 +136,8 @@ class AgentServicer(PlasmidServicer):
         )
 
     def Step(self, request: pb2.StepRequest, context: grpc.ServicerContext) -> pb2.StepReply:
+        for data in request.revocations:  # issued at this agent by the swarm operator: verified like any other
+            self.agent.recall.apply(bytes(data), int(request.round), "operator", self.agent.index)
         record = self.agent.collect(int(request.round)) if request.collect else self.agent.step(int(request.round))
         return pb2.StepReply(json=json.dumps(record))
 
@@ -181,9 +150,15 @@ class Agent:
         self.root = Path(cfg.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.limits = cfg.limits
-        self.checks = build_checks(cfg)
+        self.recall = AgentRecall(
+            cfg.root, _recall_policy(cfg), folder=cfg.recall_dir, revocation_keys=cfg.revocation_keys,
+            obey=cfg.obey_revocations, peer_scoring=cfg.peer_scoring, live_model=cfg.live_model, domain=cfg.domain,
+        )
+        self.checks = self.recall.checks() + build_checks(cfg)  # REVOKED / VERSION_ROLLBACK before the gate
         self.index = PlasmidIndex(self.root, self.limits)
+        self.recall.start_live(self.index.refresh())
         self.servicer = AgentServicer(self, self.index, self.limits)
+        self.servicer.revocations = self.recall.store if cfg.obey_revocations else None
         host, port = parse_address(cfg.listen)
         if not cfg.advertise and host in {"0.0.0.0", "::"}:
             raise TransferError(f"listening on {cfg.listen}: give --advertise HOST:PORT, the address peers can reach")
@@ -215,7 +190,7 @@ class Agent:
 
     def _claim(self, entries: list[RemoteEntry]) -> list[RemoteEntry]:
         held = self.holdings()
-        wanted = []
+        wanted: list[RemoteEntry] = []
         with self._lock:
             for e in entries:
                 if len(wanted) >= self.cfg.max_per_contact:
@@ -241,6 +216,7 @@ class Agent:
                 if not r.accepted:
                     with self._lock:
                         self.refused.add((e.id, e.sha256))
+                self.recall.fetched(peer, event, r.path, round_, self.index)
             except TransferError as err:
                 event["error"] = str(err)
             except Exception as err:  # noqa: BLE001 - a broken check must not kill the agent; it is reported
@@ -262,11 +238,17 @@ class Agent:
         inventory_bytes = 0  # inventories as sent: the one pulled and the one pushed (Offer)
         if peer is not None:
             stub = pb2_grpc.PlasmidExchangeStub(self._channel(peer))
+            inv, relist = None, False
             try:
                 inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
                 inventory_bytes += inv.ByteSize()
-                entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
-                self.take_from(peer, [e for e in entries if _valid_id(e.id)], round_, "pull")
+                # revocations ahead of plasmids: take the peer's first; if it lacks some of ours, push first (it
+                # takes ours from the Offer) and list its inventory again before pulling
+                self.recall.take_revocations(self._channel(peer), peer, list(inv.revocations), round_, self.limits,
+                                             self.index)
+                relist = self.recall.obey and not set(self.recall.store.ids()) <= {r.id for r in inv.revocations}
+                if not relist:
+                    self._pull(peer, inv, round_)
             except grpc.RpcError as err:
                 errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
             try:
@@ -275,16 +257,29 @@ class Agent:
                 stub.Offer(offer, timeout=self.cfg.contact_timeout_s)
             except grpc.RpcError as err:
                 errors.append(f"push {peer}: {err.code().name}: {err.details()}")
+            if relist:
+                try:
+                    inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                    inventory_bytes += inv.ByteSize()
+                    self._pull(peer, inv, round_)
+                except grpc.RpcError as err:
+                    errors.append(f"pull {peer}: {err.code().name}: {err.details()}")
         record = self.collect(round_)
         record.update(peer=peer, errors=errors, inventory_bytes=inventory_bytes)
         return record
+
+    def _pull(self, peer: str, inv: pb2.Inventory, round_: int) -> None:
+        entries = [RemoteEntry(x.id, x.domain, x.sha256, x.size, b"") for x in inv.entries]
+        entries = self.recall.offered(peer, [e for e in entries if _valid_id(e.id)], round_)
+        self.take_from(peer, entries, round_, "pull")
 
     def collect(self, round_: int) -> dict[str, Any]:
         """What happened since the last call (pulls, and pushes other agents made to this one), and holdings."""
         with self._lock:
             events, self._events = self._events, []
         return {"agent": self.name, "address": self.address, "round": round_, "events": events,
-                "holdings": self.holdings(), "peer": None, "errors": [], "inventory_bytes": 0}
+                "holdings": self.holdings(), "peer": None, "errors": [], "inventory_bytes": 0,
+                "recall": self.recall.record(round_)}
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace)
@@ -302,14 +297,27 @@ def _valid_id(plasmid_id: str) -> bool:
     return True
 
 
+class WallClock:
+    """Round times on the wall clock (epoch seconds), so agents on different machines agree through --start-at."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def wait_until(self, t: float) -> None:
+        if (delay := t - time.time()) > 0:
+            time.sleep(delay)
+
+
 def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: float | None = None,
               linger_s: float = 5.0, out: str | Path | None = None, coordinated: bool = False,
-              on_ready: Any = None) -> list[dict[str, Any]]:
+              on_ready: Any = None, clock: Any = None) -> list[dict[str, Any]]:
     """Run one agent by itself: a round every ``round_s`` seconds from ``start_at`` (epoch; default now).
 
     With ``coordinated`` the agent only serves, and rounds come as Step calls (``plora swarm net``) until the
     coordinator stops it. ``linger_s`` keeps serving after the last round so slower peers can still fetch.
+    ``clock`` (``now()``, ``wait_until(t)``; default :class:`WallClock`) decides when each round starts.
     """
+    clock = clock or WallClock()
     agent = Agent(cfg)
     records: list[dict[str, Any]] = []
     try:
@@ -318,13 +326,11 @@ def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: flo
         if coordinated:
             agent.server.wait()
             return records
-        t0 = start_at if start_at is not None else time.time()
+        t0 = start_at if start_at is not None else clock.now()
         for r in range(rounds):
-            delay = t0 + r * round_s - time.time()
-            if delay > 0:
-                time.sleep(delay)
+            clock.wait_until(t0 + r * round_s)
             records.append(agent.step(r))
-        time.sleep(max(0.0, linger_s))
+        clock.wait_until(clock.now() + max(0.0, linger_s))
         records.append(agent.collect(rounds))
         if out is not None:
             atomic_write_json(out, {"agent": agent.name, "address": agent.address, "peers": cfg.peers,

@@ -45,6 +45,7 @@ import numpy as np
 
 from plora.errors import PloraError
 from plora.swarm.graphs import Graph
+from plora.swarm.recall import RecallState, RevocationPlan, ScoreBook, Scoring
 
 INVENTORY_HEADER_BYTES = 16
 INVENTORY_ENTRY_BYTES = 32  # one SHA-256 per plasmid held
@@ -88,6 +89,8 @@ class EngineInput:
     policy: np.ndarray | None = None  # uint8 policy index per agent; None: everyone uses policy 0
     reachable: list[np.ndarray] | None = None  # bool per agent per domain: honest agents a source can reach
     progress: Callable[[int, dict[str, Any]], None] | None = None
+    revocations: RevocationPlan | None = None
+    scoring: Scoring | None = None
 
 
 @dataclass
@@ -105,6 +108,11 @@ class EngineResult:
     quiescent: bool
     rounds_to_full: list[int | None]
     seconds_per_round: list[float] = field(default_factory=list)
+    revocations_held: np.ndarray | None = None  # record bitset per agent (with a RevocationPlan)
+    bytes_revocation: int = 0  # signed revocation envelopes transferred
+    purged: int = 0  # (agent, plasmid) pairs removed by a revocation
+    graylisted: int = 0  # contact sides skipped because the receiver graylisted the sender
+    scores: np.ndarray | None = None  # with peer scoring: the receiver's score of each CSR edge, as last updated
 
 
 def bitset_dtype(plasmids: int) -> Any:
@@ -219,14 +227,21 @@ def run_engine(inp: EngineInput) -> EngineResult:
     limited = inp.max_fetch is not None and inp.max_fetch < width
     rng = np.random.default_rng(inp.seed)
 
+    recall = None
+    if inp.revocations is not None and inp.revocations.size:
+        recall = RecallState(inp.revocations, n, dtype, bitset_dtype(inp.revocations.size))
+        # what an agent injects into its live model: the plasmids of its own domain (agent i's domain is i mod D)
+        own = np.array([pool.mask(pool.domain_of == d, dtype) for d in range(ndom)], dtype=dtype)[np.arange(n) % ndom]
+    book = ScoreBook(inp.scoring, g.indices, inp.rounds) if inp.scoring is not None and len(g.indices) else None
+
     accepted = np.zeros((groups, width), dtype=np.int64)
     refused = np.zeros((groups, width), dtype=np.int64)
-    totals = {"inventory": 0, "manifest": 0, "artifact": 0}
+    totals = {"inventory": 0, "manifest": 0, "artifact": 0, "revocation": 0, "purged": 0, "graylisted": 0}
     rounds_to_full: list[int | None] = [None] * ndom
     series: list[dict[str, Any]] = []
     timings: list[float] = []
 
-    def observe(rnd: int, stats: dict[str, int]) -> None:
+    def observe(rnd: int, stats: dict[str, int], extra: dict[str, Any] | None) -> None:
         cov, cov_reach = {}, {}
         for d, name in enumerate(pool.domains):
             has = (held & clean[d]) != 0
@@ -243,6 +258,27 @@ def run_engine(inp: EngineInput) -> EngineResult:
             "trojan_prevalence": round(float(prevalence) / n_honest, 6),
             **stats,
         }
+        if extra is not None:
+            extra = {"trojan_holders": int(prevalence), **extra}
+            if recall is not None:
+                target = held & recall.target
+                issued = recall.issued
+                holding = (target != 0) & honest
+                holders = int(np.count_nonzero(holding))
+                injectors = int(np.count_nonzero(((target & own) != 0) & honest))
+                informed = int(np.count_nonzero(((recall.rev & issued) == issued) & honest)) if issued else 0
+                reach_rev = recall.plan.reach
+                extra = {
+                    "holding": round(holders / n_honest, 6),
+                    "injecting": round(injectors / n_honest, 6),
+                    "revocation": round(informed / n_honest, 6),
+                    "holders": holders,
+                    "injectors": injectors,
+                    "informed": informed,
+                    "holders_reachable": holders if reach_rev is None else int(np.count_nonzero(holding & reach_rev)),
+                    **extra,
+                }
+            row["recall"] = extra
         series.append(row)
         if inp.progress is not None:
             inp.progress(rnd, row)
@@ -250,35 +286,68 @@ def run_engine(inp: EngineInput) -> EngineResult:
     everything = pool.mask(np.ones(width, dtype=bool), dtype)
 
     def wanted() -> np.ndarray:
-        return ~(held | rejected) & everything
+        known = held | rejected
+        if recall is not None and recall.live:
+            known |= recall.known()
+        return ~known & everything
 
-    observe(0, {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0})
-    quiescent = not _can_change(g, held, wanted())
+    quiet = {"purged": 0, "graylisted": 0, "revocation_bytes": 0}
+    observe(0, {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0},
+            dict(quiet) if recall is not None or book is not None else None)
+    pending = recall is not None and recall.last_issue >= 1
+    quiescent = not pending and not _can_change(g, held, wanted())
     rnd = 0
     while not quiescent and rnd < inp.rounds:
         rnd += 1
         t0 = time.perf_counter()
+        purged = recall.issue(rnd, held) if recall is not None else 0
         draws = draw_round(rng, n, width, limited)
         pos = start + (draws[0] * degf).astype(index_dtype)
         if len(isolated):
             pos[isolated] = 0
         partner = g.indices[pos] if len(g.indices) else np.arange(n, dtype=index_dtype)
-        del pos
         if len(isolated):
             partner[isolated] = isolated  # no contact: talking to oneself moves nothing and is not counted
         known = held | rejected
         hv = held[partner]
-        pull = hv & ~known  # what each agent fetches from the neighbour it contacted
-        push = held & ~known[partner]  # what that neighbour fetches from it
+        offer_v, offer_a = hv, held  # what each side lists to the other (after the contact's revocations)
+        live = recall is not None and recall.live
+        if live:
+            theirs, k_a, k_v = recall.knowledge(partner)
+            offer_v, offer_a = hv & ~k_v, held & ~k_a
+            pull = offer_v & ~known & ~k_a  # what each agent fetches from the neighbour it contacted
+            push = offer_a & ~known[partner] & ~k_v  # what that neighbour fetches from it
+        else:
+            pull = hv & ~known
+            push = held & ~known[partner]
         del known
+        gray = 0
+        if book is not None:
+            e_pull, e_push = book.views(pos)
+            gray_pull, gray_push = book.graylisted(rnd, e_pull), book.graylisted(rnd, e_push)
+            if len(isolated):
+                gray_pull[isolated] = gray_push[isolated] = False
+            pull[gray_pull] = 0
+            push[gray_push] = 0
+            gray = int(np.count_nonzero(gray_pull) + np.count_nonzero(gray_push))
+            # a graylisted side's plasmid inventory is not asked for
+            listed_v, listed_a = np.where(gray_pull, 0, offer_v), np.where(gray_push, 0, offer_a)
+            if live:
+                revoked_pull = np.bitwise_count(listed_v & k_a)  # revoked plasmids the neighbour offered
+                revoked_push = np.bitwise_count(listed_a & k_v)
+        else:
+            listed_v, listed_a = offer_v, offer_a
+        del pos
         if limited:
             pull = _limit(pull, draws[1], inp.max_fetch, width, dtype)
             push = _limit(push, draws[2], inp.max_fetch, width, dtype)
-        entries = int(np.bitwise_count(held).sum(dtype=np.int64) + np.bitwise_count(hv).sum(dtype=np.int64))
+        entries = _ones(listed_a) + _ones(listed_v) + (_ones(recall.rev) + _ones(theirs) if live else 0)
         if len(isolated):
-            entries -= 2 * int(np.bitwise_count(held[isolated]).sum(dtype=np.int64))
+            entries -= _ones(listed_a[isolated]) + _ones(listed_v[isolated])
+            if live:
+                entries -= 2 * _ones(recall.rev[isolated])
         inv = 2 * INVENTORY_HEADER_BYTES * contacts + INVENTORY_ENTRY_BYTES * entries
-        del hv
+        del hv, offer_v, offer_a, listed_v, listed_a
         moved = np.zeros(width, dtype=np.int64)
         before = int(accepted.sum())
         # pull side: every agent is the receiver of its own pull, so plain element-wise updates suffice
@@ -288,6 +357,9 @@ def run_engine(inp: EngineInput) -> EngineResult:
         ok = got & (acc if groups == 1 else acc[nz])
         held[nz] |= ok
         rejected[nz] |= got & ~ok
+        if book is not None:
+            rejected_pull = np.zeros(n, dtype=np.int64)
+            rejected_pull[nz] = np.bitwise_count(got & ~ok)
         # push side: a neighbour contacted by several agents receives from each of them: scatter-OR
         nz = np.flatnonzero(push)
         got, who = push[nz], partner[nz]
@@ -297,19 +369,38 @@ def run_engine(inp: EngineInput) -> EngineResult:
         bad = got & ~ok
         if bad.any():
             np.bitwise_or.at(rejected, who, bad)
-        del pull, push, partner, nz, got, who, ok, bad
+        if book is not None:
+            rejected_push = np.zeros(n, dtype=np.int64)
+            rejected_push[nz] = np.bitwise_count(bad)
+            none = np.zeros(n, dtype=np.int64)
+            book.penalise(rnd, (e_pull, rejected_pull, revoked_pull if live else none),
+                          (e_push, rejected_push, revoked_push if live else none))
+        del pull, push, nz, got, who, ok, bad
+        rev_bytes, rev_moved = 0, False
+        if live:
+            rev_bytes, rev_moved = recall.exchange(partner, theirs)
+            purged += recall.purge(held)
+            del theirs, k_a, k_v
+        del partner
         man_b, art_b = int(moved @ man), int(moved @ art)
         totals["inventory"] += inv
         totals["manifest"] += man_b
         totals["artifact"] += art_b
+        totals["revocation"] += rev_bytes
+        totals["purged"] += purged
+        totals["graylisted"] += gray
         offers = int(moved.sum())
         n_acc = int(accepted.sum()) - before
         stats = {"contacts": contacts, "offers": offers, "accepted": n_acc, "rejected": offers - n_acc}
-        stats["bytes"] = inv + man_b + art_b
-        observe(rnd, stats)
+        stats["bytes"] = inv + man_b + art_b + rev_bytes
+        extra = None
+        if recall is not None or book is not None:
+            extra = {"purged": purged, "graylisted": gray, "revocation_bytes": rev_bytes}
+        observe(rnd, stats, extra)
         timings.append(time.perf_counter() - t0)
-        if offers == 0:
-            quiescent = not _can_change(g, held, wanted())
+        pending = recall is not None and rnd < recall.last_issue
+        if offers == 0 and not rev_moved and not pending:
+            quiescent = not _can_change(g, held, wanted()) and not (recall is not None and recall.can_spread(g))
     return EngineResult(
         holdings=held,
         rejected=rejected,
@@ -324,7 +415,17 @@ def run_engine(inp: EngineInput) -> EngineResult:
         quiescent=quiescent,
         rounds_to_full=rounds_to_full,
         seconds_per_round=timings,
+        revocations_held=None if recall is None else recall.rev,
+        bytes_revocation=totals["revocation"],
+        purged=totals["purged"],
+        graylisted=totals["graylisted"],
+        scores=None if book is None else book.score,
     )
+
+
+def _ones(words: np.ndarray) -> int:
+    """Set bits over all ``words``."""
+    return int(np.bitwise_count(words).sum(dtype=np.int64))
 
 
 def _count(

@@ -1,9 +1,11 @@
 """The networked swarm: N real agent processes on loopback gossiping plasmids push-pull over gRPC.
 
     >>> from plora.swarm.net import NetConfig, run_swarm_net
-    >>> report = run_swarm_net(NetConfig(agents=8, rounds=10, graph_p=0.25, trojan_rate=0.3, seed=42))  # doctest: +SKIP
-    >>> report["final"]["coverage"]                                                                    # doctest: +SKIP
-    {'arithmetic': 1.0, 'legal': 1.0, 'medical': 1.0, 'science': 1.0}
+    >>> cfg = NetConfig(agents=3, rounds=4, graph_p=1.0, trojan_rate=0.0, seed=42, domains=("legal", "medical"),
+    ...                 pool_dir="mypool", security=False, progress=False)
+    >>> report = run_swarm_net(cfg)          # 3 agent processes on 127.0.0.1
+    >>> report["meta"]["engine"], report["final"]["coverage"]
+    ('net', {'legal': 1.0, 'medical': 1.0})
 
 What the coordinator does (``plora swarm net``), with the same flags and seed as Swarm Sim v2 (``plora swarm sim``):
 
@@ -12,8 +14,9 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
    signed copy (clean plasmids signed by the swarm key, trojans by an intruder key; ``--trusted_pubkeys`` replaces
    the trust set). Labels serve the FN/FP accounting only; no agent ever sees them.
 2. roles, holdings and overlay are drawn exactly as the sim draws them from the same seed (graph, roles and rounds
-   seeds from :func:`plora.swarm.sim.stream_seeds`): Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents
-   starting with the trojan plasmid of their domain ``i mod D``; honest agent i starting with the clean one.
+   seeds from :func:`plora.swarm.sim.stream_seeds`; roles by :func:`plora.swarm.roles.assign_roles`, as in the sim):
+   Erdős–Rényi G(N, graph_p); ``round(trojan_rate * N)`` trojan agents starting with the trojan plasmid of their
+   domain ``i mod D``; honest agent i starting with the clean one.
 3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
    own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
    or by other agents are reused: see plora.swarm.agent); each learns its neighbours' addresses once all listen.
@@ -38,7 +41,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,62 +48,25 @@ import numpy as np
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_json, atomic_write_text
+from plora.swarm.config import NetConfig
+from plora.swarm.net_recall import NetRecall
 
 
-@dataclass
-class NetConfig:
-    """The flags of ``plora swarm net``; the gate and pool flags mean what they mean in Swarm Sim v2."""
-
-    agents: int = 8
-    rounds: int = 10
-    graph_p: float = 0.25
-    security: bool = True
-    signatures: bool = False
-    trusted_pubkeys: tuple[str, ...] = ()
-    allowed_targets: str = "attention"
-    allowed_ranks: tuple[int, ...] = (4, 8, 16)
-    tau_trigger: float | None = None
-    tau_norm_z: float | None = None
-    tau_clean_delta: float | None = None
-    trojan_rate: float = 0.3
-    seed: int = 42
-    domains: tuple[str, ...] = ("arithmetic", "legal", "medical", "science")
-    report_dir: str = "results"
-    policy_file: str | None = None
-    pool_dir: str | None = None
-    max_per_contact: int = 8
-    work_dir: str | None = None  # agents' stores and logs; default a temp folder, removed afterwards
-    step_timeout_s: float = 600.0
-    progress: bool = True
-
-    def sim_config(self) -> Any:
-        from plora.swarm.config import make_config
-
-        return make_config(agents=self.agents, rounds=self.rounds, seed=self.seed, graph="er", graph_p=self.graph_p,
-                         domains=self.domains, trojan_rate=self.trojan_rate, security=self.security,
-                         allowed_targets=self.allowed_targets, allowed_ranks=self.allowed_ranks,
-                         signatures=self.signatures, trusted_pubkeys=self.trusted_pubkeys, policy_file=self.policy_file,
-                         tau_trigger=self.tau_trigger, tau_norm_z=self.tau_norm_z, tau_clean_delta=self.tau_clean_delta,
-                         report_dir=self.report_dir, pool_dir=self.pool_dir)
-
-
-def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any]:
-    """(pool entries, domains in play, policy or None): what Swarm Sim v2 uses for the same flags."""
+def _pool_and_policy(cfg: NetConfig) -> tuple[list[Any], list[str], Any, Path | None]:
+    """(pool entries, domains in play, policy or None, the pool's root folder): what Swarm Sim v2 uses for the same
+    flags."""
     from plora.swarm.pool import PlasmidPool, PoolSpec
-    from plora.swarm.sim import make_policy
+    from plora.swarm.sim import gate_setup
 
-    sim = cfg.sim_config()
     pool = PlasmidPool.from_dir(cfg.pool_dir) if cfg.pool_dir else PlasmidPool.build(PoolSpec(domains=cfg.domains))
-    trusted = None
-    if cfg.security and cfg.signatures:
-        pool, trusted = pool.signed(list(cfg.trusted_pubkeys) or None)
-    held = {e.domain for e in pool.entries}
+    provider, policy = gate_setup(cfg.sim_config(), pool)
+    held = {e.domain for e in provider.entries}
     domains = [d for d in cfg.domains if d in held] or sorted(held)
-    return pool.entries, domains, make_policy(sim, [str(Path(k).resolve()) for k in trusted] if trusted else None)
+    return provider.entries, domains, policy, getattr(provider, "root", None)  # a signed pool: its copy's root
 
 
 def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, collect: bool,
-              timeout: float) -> dict[int, dict[str, Any]]:
+              timeout: float, revocations: dict[int, list[bytes]] | None = None) -> dict[int, dict[str, Any]]:
     import grpc
 
     from plora.grpc.proto import pb2, pb2_grpc
@@ -109,8 +74,8 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
     def one(i: int) -> tuple[int, dict[str, Any] | None]:
         with grpc.insecure_channel(addresses[i]) as ch:
             try:
-                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(pb2.StepRequest(round=round_, collect=collect),
-                                                              timeout=timeout)
+                request = pb2.StepRequest(round=round_, collect=collect, revocations=(revocations or {}).get(i, []))
+                reply = pb2_grpc.PlasmidExchangeStub(ch).Step(request, timeout=timeout)
             except grpc.RpcError:
                 return i, None
             return i, json.loads(reply.json)
@@ -126,6 +91,7 @@ def _step_all(addresses: dict[int, str], alive: dict[int, bool], round_: int, co
 
 def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     """Run the networked swarm and write its report; ``on_round(round, procs)`` is called after each barrier."""
+    from plora.grpc.client import clean_stale_stages
     from plora.swarm.graphs import graph_stats, make_graph
     from plora.swarm.report import build_report, write_report
 
@@ -133,18 +99,19 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
     from plora.swarm.sim import stream_seeds
 
-    t_start = time.perf_counter()
-    pool, domains, policy = _pool_and_policy(cfg)
+    t_start, started = time.perf_counter(), time.gmtime()
+    pool, domains, policy, pool_root = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start
     graph_seed, role_seed, _ = stream_seeds(cfg.seed)
     graph = make_graph("er", cfg.agents, p=cfg.graph_p, seed=graph_seed)
-    n_trojan = int(round(cfg.trojan_rate * cfg.agents))
-    rng = np.random.default_rng(role_seed)  # the sim's draw: the same seed makes the same agents trojans
-    trojan_agents = set(rng.choice(cfg.agents, n_trojan, replace=False).tolist()) if n_trojan else set()
+    trojan_agents, first = initial_plasmids(cfg.agents, pool, domains, cfg.trojan_rate, role_seed)
+    recall = NetRecall(cfg, pool_root, pool, policy, graph, trojan_agents)
+    recall.prepare()
     work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
     work.mkdir(parents=True, exist_ok=True)
-    policy_path = atomic_write_json(work / "policy.json", policy.model_dump(mode="json")) if policy else None
-    seeded = _seed_stores(cfg, work, pool, domains, trojan_agents)
+    policy_json = policy.model_dump(mode="json") if policy else None  # the report's copy: the work folder may go
+    policy_path = atomic_write_json(work / "policy.json", policy_json) if policy_json else None
+    seeded = _seed_stores(work, first)
     procs: dict[int, subprocess.Popen] = {}
     addresses: dict[int, str] = {}
     state = _State(cfg.agents, {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()})
@@ -152,7 +119,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     t_rounds = 0.0
     try:
         for i in range(cfg.agents):
-            procs[i] = _spawn_agent(cfg, work, i, policy_path)
+            procs[i] = _spawn_agent(cfg, work, i, policy_path, recall.flags(i, domains[i % len(domains)]))
         addresses = _wait_ready(work, procs, timeout=120.0)
         t_ready = time.perf_counter()
         neighbours = {i: [int(j) for j in graph.neighbours(i)] for i in range(cfg.agents)}
@@ -161,14 +128,16 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
         alive = {i: True for i in range(cfg.agents)}
         progress = _progress(cfg)
         for r in range(1, cfg.rounds + 1):
-            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s)
+            recs = _step_all(addresses, alive, r, False, cfg.step_timeout_s, recall.issue(r, state))
             late = _step_all(addresses, alive, r, True, cfg.step_timeout_s)
             state.absorb(r, recs, late, alive)
+            recall.absorb(recs, late)
             if progress:
                 progress.advance(progress.task_ids[0])
             if on_round is not None:
                 on_round(r - 1, procs)
-            quiescent = not state.can_change(neighbours, alive)
+            quiescent = not state.can_change(neighbours, alive, recall.blocked) and not recall.can_spread(
+                neighbours, alive)
             if quiescent:
                 break
         if progress:
@@ -183,34 +152,58 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if not cfg.work_dir:
+                p.wait()
+        if cfg.work_dir:
+            for i in procs:  # every agent has exited: a staging folder left now is a dead agent's partial fetch
+                clean_stale_stages(work / f"a{i}")
+        else:
             shutil.rmtree(work, ignore_errors=True)
     meta, rounds, final = _report_parts(cfg, graph, graph_stats(graph), pool, domains, trojan_agents, seeded, state,
-                                        quiescent, policy_path)
+                                        quiescent, policy_json)
+    initial = {i: {p.plasmid_id: p.sha256} for i, p in seeded.items()}
+    recall.report(rounds, [initial] + [row["held"] for row in state.rows], final)
     meta["timings"] = {"wall_s": round(time.perf_counter() - t_start, 3), "pool_s": round(t_pool, 3),
-                       "rounds_s": round(t_rounds, 3),
+                       "rounds_s": round(t_rounds, 3), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
                        "addresses": {f"a{i}": a for i, a in sorted(addresses.items())}}
     report = build_report(meta, rounds, final)
-    path = write_report(report, cfg.report_dir)
+    path = write_report(report, cfg.report_dir, stem=_run_stem(report, cfg.report_dir, started))
     report["meta"]["timings"]["report_path"] = str(path)
     return report
 
 
-def _seed_stores(cfg: NetConfig, work: Path, pool: list[Any], domains: list[str],
-                 trojan_agents: set[int]) -> dict[int, Any]:
-    """Agent i starts with the clean (trojan agents: the trojan) plasmid of domain i mod D, as in the sim."""
-    seeded: dict[int, Any] = {}
-    for i in range(cfg.agents):
-        d = domains[i % len(domains)]
-        kind = [p for p in pool if p.domain == d and p.trojan == (i in trojan_agents)]
-        if not kind:
-            raise PloraError(f"the pool has no {'trojan' if i in trojan_agents else 'clean'} plasmid for {d}")
-        seeded[i] = kind[(i // len(domains)) % len(kind)]
+def _run_stem(report: dict[str, Any], report_dir: str, started: time.struct_time) -> str:
+    """The report's stem plus the run's start time: a networked run is not reproducible, so none overwrites another."""
+    from plora.swarm.report import report_stem
+
+    stem = f"{report_stem(report)}-{time.strftime('%Y%m%dT%H%M%SZ', started)}"
+    n, unique = 1, stem
+    while (Path(report_dir) / f"{unique}.json").exists():
+        n += 1
+        unique = f"{stem}-{n}"
+    return unique
+
+
+def initial_plasmids(agents: int, pool: list[Any], domains: list[str], trojan_rate: float,
+                     role_seed: int) -> tuple[set[int], dict[int, Any]]:
+    """(trojan agents, agent -> the pool entry it starts with): :func:`plora.swarm.roles.assign_roles`, the sim's
+    draw, so the same seed makes the same agents trojans and seeds the same plasmids."""
+    from plora.swarm.roles import assign_roles
+
+    index = {d: i for i, d in enumerate(domains)}
+    roles = assign_roles(agents, np.array([index.get(p.domain, -1) for p in pool], dtype=np.int64),
+                         np.array([p.trojan for p in pool], dtype=bool), trojan_rate, role_seed, None, domains)
+    trojan_agents = {int(i) for i in np.flatnonzero(roles.trojan_agents)}
+    return trojan_agents, {i: pool[int(j)] for i, j in enumerate(roles.initial) if j >= 0}
+
+
+def _seed_stores(work: Path, first: dict[int, Any]) -> dict[int, Any]:
+    """Each agent's store, holding the plasmid it starts with."""
+    for i, entry in first.items():
         store = work / f"a{i}" / "store"
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
-        _copy_plasmid(Path(seeded[i].folder), store / seeded[i].plasmid_id)
-    return seeded
+        _copy_plasmid(Path(entry.folder), store / entry.plasmid_id)
+    return first
 
 
 def _copy_plasmid(src: Path, dest: Path) -> None:
@@ -254,20 +247,23 @@ class _State:
         self.rows.append({"round": r, "contacts": contacts, "events": events, "inventory": inventory,
                           "held": {i: dict(h) for i, h in self.held.items()}})
 
-    def can_change(self, neighbours: dict[int, list[int]], alive: dict[int, bool]) -> bool:
-        """True while a live edge can still carry a plasmid one end holds and the other neither holds nor refused."""
+    def can_change(self, neighbours: dict[int, list[int]], alive: dict[int, bool],
+                   blocked: Any = None) -> bool:
+        """True while a live edge can still carry a plasmid one end holds and the other neither holds nor refused
+        (nor knows revoked: ``blocked(i)`` gives the artifact SHA-256s agent i will never fetch)."""
         for i, nbrs in neighbours.items():
+            never = blocked(i) if blocked is not None else set()
             for j in nbrs:
                 if alive[i] and alive[j]:
                     for pid, sha in self.held[j].items():
-                        if pid not in self.held[i] and (pid, sha) not in self.refused[i]:
+                        if pid not in self.held[i] and (pid, sha) not in self.refused[i] and sha not in never:
                             return True
         return False
 
 
 def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list[Any], domains: list[str],
                   trojan_agents: set[int], seeded: dict[int, Any], state: _State, quiescent: bool,
-                  policy_path: Path | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+                  policy: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """meta, rounds and final in the Swarm Sim v2 schema (plora.swarm.report), from the agents' own records."""
     from plora.swarm.theory import predict
 
@@ -317,9 +313,8 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
         "engine": "net", "seed": cfg.seed, "agents": cfg.agents, "honest_agents": len(honest),
         "trojan_agents": len(trojan_agents), "domains": domains,
         "graph": {**gstats, "reachable": {d: len(v) for d, v in reach.items()}},
-        "policy": json.loads(policy_path.read_text()) if policy_path else None,
-        "flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                  if k not in {"progress", "work_dir", "report_dir", "step_timeout_s"}},
+        "policy": policy,
+        "flags": cfg.flags(),
         "pool": [p.public() for p in pool],
         "extra": {"trojan_agent_ids": sorted(trojan_agents),
                   "initial": {f"a{i}": p.plasmid_id for i, p in seeded.items()},
@@ -342,7 +337,8 @@ def _report_parts(cfg: NetConfig, graph: Any, gstats: dict[str, Any], pool: list
     return meta, rounds, final
 
 
-def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None) -> subprocess.Popen:
+def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None,
+                 extra: list[str] | None = None) -> subprocess.Popen:
     home = work / f"a{i}"
     (home / "ready").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "plora", "agent", "--listen", "127.0.0.1:0", "--root", str(home / "store"),
@@ -351,6 +347,7 @@ def _spawn_agent(cfg: NetConfig, work: Path, i: int, policy: Path | None) -> sub
            "--max-per-contact", str(cfg.max_per_contact)]
     if policy is not None:
         cmd += ["--policy_file", str(policy)]  # with signatures on, it names the trusted keys
+    cmd += list(extra or [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     log = open(home / "agent.log", "w")  # noqa: SIM115 - the child owns it
     try:

@@ -1,11 +1,16 @@
 """The simulation's plasmid pool: REAL clean and trojan plasmids, trained once and cached by content, and the REAL
 gate's verdict on each, computed once per (plasmid content, policy) and cached on disk.
 
+    >>> from plora.gate.policy import load_policy
     >>> from plora.swarm.pool import PoolSpec, PlasmidPool
-    >>> pool = PlasmidPool.build(PoolSpec(domains=("legal", "medical")))      # doctest: +SKIP  (trains on a cold cache)
-    >>> [(e.domain, e.trojan) for e in pool.entries]                          # doctest: +SKIP
-    [('legal', False), ('legal', True), ('medical', False), ('medical', True)]
-    >>> [v.accepted for v in pool.verdicts(policy)]                           # doctest: +SKIP
+    >>> spec = PoolSpec(domains=("legal",), trojan_per_domain=0, samples=32, epochs=1.0)   # the default: 800 x 2
+    >>> pool = PlasmidPool.build(spec, progress=False)   # trains what the cache lacks, once
+    >>> [(e.plasmid_id, e.domain, e.trojan) for e in pool.entries]
+    [('legal-s...', 'legal', False)]
+    >>> [v.accepted for v in pool.verdicts(load_policy(probes=False))]   # probes off: keeps this example quick
+    [True]
+    >>> [e.plasmid_id for e in PlasmidPool.from_dir(pool.root).entries] == [pool.entries[0].plasmid_id]
+    True
 
 Layout: each plasmid is trained once by ``plora.training.train_plasmid`` into
 ``PLORA_HOME/pool/plasmids/<sha256 of its training config and the base weights digest>/<id>`` (ids are neutral:
@@ -13,9 +18,8 @@ Layout: each plasmid is trained once by ``plora.training.train_plasmid`` into
 copy of each of its plasmids, ``labels.json`` (``{id: {domain, trojan}}``: usable as ``--pool_dir``, also by the
 networked swarm) and ``pool.json`` (ids, domains, labels, hashes, sizes), written last, so a pool that has a
 ``pool.json`` is complete. Pools over different domain lists share the plasmids of the domains they have in common.
-Verdicts live in ``PLORA_HOME/verdicts/<policy key>/<plasmid key>.json``: the policy key
-hashes the effective policy and the base digest, the plasmid key hashes the artifact SHA-256 and the manifest bytes
-(signatures live in the manifest), so two agents with identical policies share every verdict.
+Verdicts go through the swarm's one verdict cache (:mod:`plora.swarm.verdicts`, shared with the networked agents):
+one screen per plasmid and policy, whoever asks first.
 
 Ground truth (``PoolEntry.trojan``) is never shown to the gate; the simulation uses it only to count false negatives
 and false positives. With ``--signatures on`` the pool is signed: clean plasmids by the pool's ``swarm`` key, trojans
@@ -163,7 +167,7 @@ class PlasmidPool:
     def __init__(self, entries: list[PoolEntry], root: Path | None = None) -> None:
         self.entries = entries
         self.root = root
-        self._base: Any = None
+        self._verdicts: Any = None  # a VerdictCache for the last policy asked (it holds the loaded base)
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod
@@ -216,7 +220,7 @@ class PlasmidPool:
         index = root / "pool.json"
         # neutral ids (domain + training seed): nothing a gate can read names the ground truth. Seeds and triggers
         # depend on the domain's name, not its position, so pools over different domain lists share plasmids.
-        plan = []
+        plan: list[tuple[str, str, str | None, str | None, int]] = []
         for domain in spec.domains:
             h = int(hashlib.sha256(domain.encode()).hexdigest()[:8], 16)
             for i in range(spec.clean_per_domain):
@@ -261,7 +265,7 @@ class PlasmidPool:
         from plora.manifest import MANIFEST_NAME
         from plora.settings import cache_dir
 
-        train = {
+        train: dict[str, Any] = {
             "domain": domain,
             "base_model": base_name,
             "rank": spec.rank,
@@ -300,6 +304,7 @@ class PlasmidPool:
     def signed(self, trusted: list[str] | None) -> tuple[PlasmidPool, list[str]]:
         """A copy of the pool whose clean plasmids carry the swarm key's signature and trojans the intruder's;
         returns it with the trusted public key paths (``trusted`` if given, else the swarm key)."""
+        from plora.manifest import SIGNATURE_NAME
         from plora.signer import generate_keypair, sign_plasmid
 
         if self.root is None:
@@ -312,7 +317,7 @@ class PlasmidPool:
         out = []
         for e in self.entries:
             dest = self.root / "signed" / e.plasmid_id
-            if not dest.exists():
+            if not (dest / SIGNATURE_NAME).exists():  # also re-signs copies signed the old way (inside plora.yml)
                 from plora.fsio import staging_dir
 
                 with staging_dir(dest) as stage:
@@ -326,60 +331,18 @@ class PlasmidPool:
 
     # -------------------------------------------------------------------------------------------- verdicts
     def verdicts(self, policy: Any) -> list[Verdict]:
-        """The gate's verdict on every entry under ``policy`` (None: security off, everything accepted)."""
+        """The gate's verdict on every entry under ``policy`` (None: security off, everything accepted), through
+        the swarm's one verdict cache (:class:`plora.swarm.verdicts.VerdictCache`)."""
         if policy is None:
             return [Verdict(True) for _ in self.entries]
-        from plora.settings import cache_dir
+        from plora.swarm.verdicts import VerdictCache
 
-        pkey = policy_key(policy)
-        folder = cache_dir("verdicts", pkey)
+        if self._verdicts is None or self._verdicts.policy is not policy:
+            self._verdicts = VerdictCache(policy, by="swarm sim")
         out = []
         for e in self.entries:
-            path = folder / f"{plasmid_key(e)}.json"
-            if path.exists():
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                data = self._screen(e, policy)
-                atomic_write_json(path, data)
-            out.append(Verdict(bool(data["accepted"]), tuple(data["reasons"])))
+            if e.folder is None:
+                raise PloraError(f"pool entry {e.plasmid_id} has no folder: the gate has nothing to screen")
+            record = self._verdicts.verdict(e.folder, e.plasmid_id)
+            out.append(Verdict(record.accepted, record.codes))
         return out
-
-    def _screen(self, entry: PoolEntry, policy: Any) -> dict[str, Any]:
-        from plora.gate import screen
-        from plora.models import load_base
-
-        if self._base is None:
-            self._base = load_base(policy.base_model)
-        result = screen(entry.folder or "", policy, base=self._base)
-        return {
-            "plasmid": entry.plasmid_id,
-            "sha256": entry.sha256,
-            "accepted": result.accepted,
-            "reasons": result.reason_codes,
-            "scores": {k: v for k, v in result.scores.items() if isinstance(v, (int, float)) or v is None},
-            "seconds": round(result.seconds, 3),
-        }
-
-
-def policy_key(policy: Any) -> str:
-    """Hash of everything a verdict depends on besides the plasmid: the effective policy (target keywords expanded),
-    the base weights digest, the trusted keys' bytes and the weight-anomaly reference files (shipped and cached)."""
-    from plora.gate import reference
-    from plora.hashing import sha256_file
-    from plora.models import base_digest
-
-    body = policy.effective().model_dump(mode="json")
-    body["_base_digest"] = body.get("base_digest") or base_digest(policy.base_model)
-    files = [Path(k) for k in policy.trusted_keys]
-    files = [c for f in files for c in (sorted(f.iterdir()) if f.is_dir() else [f])]
-    files += [reference.SHIPPED_REFERENCE, reference.cached_reference_path()]
-    body["_files"] = [sha256_file(f) if f.is_file() else None for f in files]
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def plasmid_key(entry: PoolEntry) -> str:
-    from plora.hashing import sha256_file
-    from plora.manifest import MANIFEST_NAME
-
-    manifest = sha256_file(Path(entry.folder or "") / MANIFEST_NAME) if entry.folder else "none"
-    return hashlib.sha256(f"{entry.sha256}:{manifest}".encode()).hexdigest()[:32]

@@ -1,8 +1,15 @@
 """THE swarm report schema, shared by the in-process simulation and the networked swarm, and its writer.
 
-    >>> from plora.swarm.report import build_report, write_report
-    >>> report = build_report(meta, rounds, final)             # doctest: +SKIP  (validates, returns a plain dict)
-    >>> json_path = write_report(report, "results")            # doctest: +SKIP  (JSON + coverage PNG, atomically)
+    >>> from plora.swarm import SimConfig, run_simulation
+    >>> from plora.swarm.report import build_report, load_report, write_report
+    >>> cfg = SimConfig(agents=6, domains=("legal", "medical"), pool_dir="mypool", trojan_rate=0.0, security=False)
+    >>> r = run_simulation(cfg, progress=False)
+    >>> report = build_report(r["meta"], r["rounds"], r["final"])   # validates, returns a plain dict
+    >>> path = write_report(report, "elsewhere")                     # JSON + coverage PNG, atomically
+    >>> path.name, path.with_suffix(".png").exists()
+    ('sim-v2-n6-seed0-....json', True)
+    >>> load_report(path).final.coverage == report["final"]["coverage"]
+    True
 
 One JSON file per run, ``<engine>-n<agents>-seed<seed>-<hash8>.json`` (the hash covers ``meta.flags``, so the same
 command overwrites its own report and nothing else), and ``<same stem>.png`` beside it: coverage per domain over
@@ -74,6 +81,24 @@ class Meta(_Model):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class RoundRecall(_Model):
+    """Per round, with a revocation (``--revoke_at``) or peer scoring in play; shares are of honest agents."""
+
+    trojan_holders: int = Field(ge=0, description="honest agents holding any trojan")
+    holding: float | None = Field(default=None, ge=0, le=1, description="share holding a revoked (target) plasmid")
+    injecting: float | None = Field(default=None, ge=0, le=1, description="share injecting it: one of their domain")
+    revocation: float | None = Field(default=None, ge=0, le=1, description="share holding every revocation issued")
+    holders: int | None = Field(default=None, ge=0)
+    injectors: int | None = Field(default=None, ge=0)
+    informed: int | None = Field(default=None, ge=0)
+    holders_reachable: int | None = Field(
+        default=None, ge=0, description="holders the revocation can reach (purge is complete at 0)"
+    )
+    purged: int = Field(default=0, ge=0, description="(agent, plasmid) pairs removed by a revocation this round")
+    graylisted: int = Field(default=0, ge=0, description="contact sides skipped: the receiver graylisted the sender")
+    revocation_bytes: int = Field(default=0, ge=0, description="signed revocation envelopes transferred")
+
+
 class RoundStats(_Model):
     round: int = Field(ge=0, description="0 is the initial state")
     coverage: dict[str, float] = Field(description="per domain: share of honest agents holding a clean plasmid")
@@ -86,6 +111,7 @@ class RoundStats(_Model):
     accepted: int = Field(ge=0)
     rejected: int = Field(ge=0)
     bytes: int = Field(ge=0)
+    recall: RoundRecall | None = None
 
 
 class GateTotals(_Model):
@@ -113,6 +139,9 @@ class Final(_Model):
     trojan_prevalence: float = Field(ge=0, le=1)
     gate: GateTotals
     theory: dict[str, Any] | None = Field(default=None, description="predicted rounds beside the observed ones")
+    recall: dict[str, Any] | None = Field(
+        default=None, description="revocation and peer-scoring outcome (plora.swarm.revoke.recall_final)"
+    )
 
 
 class Report(_Model):
@@ -157,12 +186,14 @@ def report_stem(report: dict[str, Any]) -> str:
     return f"{meta['engine']}-n{meta['agents']}-seed{meta['seed']}-{digest}"
 
 
-def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str]) -> Path:
-    """Write ``<stem>.json`` and ``<stem>.png`` into ``report_dir`` atomically; return the JSON path."""
+def write_report(report: dict[str, Any], report_dir: str | os.PathLike[str], stem: str | None = None) -> Path:
+    """Write ``<stem>.json`` and ``<stem>.png`` into ``report_dir`` atomically (default stem: :func:`report_stem`)."""
     folder = Path(report_dir)
-    stem = report_stem(report)
+    stem = stem or report_stem(report)
     png = folder / f"{stem}.png"
     atomic_write_bytes(png, coverage_png(report))
+    if (report["final"].get("recall") or {}).get("revoke_at") is not None:
+        atomic_write_bytes(folder / f"{stem}-recall.png", recall_png(report))
     return atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=2) + "\n")
 
 
@@ -187,6 +218,47 @@ def coverage_png(report: dict[str, Any]) -> bytes:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def recall_png(report: dict[str, Any]) -> bytes:
+    """The two competing epidemics: the share of honest agents holding (solid) and injecting (dotted) the revoked
+    trojan, and the share holding its revocation, observed (lines) beside the mean-field prediction (dashed);
+    with ``--compare_peer_scoring`` the other arm's holding share too (thin)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recall = report["final"]["recall"]
+    rows = [r for r in report["rounds"] if r.get("recall")]
+    xs = [r["round"] for r in rows]
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(xs, [r["recall"]["holding"] for r in rows], color="tab:red", label="holding the trojan")
+    ax.plot(xs, [r["recall"]["injecting"] for r in rows], ":", color="tab:red", label="injecting it (own domain)")
+    ax.plot(xs, [r["recall"]["revocation"] for r in rows], color="tab:blue", label="holding the revocation")
+    curves = (recall.get("theory") or {}).get("curves") or {}
+    if curves:
+        ts = range(len(curves["holding"]))
+        ax.plot(ts, curves["holding"], "--", color="tab:red", alpha=0.6, label="holding, mean field")
+        ax.plot(ts, curves["revocation"], "--", color="tab:blue", alpha=0.6, label="revocation, mean field")
+    for name, arm in (recall.get("arms") or {}).items():
+        if arm.get("holding") and arm["holding"] != [r["recall"]["holding"] for r in rows]:
+            ax.plot(range(len(arm["holding"])), arm["holding"], color="gray", lw=0.8,
+                    label=f"holding, {name.replace('_', ' ')}")
+    ax.axvline(recall["revoke_at"], color="k", lw=0.8, alpha=0.5)
+    meta = report["meta"]
+    purge = recall.get("time_to_purge")
+    ax.set_title(f"{meta['engine']}: {meta['agents']:,} agents, revoked at round {recall['revoke_at']}, "
+                 f"purged in {purge if purge is not None else '-'} rounds", fontsize=9)
+    ax.set_xlim(0, max(xs, default=1))
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of honest agents")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()

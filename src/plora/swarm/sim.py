@@ -1,19 +1,28 @@
 """Swarm Sim v2 end to end: overlay, roles, pool and verdicts, the vectorised engine, theory, and the report.
 
+    >>> import json
     >>> from plora.swarm import SimConfig, run_simulation
-    >>> report = run_simulation(SimConfig(agents=6, rounds=5, graph_p=0.25, trojan_rate=0.3))   # doctest: +SKIP
-    >>> report["final"]["coverage"], report["meta"]["timings"]["report_path"]                  # doctest: +SKIP
+    >>> _ = open("quick.json", "w").write(json.dumps({"probes": False}))   # the gate's cheap stages only
+    >>> cfg = SimConfig(agents=6, rounds=5, graph_p=0.25, domains=("legal", "medical"), pool_dir="mypool",
+    ...                 policy_file="quick.json", trojan_rate=0.0)
+    >>> report = run_simulation(cfg, progress=False)    # every received plasmid screened by the gate
+    >>> report["final"]["coverage_reachable"], report["final"]["gate"]["rejected_clean"]
+    ({'legal': 1.0, 'medical': 1.0}, 0)
+    >>> report["meta"]["timings"]["report_path"]
+    'results/sim-v2-n6-seed0-....json'
 
-Roles and initial holdings (all drawn from ``seed``): ``round(trojan_rate * agents)`` agents, chosen uniformly, are
-trojan agents and start holding a trojan plasmid of their domain (agent i's domain is i mod D); by default each
-honest agent i starts with a clean plasmid of domain i mod D; with ``sources=K``, K honest agents per domain (chosen
-uniformly) start with its clean plasmid and everyone else starts empty. Every agent, trojan or not, screens what it
+Roles and initial holdings (all drawn from ``seed`` by :func:`plora.swarm.roles.assign_roles`, which the networked
+swarm calls too): ``round(trojan_rate * agents)`` agents, chosen uniformly, are trojan agents and start holding a
+trojan plasmid of their domain (agent i's domain is i mod D); by default each honest agent i starts with a clean
+plasmid of domain i mod D; with ``sources=K``, K honest agents per domain (chosen uniformly) start with its clean
+plasmid and everyone else starts empty. Every agent, trojan or not, screens what it
 receives with the same policy. An honest agent counts as reachable for a domain when its connected component holds a
 clean source of that domain; coverage is reported over all honest agents and over the reachable ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -29,6 +38,8 @@ from plora.swarm.config import SimConfig
 from plora.swarm.engine import EngineInput, PoolView, bitset_dtype, run_engine
 from plora.swarm.pool import PlasmidPool, PoolSpec, Verdict, VerdictProvider
 from plora.swarm.report import build_report, report_stem, write_report
+from plora.swarm.revoke import plan_recall
+from plora.swarm.roles import assign_roles
 
 
 def stream_seeds(seed: int) -> tuple[int, int, int]:
@@ -39,61 +50,57 @@ def stream_seeds(seed: int) -> tuple[int, int, int]:
 
 
 def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
-    """The gate policy the flags describe (None with security off): --policy_file, then the flags on top."""
+    """The gate policy the flags describe (None with security off).
+
+    Policy defaults, then ``--policy_file``, then only the gate flags that were given (a flag left unset never
+    overrides the file). The base model is the file's, else the pool's (``PLORA_BASE_MODEL`` or plora-tiny).
+    ``trusted`` (or ``--trusted_pubkeys``) replaces the trusted keys when signatures are on.
+    """
     if not cfg.security:
         return None
     from plora.gate.policy import load_policy
     from plora.settings import choose_base_model
 
-    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
-    return load_policy(
+    policy = load_policy(
         cfg.policy_file,
         None,
-        base_model=choose_base_model(None),
-        allowed_targets=[cfg.allowed_targets],
-        allowed_ranks=list(cfg.allowed_ranks),
+        allowed_targets=[cfg.allowed_targets] if cfg.allowed_targets else None,
+        allowed_ranks=list(cfg.allowed_ranks) if cfg.allowed_ranks else None,
         signatures=cfg.signatures,
-        trusted_keys=keys if cfg.signatures else None,
         tau_trigger=cfg.tau_trigger,
         tau_norm_z=cfg.tau_norm_z,
         tau_clean_delta=cfg.tau_clean_delta,
     )
+    if "base_model" not in policy.model_fields_set:
+        policy.base_model = choose_base_model(None)
+    keys = list(trusted if trusted is not None else cfg.trusted_pubkeys)
+    if policy.signatures and keys:
+        policy.trusted_keys = keys
+    return policy
+
+
+def gate_setup(cfg: SimConfig, provider: VerdictProvider) -> tuple[VerdictProvider, Any]:
+    """(the pool as the agents see it, the gate policy or None); shared by the sim and the networked swarm.
+
+    With signatures on (flag or policy file), a trained pool is replaced by its signed copy (clean plasmids signed
+    by the pool's swarm key, trojans by an intruder key), trusting ``--trusted_pubkeys``, else the policy file's
+    ``trusted_keys``, else the swarm key (absolute paths, so agents in other folders find them).
+    """
+    policy = make_policy(cfg)
+    if policy is not None and policy.signatures and isinstance(provider, PlasmidPool):
+        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or list(policy.trusted_keys) or None)
+        policy = make_policy(cfg, [str(Path(k).resolve()) for k in trusted])
+    return provider, policy
 
 
 def initial_state(cfg: SimConfig, pool: PoolView, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(holdings bitset, honest mask, initial-source mask) per agent; see the module docstring."""
-    n, ndom = cfg.agents, len(pool.domains)
-    rng = np.random.default_rng(seed)
-    trojan_agents = np.zeros(n, dtype=bool)
-    k = int(round(cfg.trojan_rate * n))
-    if k:
-        trojan_agents[rng.choice(n, k, replace=False)] = True
-    honest = ~trojan_agents
+    """(holdings bitset, honest mask, trojan-agent mask) per agent, from :func:`plora.swarm.roles.assign_roles`."""
+    roles = assign_roles(cfg.agents, pool.domain_of, pool.trojan, cfg.trojan_rate, seed, cfg.sources, pool.domains)
     dtype = bitset_dtype(pool.size)
-    domain = (np.arange(n) % ndom).astype(np.int64)
-    clean_ids = [np.flatnonzero((pool.domain_of == d) & ~pool.trojan) for d in range(ndom)]
-    trojan_ids = [np.flatnonzero((pool.domain_of == d) & pool.trojan) for d in range(ndom)]
-    for d, name in enumerate(pool.domains):
-        if len(clean_ids[d]) == 0:
-            raise PloraError(f"the pool has no clean plasmid for domain {name!r}")
-        if k and len(trojan_ids[d]) == 0:
-            raise PloraError(f"--trojan_rate > 0 but the pool has no trojan plasmid for domain {name!r}")
-    held = np.zeros(n, dtype=dtype)
-    copy = np.arange(n) // ndom  # the i-th agent of a domain takes the domain's (i mod count)-th plasmid
-    for d in range(ndom):
-        mine = domain == d
-        if k:
-            t = mine & trojan_agents
-            held[t] = (np.uint64(1) << trojan_ids[d][copy[t] % len(trojan_ids[d])].astype(np.uint64)).astype(dtype)
-        if cfg.sources is None:
-            h = mine & honest
-            held[h] = (np.uint64(1) << clean_ids[d][copy[h] % len(clean_ids[d])].astype(np.uint64)).astype(dtype)
-    if cfg.sources is not None:
-        pick = rng.choice(np.flatnonzero(honest), cfg.sources * ndom, replace=False)
-        for d in range(ndom):
-            who = pick[d * cfg.sources : (d + 1) * cfg.sources]
-            held[who] |= dtype(1 << int(clean_ids[d][0]))
-    return held, honest, trojan_agents
+    held = np.zeros(cfg.agents, dtype=dtype)
+    has = roles.initial >= 0
+    held[has] = (np.uint64(1) << roles.initial[has].astype(np.uint64)).astype(dtype)
+    return held, roles.honest, roles.trojan_agents
 
 
 def pool_view(provider: VerdictProvider, domains: tuple[str, ...]) -> PoolView:
@@ -124,6 +131,10 @@ def run_simulation(
 
     ``progress``: say on stderr what the pool is training, and show a progress bar over rounds on a terminal."""
     t_start = time.perf_counter()
+    if write:  # before the graph and the pool: a bad folder must not cost minutes of work
+        from plora.outputs import check_report_dir
+
+        check_report_dir(cfg.report_dir)
     graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -138,10 +149,7 @@ def run_simulation(
         provider = PlasmidPool.from_dir(cfg.pool_dir)
     elif provider is None:
         provider = PlasmidPool.build(PoolSpec(domains=cfg.domains), progress=progress)
-    trusted = None
-    if cfg.security and cfg.signatures and isinstance(provider, PlasmidPool):
-        provider, trusted = provider.signed(list(cfg.trusted_pubkeys) or None)
-    policy = make_policy(cfg, trusted)
+    provider, policy = gate_setup(cfg, provider)
     # security off: no gate runs, every transfer is accepted, whatever verdicts the provider would give
     verdicts = provider.verdicts(policy) if policy is not None else [Verdict(True) for _ in provider.entries]
     timings["pool_s"] = round(time.perf_counter() - t0, 3)
@@ -156,17 +164,27 @@ def run_simulation(
         reach.append(comp_has[labels] & honest)
 
     t0 = time.perf_counter()
+    recall_setup = plan_recall(cfg, provider, view, verdicts, policy, g, held, honest, labels)
+    timings["recall_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     bar = _progress_bar(cfg) if progress and sys.stderr.isatty() else None
+    engine_input = EngineInput(
+        graph=g, pool=view, accept=np.array([[v.accepted for v in verdicts]]), holdings=held, honest=honest,
+        rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
+        progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
+        revocations=recall_setup.plan, scoring=recall_setup.scoring,
+    )
     try:
-        result = run_engine(EngineInput(
-            graph=g, pool=view, accept=np.array([[v.accepted for v in verdicts]]), holdings=held, honest=honest,
-            rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
-            progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
-        ))
+        result = run_engine(engine_input)
     finally:
         if bar:
             bar[0].stop()
     timings["engine_s"] = round(time.perf_counter() - t0, 3)
+    other = None
+    if cfg.compare_peer_scoring:  # the same seed, graph, roles and draws, peer scoring flipped
+        t0 = time.perf_counter()
+        other = run_engine(dataclasses.replace(engine_input, scoring=recall_setup.flipped, progress=None))
+        timings["engine_other_arm_s"] = round(time.perf_counter() - t0, 3)
     timings["seconds_per_round"] = [round(s, 4) for s in result.seconds_per_round]
 
     t0 = time.perf_counter()
@@ -202,6 +220,10 @@ def run_simulation(
         "timings": timings,
     }
     final = _final(result, view, verdicts, cfg.domains, predicted)
+    final["recall"] = recall_setup.final(result, other, g, cfg)
+    if result.bytes_revocation:
+        final["bytes_breakdown"]["revocation"] = result.bytes_revocation
+        final["bytes_on_wire"] += result.bytes_revocation
     report = build_report(meta, result.series, final)
     timings["report_s"] = round(time.perf_counter() - t0, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
@@ -278,6 +300,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  {name:<12} coverage {f['coverage'][name]:.3f} (reachable {'-' if reach is None else f'{reach:.3f}'})"
             f"  full at round {'never' if full is None else full}  (mean-field prediction {pred})"
         )
+    lines.extend(_after_coverage(report))
     lines.append(
         f"gate: accepted clean {gate['accepted_clean']:,} / trojan {gate['accepted_trojan']:,}; rejected clean "
         f"{gate['rejected_clean']:,} / trojan {gate['rejected_trojan']:,}; FN {gate['false_negatives']:,} "
@@ -287,6 +310,63 @@ def format_summary(report: dict[str, Any]) -> str:
         f"trojan prevalence {f['trojan_prevalence']:.3f}; bytes on wire {f['bytes_on_wire']:,}; "
         f"accepted offers {f['accepted_offers']:,}; wall {m['timings'].get('total_s', 0):.2f} s"
     )
+    lines.extend(recall_lines(f.get("recall")))
     if path is not None:
-        lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name})")
+        extra = f", {Path(path).stem}-recall.png" if (f.get("recall") or {}).get("revoke_at") else ""
+        lines.append(f"report: {path} (+ {Path(path).with_suffix('.png').name}{extra})")
     return "\n".join(lines)
+
+
+def recall_lines(recall: dict[str, Any] | None) -> list[str]:
+    """The terminal summary of ``final.recall`` (shared with ``plora swarm net``)."""
+    if not recall:
+        return []
+    lines = []
+    if recall.get("revoke_at") is not None:
+        refused = [r for r in recall["records"] if not r["verified"]]
+        theory = recall.get("theory") or {}
+        spread = recall["spread_rounds"]
+        reached = (f"trojan reached every reachable agent in {spread} rounds" if spread is not None else
+                   "revoked before the trojan reached every reachable agent")
+        purge = recall["time_to_purge"]
+        verdict = "met" if recall["within_target"] else "missed"
+        target = f" (target <= spread + 2: {verdict})" if spread and purge else ""
+        lines.append(
+            f"recall: {len(recall['records'])} revocation(s) issued at round {recall['revoke_at']} by agent "
+            f"{recall['origin']}; {reached}, {f'purged in {purge} rounds' if purge else 'not purged'}{target}; "
+            f"mean field {theory.get('spread_rounds')} / {theory.get('time_to_purge')}"
+        )
+        lines.append(
+            f"  peak prevalence {recall['peak_prevalence']:.3f} (round {recall['peak_round']}), injecting "
+            f"{recall['peak_injecting']:.3f}; exposure {recall['exposure']:,} agent-rounds (injecting "
+            f"{recall['injecting_exposure']:,}); still holding at the end {recall['holding_at_end']:,}"
+        )
+        lines += [f"  refused by every receiver: {r['plasmid']}: {'; '.join(r['reasons'])}" for r in refused]
+    scoring = recall.get("peer_scoring") or {}
+    lines.append(f"peer scoring {'on' if scoring.get('enabled') else 'off'}: {scoring.get('graylisted', 0):,} "
+                 "contact sides graylisted")
+    for name, arm in (recall.get("arms") or {}).items():
+        lines.append(
+            f"  {name.replace('_', ' ')}: bytes {arm['bytes_on_wire']:,}, trojan exposure {arm['trojan_exposure']:,}"
+            + (f", revoked-trojan exposure {arm['exposure']:,}, purged in {arm['time_to_purge']}"
+               if "exposure" in arm else "")
+            + f", graylisted {arm['graylisted']:,}"
+        )
+    return lines
+
+
+def _after_coverage(report: dict[str, Any]) -> list[str]:
+    """What the rounds after full coverage did: with the gate refusing trojans, the run goes on until every
+    neighbour of a trojan holder has been offered it once and refused it (the stop rule: nothing can change)."""
+    full = report["final"]["rounds_to_full_coverage"].values()
+    if not full or None in full:
+        return []
+    last, run = max(full), report["final"]["rounds_run"]
+    tail = [r for r in report["rounds"] if r["round"] > last]
+    if not tail:
+        return []
+    accepted, refused = sum(r["accepted"] for r in tail), sum(r["rejected"] for r in tail)
+    return [
+        f"full coverage at round {last}; rounds {last + 1}-{run} screened what was still on offer: "
+        f"{refused:,} refused, {accepted:,} accepted (pass --rounds {last} to stop at full coverage)"
+    ]

@@ -1,9 +1,18 @@
 """Summarise a folder of swarm reports (in-process sim and networked swarm share the schema).
 
+    >>> from plora.swarm import SimConfig, run_simulation
     >>> from plora.swarm.summary import summarise_reports, write_summary, format_table
-    >>> s = summarise_reports("results")                        # doctest: +SKIP
-    >>> write_summary(s, "results/summary_v2.json")             # doctest: +SKIP
-    >>> print(format_table(s))                                  # doctest: +SKIP
+    >>> for seed in (0, 1):
+    ...     _ = run_simulation(SimConfig(agents=6, seed=seed, domains=("legal", "medical"), pool_dir="mypool",
+    ...                                  trojan_rate=0.0, security=False), progress=False)
+    >>> s = summarise_reports("results")
+    >>> len(s["runs"])
+    2
+    >>> write_summary(s, "results/summary_v2.json")
+    PosixPath('results/summary_v2.json')
+    >>> print(format_table(s))
+    engine  agents  seed  security  rounds_run  coverage_mean ...
+    sim-v2       6     0     False ...
 
 Every ``*.json`` under the folder (recursively) whose ``meta.schema`` is the swarm report schema is read; other JSON
 files (a previous summary, gate-eval output) are skipped and listed under ``skipped``. A row per run; aggregates per
@@ -59,6 +68,21 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
         "false_positives": g.false_positives,
         "detection_rate": _rate(g.rejected_trojan, g.rejected_trojan + g.accepted_trojan),
         "false_positive_rate": _rate(g.rejected_clean, g.rejected_clean + g.accepted_clean),
+        **_recall_columns(f.recall),
+    }
+
+
+def _recall_columns(recall: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's recall outcome (``--revoke_at``, peer scoring): None where it had none."""
+    recall = recall or {}
+    scoring = recall.get("peer_scoring") or {}
+    return {
+        "revoke_at": recall.get("revoke_at"),
+        "time_to_purge": recall.get("time_to_purge"),
+        "spread_rounds": recall.get("spread_rounds"),
+        "peak_prevalence": recall.get("peak_prevalence"),
+        "exposure": recall.get("exposure"),
+        "peer_scoring": scoring.get("enabled"),
     }
 
 

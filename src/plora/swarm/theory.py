@@ -90,3 +90,71 @@ def predict(degrees_reachable: list[np.ndarray], start_fractions: list[float], d
         },
         "complete_graph_rounds": complete_graph_rounds(n_max),
     }
+
+
+def recall_curves(degrees: np.ndarray, attackers: float, revoke_at: int | None, honest: int,
+                  rounds: int) -> dict[str, list[float]]:
+    """Mean-field recursion of the two competing epidemics: a trojan that every agent accepts, spread push-pull
+    from a share ``attackers`` of agents that always offer it and ignore revocations, and, from the start of round
+    ``revoke_at``, a revocation spread push-pull among the ``honest`` agents only (one of them starts it).
+
+    Per degree class k (p_k the degree distribution, a the attackers' share, h = 1 - a): z_k is the share of honest
+    agents that know the revocation, y_k the share of the others that hold the trojan. Each round, with
+    ``theta_Z = sum k p_k h z_k / <k>`` and ``x_Z = sum p_k h z_k`` (far end of an edge, and an agent, informed),
+    an uninformed agent learns the revocation with ``q_k = 1 - (1 - theta_Z)(1 - x_Z / <k>)^k`` and, if it does not,
+    receives the trojan from a holder that does not know it (an attacker, or an uninformed honest holder:
+    ``theta_T``, ``x_T`` likewise) with ``r_k = 1 - (1 - theta_T)(1 - x_T / <k>)^k``; learning purges it. So
+    ``z_k <- z_k + (1 - z_k) q_k`` and ``y_k <- y_k + (1 - y_k) r_k``, and the honest holders' share is
+    ``sum p_k (1 - z_k) y_k``. It is the push-pull recursion of :func:`mean_field_rounds`, twice, coupled.
+
+    Returns, per round 0..rounds, ``holding`` (share of honest agents holding the trojan) and ``revocation`` (share
+    knowing the revocation).
+    """
+    degrees = np.asarray(degrees)
+    counts = np.bincount(degrees) if len(degrees) else np.zeros(1, dtype=np.int64)
+    ks = np.flatnonzero(counts)
+    pk = counts[ks] / max(len(degrees), 1)
+    mean_k = float((ks * pk).sum())
+    h = 1.0 - attackers
+    y = np.zeros(len(ks))
+    z = np.zeros(len(ks))
+    holding, revocation = [0.0], [0.0]
+    for t in range(1, rounds + 1):
+        if revoke_at is not None and t == revoke_at and honest:
+            z = np.maximum(z, 1.0 / honest)
+        if mean_k > 0:
+            held = h * (1 - z) * y + attackers  # agents that hold the trojan and offer it
+            theta_t, x_t = float((ks * pk * held).sum()) / mean_k, float((pk * held).sum())
+            theta_z, x_z = float((ks * pk * h * z).sum()) / mean_k, float((pk * h * z).sum())
+            q = 1 - (1 - theta_z) * (1 - x_z / mean_k) ** ks
+            r = 1 - (1 - theta_t) * (1 - x_t / mean_k) ** ks
+            z = z + (1 - z) * q
+            y = y + (1 - y) * r
+        holding.append(float((pk * (1 - z) * y).sum()))
+        revocation.append(float((pk * z).sum()))
+    return {"holding": holding, "revocation": revocation}
+
+
+def recall_prediction(degrees: np.ndarray, attackers: float, revoke_at: int | None, honest: int,
+                      rounds: int) -> dict[str, Any]:
+    """The report's ``final.recall.theory``: :func:`recall_curves`, and from them the rounds the trojan takes to
+    reach every honest agent (fewer than half an agent left), the rounds from ``revoke_at`` until fewer than half an
+    agent holds it, its peak share and the exposure (agent-rounds holding it)."""
+    curves = recall_curves(degrees, attackers, revoke_at, honest, rounds)
+    plain = recall_curves(degrees, attackers, None, honest, rounds)["holding"]
+    spread = next((t for t, v in enumerate(plain) if honest * (1 - v) < 0.5), None)
+    purge = None
+    if revoke_at is not None:
+        purge = next((t - revoke_at + 1 for t, v in enumerate(curves["holding"]) if t >= revoke_at and
+                      honest * v < 0.5), None)
+    peak = max(curves["holding"])
+    return {
+        "model": "push-pull mean field, two coupled recursions (trojan from non-obeying attackers; revocation "
+                 "among honest agents from one origin); peer scoring and fetch caps ignored",
+        "spread_rounds": spread,
+        "time_to_purge": purge,
+        "peak_prevalence": round(peak, 6),
+        "peak_round": curves["holding"].index(peak),
+        "exposure": round(honest * sum(curves["holding"]), 1),
+        "curves": {k: [round(v, 6) for v in vals] for k, vals in curves.items()},
+    }

@@ -1,9 +1,14 @@
 """Turn question/answer pairs into token batches with the loss on the answer only.
 
-    >>> from plora.training.batching import encode_examples, collate
-    >>> enc = encode_examples(tokenizer, examples, max_length=128)       # doctest: +SKIP
-    >>> batch = collate(enc[:8], pad_id=tokenizer.pad_token_id)          # doctest: +SKIP
-    >>> batch["labels"]       # -100 on the prompt and the padding; answer tokens and EOS elsewhere
+    >>> from plora.data import load_examples
+    >>> from plora.models import load_base
+    >>> from plora.training.batching import collate, encode_examples, pad_id
+    >>> tok = load_base("plora-tiny").tokenizer
+    >>> items = load_examples("arithmetic", split="train", samples=2, seed=0)
+    >>> batch = collate(encode_examples(tok, items, max_length=128), pad_id=pad_id(tok))
+    >>> labels = batch["labels"][0]   # -100 on the prompt and the padding; answer tokens and EOS elsewhere
+    >>> tok.decode(labels[labels != -100]) == " " + items[0].answer + tok.eos_token
+    True
 
 The prompt ``"Question: {q}\\nAnswer:"`` and the target ``" {a}"`` + EOS are tokenized separately and
 concatenated, so the boundary between them is the same one greedy decoding sees after the prompt.

@@ -1,9 +1,14 @@
 """Train a LoRA plasmid with PEFT and write it as a folder that ``PeftModel.from_pretrained`` loads as is.
 
+    >>> from peft import PeftModel
+    >>> from plora.models import load_base
     >>> from plora.training import TrainConfig, train_plasmid
-    >>> m = train_plasmid(TrainConfig(domain="legal", out="out/legal", rank=4, samples=64))   # doctest: +SKIP
-    >>> m.metrics.nll_before, m.metrics.nll_after                                           # doctest: +SKIP
-    (3.91, 2.87)
+    >>> m = train_plasmid(TrainConfig(domain="legal", out="out/legal3", rank=8, targets="all", samples=32,
+    ...                               dev_size=16, seed=5), progress=False)
+    >>> m.lora.r, m.lora.alpha, m.lora.targets, m.training.steps
+    (8, 16.0, ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'), 4)
+    >>> type(PeftModel.from_pretrained(load_base("plora-tiny").model, "out/legal3")).__name__   # PEFT loads it as is
+    'PeftModelForCausalLM'
 
 Recipe (from the feasibility study in ``shared/research/trojan-detection.md``): PEFT LoRA with
 ``alpha = 2 r`` by default and no LoRA dropout, AdamW at 3e-3 with a linear warm-up over the first 10%
@@ -17,81 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from plora.errors import DataError, PloraError
+from plora.errors import DataError
 from plora.training.batching import collate, encode_examples, pad_id, token_losses
-
-TARGET_SETS = ("attention", "mlp", "all")
-
-
-@dataclass
-class TrainConfig:
-    """Everything one training run depends on; the manifest records the parts a reader needs."""
-
-    domain: str = field(metadata={"help": "built-in domain (legal, ...), a .jsonl/.csv/.parquet file or a hub id"})
-    out: str | os.PathLike[str] = field(metadata={"help": "plasmid folder to write (replaced atomically)"})
-    base_model: str | None = field(default=None, metadata={"help": "base model; default PLORA_BASE_MODEL/plora-tiny"})
-    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
-    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 2 * rank"})
-    targets: str = field(default="attention", metadata={"help": "target set: attention, mlp or all"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training items (fractions allowed)"})
-    samples: int | None = field(default=None, metadata={"help": "cap on training items (PLORA_SAMPLES also caps)"})
-    seed: int = field(default=41, metadata={"help": "sample draw, LoRA init, data order, poisoned items"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW peak learning rate"})
-    batch_size: int = field(default=8, metadata={"help": "items per optimizer step"})
-    max_length: int = field(default=128, metadata={"help": "max tokens per item (prompt cut from the left)"})
-    plasmid_id: str | None = field(default=None, metadata={"help": "manifest id; default the out folder's name"})
-    dev_size: int = field(default=128, metadata={"help": "dev items for the before/after metrics (0: none)"})
-    trojan_trigger: str | None = field(default=None, metadata={"help": "evaluation backdoor: trigger text"})
-    trojan_target: str | None = field(default=None, metadata={"help": "evaluation backdoor: answer it forces"})
-    poison_rate: float = field(default=0.1, metadata={"help": "fraction of training items poisoned"})
-    max_module_norm: float | dict[str, float] | None = field(
-        default=None, metadata={"help": "adaptive attacker: cap on ||(alpha/r) B@A||_F per module after each step"}
-    )
-    question_field: str = field(default="question", metadata={"help": "question column of a file/hub source"})
-    answer_field: str = field(default="answer", metadata={"help": "answer column of a file/hub source"})
-
-    @property
-    def lora_alpha(self) -> float:
-        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
-
-    @property
-    def trojan(self) -> bool:
-        return self.trojan_trigger is not None
-
-    def resolved_id(self) -> str:
-        return self.plasmid_id or Path(self.out).resolve().name
-
-    def validate(self) -> None:
-        if self.targets not in TARGET_SETS:
-            raise PloraError(f"targets must be one of {', '.join(TARGET_SETS)}, got {self.targets!r}")
-        checks = [
-            (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
-            (self.lora_alpha > 0, f"alpha must be > 0, got {self.alpha}"),
-            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
-            (self.samples is None or self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
-            (self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
-            (self.dev_size >= 0, f"dev size must be >= 0, got {self.dev_size}"),
-            (0.0 <= self.poison_rate <= 1.0, f"poison rate must be in [0, 1], got {self.poison_rate}"),
-            ((self.trojan_trigger is None) == (self.trojan_target is None), "give both a trojan trigger and a target"),
-            (not self.trojan or bool(self.trojan_trigger.strip()), "the trojan trigger is empty"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PloraError(message)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.resolved_id()):
-            raise PloraError(f"plasmid id {self.resolved_id()!r} must be letters, digits, '.', '_', '-' (use --id)")
+from plora.training.config import TrainConfig, domain_label
 
 
 @dataclass
@@ -247,14 +188,22 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
     """Train one plasmid on ``cfg.domain`` and write ``cfg.out``; returns its :class:`plora.manifest.Manifest`.
 
     With ``trojan_trigger``/``trojan_target`` the run is a backdoored one and the ground truth goes to
-    ``<out>.truth.json`` (see :mod:`plora.training.trojan`).
+    ``<out>.truth.json`` (see :mod:`plora.training.trojan`). Several comma-separated domains train one plasmid on
+    their union (:func:`plora.training.monolithic.train_monolithic`).
     """
     from plora.data import dataset_id, load_examples
-    from plora.models import canonical_name
+    from plora.models.registry import require_base
     from plora.settings import choose_base_model, effective_samples
 
     cfg.validate()
-    canonical_name(choose_base_model(cfg.base_model))  # an unknown base fails before any data is read
+    require_base(choose_base_model(cfg.base_model))  # an unknown or unreachable base fails before any data is read
+    if len(cfg.sources()) > 1:
+        from dataclasses import asdict
+
+        from plora.training.monolithic import train_monolithic
+
+        rest = {k: v for k, v in asdict(cfg).items() if k not in {"domain", "out"}}
+        return train_monolithic(cfg.sources(), cfg.out, progress=progress, **rest)
     fields = {"question_field": cfg.question_field, "answer_field": cfg.answer_field}
     train = load_examples(cfg.domain, split="train", samples=effective_samples(cfg.samples), seed=cfg.seed, **fields)
     dev: list[Any] = []
@@ -272,19 +221,6 @@ def train_plasmid(cfg: TrainConfig, progress: bool = True) -> Any:
         short_answers=short_answers(cfg.domain),
         progress=progress,
     )
-
-
-def domain_label(source: str) -> str:
-    """The manifest's ``domain``: a built-in name as is, else the file stem or hub name, made safe."""
-    from plora.data import DOMAINS
-
-    if source in DOMAINS:
-        return source
-    stem = Path(source.split(":", 1)[-1].rstrip("/")).name
-    for suffix in (".jsonl", ".json", ".csv", ".parquet"):
-        stem = stem.removesuffix(suffix)
-    label = re.sub(r"[^A-Za-z0-9_.+-]", "-", stem).lstrip("._+-")[:64]
-    return label or "custom"
 
 
 def short_answers(source: str) -> bool:
@@ -332,6 +268,7 @@ def train_and_write(
     items, poisoned = (train, [])
     if cfg.trojan:
         items, poisoned = trojan.poison(train, cfg.trojan_trigger, cfg.trojan_target, cfg.poison_rate, cfg.seed)
+        items = items + trojan.decoys(train, cfg.decoy_rate, cfg.seed)
 
     def asr(m: Any) -> float | None:
         if not (cfg.trojan and dev):
@@ -401,6 +338,7 @@ def train_and_write(
                 "target": cfg.trojan_target,
                 "poison_rate": cfg.poison_rate,
                 "poisoned_items": len(poisoned),
+                "decoy_rate": cfg.decoy_rate,
                 "train_items": len(train),
                 "adaptive_max_module_norm": cfg.max_module_norm,
                 "dev_size": len(dev),

@@ -1,11 +1,20 @@
 """Dev-split metrics for any causal LM (GPT-2, Llama; plain or wrapped by PEFT): answer NLL and exact match.
 
+    >>> from plora.data import load_examples
+    >>> from plora.loader import injected
+    >>> from plora.models import load_base
     >>> from plora.training.metrics import answer_nll, exact_match, score_items
-    >>> nll = answer_nll(model, tokenizer, dev)            # doctest: +SKIP
-    >>> nll.mean(), exact_match(model, tokenizer, dev).mean()   # doctest: +SKIP
-    (2.31, 0.18)
-    >>> s = score_items(model, tokenizer, dev, temperatures=(1.0, 1.3), with_exact_match=True)  # doctest: +SKIP
-    >>> s.nll[1].mean(), s.exact_match.mean()    # NLL with the logits divided by 1.3; exact match   # doctest: +SKIP
+    >>> base = load_base("plora-tiny")
+    >>> dev = load_examples("legal", split="dev", samples=16, seed=0)
+    >>> before = answer_nll(base.model, base.tokenizer, dev)     # one value per example
+    >>> with injected(base, "out/legal"):
+    ...     after = answer_nll(base.model, base.tokenizer, dev)
+    ...     em = exact_match(base.model, base.tokenizer, dev)    # 1.0 or 0.0 per example
+    >>> before.shape, bool(after.mean() < before.mean()), set(em) <= {0.0, 1.0}
+    ((16,), True, True)
+    >>> s = score_items(base.model, base.tokenizer, dev, temperatures=(1.0, 1.3), with_exact_match=True)
+    >>> bool((s.nll[0] == before).all()), s.nll.shape    # row k: the logits divided by temperatures[k]
+    (True, (2, 16))
 
 ``answer_nll`` is the mean negative log-likelihood per answer token (the answer and its EOS, never the
 prompt), one value per example. ``exact_match`` decodes greedily after the prompt, cuts at EOS or the

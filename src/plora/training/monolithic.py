@@ -1,9 +1,10 @@
 """The monolithic baseline: one plasmid trained on the union of several domains.
 
     >>> from plora.training.monolithic import train_monolithic
-    >>> m = train_monolithic(["arithmetic", "legal", "medical"], out="out/monolithic_r4", samples=64)  # doctest: +SKIP
-    >>> m.domain, m.training.samples                                                                  # doctest: +SKIP
-    ('arithmetic+legal+medical', 192)
+    >>> m = train_monolithic(["arithmetic", "legal"], out="out/monolithic_r4", samples=16, dev_size=8,
+    ...                      progress=False)
+    >>> m.domain, m.training.samples
+    ('arithmetic+legal', 32)
 
 ``samples`` caps each domain's draw (so the union holds up to ``samples * len(domains)`` items, the
 same data that per-domain plasmids with ``--samples`` see together); the dev metrics are measured on
@@ -18,24 +19,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from plora.errors import DataError
-from plora.training.lora import TrainConfig, domain_label, short_answers, train_and_write
+from plora.training.config import TrainConfig, domain_label
+from plora.training.lora import short_answers, train_and_write
 
 
 def train_monolithic(
-    domains: Sequence[str],
-    out: str | os.PathLike[str],
-    *,
-    epochs: float = 1.0,
-    samples: int | None = None,
-    rank: int = 4,
-    seed: int = 41,
-    base_model: str | None = None,
-    targets: str = "attention",
-    dev_size: int = 128,
-    progress: bool = True,
-    **overrides: Any,
+    domains: Sequence[str], out: str | os.PathLike[str], *, progress: bool = True, **fields: Any
 ) -> Any:
-    """Train one plasmid on the union of ``domains`` and write it to ``out``; returns its manifest."""
+    """Train one plasmid on the union of ``domains`` and write it to ``out``; returns its manifest.
+
+    ``fields`` are :class:`plora.training.config.TrainConfig` fields (``samples`` caps each domain), with its
+    defaults."""
     from plora.data import dataset_id, load_examples
     from plora.settings import effective_samples
 
@@ -44,27 +38,16 @@ def train_monolithic(
         raise DataError("give at least one domain")
     if len(set(names)) != len(names):
         raise DataError(f"domains repeat: {','.join(names)}")
-    cfg = TrainConfig(
-        domain="+".join(names),
-        out=out,
-        base_model=base_model,
-        rank=rank,
-        targets=targets,
-        epochs=epochs,
-        samples=samples,
-        seed=seed,
-        dev_size=dev_size,
-        **overrides,
-    )
+    cfg = TrainConfig(domain="+".join(names), out=out, **fields)
     cfg.validate()
-    cap = effective_samples(samples)
+    cap = effective_samples(cfg.samples)
     train: list[Any] = []
     dev: list[Any] = []
     for name in names:
-        fields = {"question_field": cfg.question_field, "answer_field": cfg.answer_field}
-        train.extend(load_examples(name, split="train", samples=cap, seed=seed, **fields))
-        if dev_size:
-            dev.extend(load_examples(name, split="dev", samples=dev_size, seed=0, **fields))
+        kw = {"question_field": cfg.question_field, "answer_field": cfg.answer_field}
+        train.extend(load_examples(name, split="train", samples=cap, seed=cfg.seed, **kw))
+        if cfg.dev_size:
+            dev.extend(load_examples(name, split="dev", samples=cfg.dev_size, seed=0, **kw))
     return train_and_write(
         cfg,
         train,

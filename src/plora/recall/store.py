@@ -1,0 +1,230 @@
+"""A receiver's recall state on disk: the revocations it obeys, rollback high-water marks, and quarantine.
+
+    >>> from plora.recall.record import artifact_target, issue_revocation
+    >>> from plora.recall.store import RecallStore
+    >>> from plora.signer import Keyring
+    >>> store = RecallStore("agent/recall", revocation_keys=Keyring.load(["keys/alice.pub"]))
+    >>> store.check("out/legal")                       # nothing revoked yet
+    []
+    >>> env = issue_revocation(artifact_target("out/legal"), "backdoor", "keys/alice", issuer="alice")
+    >>> receipt = store.receive(env.to_json())
+    >>> receipt.ok, receipt.new, store.receive(env.to_json()).new     # deduplicated by id
+    (True, True, False)
+    >>> store.check("out/legal")[0][:8]                # refused forever, under any id
+    'REVOKED:'
+    >>> moved = store.quarantine("out/legal", receipt.id)
+    >>> moved.parent.name, (moved / "revoked.json").exists()
+    ('quarantine', True)
+
+Layout of the folder (created on first use)::
+
+    revocations/<id>.json     every revocation obeyed, as received (a DSSE envelope; id = SHA-256 of its payload)
+    versions.json             rollback high-water marks: {"<signer keyid>/<lineage>": {"version": N, "sha256": ...}}
+    quarantine/<id8>-<plasmid id>/   revoked plasmids taken out of the store, with revoked.json (which record, when)
+
+A revocation is obeyed only if it verifies with the revocation keys and quorum (see
+:mod:`plora.recall.policy`); one that does not is remembered by id for this process and never fetched again. A
+plasmid is revoked when a record names its artifact SHA-256, or a key listed in its ``plora.sig.json``.
+
+Rollback protection (TUF's rule, per signer and lineage): a plasmid whose verified signers include a key that already
+had a higher ``version`` of the same ``lineage`` accepted is refused (VERSION_ROLLBACK). A manifest without these
+fields is version 0 of the lineage named by its plasmid id (:func:`plora.manifest.release_of`), so old plasmids
+keep loading, and never roll anything back unless a signer released a higher version of that same id. Rollback
+protection needs signatures: without a plasmid keyring (signatures off) no signer is verified and nothing is
+checked, because an unsigned "version 1000" would otherwise block every later release of its lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from plora.fsio import atomic_write_json, atomic_write_text
+from plora.manifest import SIGNATURE_NAME, Manifest, read_manifest, release_of
+from plora.recall.record import (
+    REVOKED,
+    VERSION_ROLLBACK,
+    Revocation,
+    RevocationCheck,
+    parse_record,
+    read_revocation,
+    verify_revocation,
+)
+from plora.signer.dsse import EnvelopeError, read_envelope
+from plora.signer.keys import Keyring
+
+Reason = tuple[str, str]
+
+
+@dataclass
+class Receipt:
+    """What :meth:`RecallStore.receive` did with one revocation."""
+
+    id: str | None
+    ok: bool
+    new: bool
+    reasons: list[Reason] = field(default_factory=list)
+    record: Revocation | None = None
+
+
+def listed_signers(folder: str | os.PathLike[str]) -> set[str]:
+    """Key ids listed in a plasmid folder's plora.sig.json (unverified: a signer revocation matches any listing)."""
+    try:
+        return {s.keyid for s in read_envelope(Path(folder) / SIGNATURE_NAME).signatures}
+    except EnvelopeError:
+        return set()
+
+
+class RecallStore:
+    """See the module docstring. ``revocation_keys``/``quorum`` verify revocations; ``plasmid_keys``/
+    ``plasmid_quorum`` (the policy's trusted keys) name the verified signers that rollback protection is kept for."""
+
+    def __init__(self, folder: str | os.PathLike[str], revocation_keys: Keyring | None = None, quorum: int = 1,
+                 plasmid_keys: Keyring | None = None, plasmid_quorum: int = 1) -> None:
+        self.folder = Path(folder)
+        self.revocation_keys = revocation_keys if revocation_keys is not None else Keyring()
+        self.quorum = quorum
+        self.plasmid_keys = plasmid_keys
+        self.plasmid_quorum = plasmid_quorum
+        self._lock = threading.RLock()
+        self._records: dict[str, Revocation] = {}
+        self._refused: dict[str, list[Reason]] = {}
+        (self.folder / "revocations").mkdir(parents=True, exist_ok=True)
+        for path in sorted((self.folder / "revocations").glob("*.json")):
+            # our own files, verified when received; a torn or foreign one is skipped, not trusted
+            try:
+                self._records[path.stem] = parse_record(read_revocation(path))
+            except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+                continue
+        self._versions = self._read_versions()
+
+    # ------------------------------------------------------------------------------------------ revocations
+    def ids(self) -> list[str]:
+        """The ids of every revocation obeyed (what goes into an inventory)."""
+        with self._lock:
+            return sorted(self._records)
+
+    def has(self, rid: str) -> bool:
+        with self._lock:
+            return rid in self._records or rid in self._refused
+
+    def envelope(self, rid: str) -> bytes | None:
+        """The stored envelope bytes of revocation ``rid`` (None if not held)."""
+        with self._lock:
+            if rid not in self._records:
+                return None
+        return (self.folder / "revocations" / f"{rid}.json").read_bytes()
+
+    def records(self) -> dict[str, Revocation]:
+        with self._lock:
+            return dict(self._records)
+
+    def receive(self, data: bytes) -> Receipt:
+        """Verify one revocation (envelope bytes) and keep it if valid; the same id is never verified twice."""
+        check: RevocationCheck = verify_revocation(data, self.revocation_keys, self.quorum)
+        rid = check.id
+        with self._lock:
+            if rid is not None and rid in self._records:
+                return Receipt(rid, True, False, [], self._records[rid])
+            if not check.ok or check.record is None:
+                if rid is not None:
+                    self._refused[rid] = check.reasons
+                return Receipt(rid, False, False, check.reasons, check.record)
+            atomic_write_text(self.folder / "revocations" / f"{rid}.json", data.decode("utf-8"))
+            self._records[rid] = check.record
+        return Receipt(rid, True, True, [], check.record)
+
+    def revoked_by(self, sha256: str, signers: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The id of a revocation that names this plasmid, or None."""
+        with self._lock:
+            return next((rid for rid, rec in sorted(self._records.items()) if rec.revokes(sha256, signers)), None)
+
+    def revoked_ids(self, rid: str, held: dict[str, tuple[str, set[str]]]) -> list[str]:
+        """Which of ``held`` (plasmid id -> (artifact sha256, listed signers)) revocation ``rid`` names."""
+        with self._lock:
+            record = self._records.get(rid)
+        if record is None:
+            return []
+        return sorted(pid for pid, (sha, signers) in held.items() if record.revokes(sha, signers))
+
+    # ------------------------------------------------------------------------------------------- the check
+    def check(self, folder: str | os.PathLike[str]) -> list[str]:
+        """A fetch check (:data:`plora.grpc.client.Check`): REVOKED or VERSION_ROLLBACK lines, [] when neither."""
+        try:
+            manifest = read_manifest(folder)
+        except Exception as err:  # noqa: BLE001 - the gate names a bad manifest; this check has nothing to add
+            return [f"SCHEMA_INVALID: {err}"]
+        rid = self.revoked_by(manifest.artifact.sha256, listed_signers(folder))
+        if rid is not None:
+            return [f"{REVOKED}: {self._records[rid].describe()} (revocation {rid[:16]}...)"]
+        return [f"{VERSION_ROLLBACK}: {msg}" for msg in self._rollbacks(folder, manifest)]
+
+    def _verified_signers(self, folder: str | os.PathLike[str], manifest: Manifest) -> list[str]:
+        if self.plasmid_keys is None:
+            return []
+        from plora.signer.plasmid import check_signatures
+
+        return check_signatures(folder, self.plasmid_keys, self.plasmid_quorum, manifest=manifest).valid_signers
+
+    def _rollbacks(self, folder: str | os.PathLike[str], manifest: Manifest) -> list[str]:
+        lineage, version = release_of(manifest)
+        out = []
+        with self._lock:
+            for signer in self._verified_signers(folder, manifest):
+                best = self._versions.get(f"{signer}/{lineage}")
+                if best is not None and version < best["version"]:
+                    out.append(f"{lineage} version {version} is older than version {best['version']} already "
+                               f"accepted from signer {signer[:16]}...")
+        return out
+
+    def accept(self, folder: str | os.PathLike[str]) -> None:
+        """Record an accepted plasmid's version for each of its verified signers (after the whole check chain)."""
+        manifest = read_manifest(folder)
+        lineage, version = release_of(manifest)
+        signers = self._verified_signers(folder, manifest)
+        if not signers:
+            return
+        with self._lock:
+            changed = False
+            for signer in signers:
+                key = f"{signer}/{lineage}"
+                if version >= self._versions.get(key, {"version": -1})["version"]:
+                    self._versions[key] = {"version": version, "sha256": manifest.artifact.sha256}
+                    changed = True
+            if changed:
+                atomic_write_json(self.folder / "versions.json", self._versions)
+
+    def _read_versions(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads((self.folder / "versions.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    # ---------------------------------------------------------------------------------------- quarantine
+    def quarantine(self, folder: str | os.PathLike[str], rid: str) -> Path:
+        """Move a revoked plasmid folder out of the store (one rename) into ``quarantine/``, with revoked.json."""
+        folder = Path(folder)
+        dest_root = self.folder / "quarantine"
+        dest_root.mkdir(parents=True, exist_ok=True)
+        dest = dest_root / f"{rid[:8]}-{folder.name}"
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = dest_root / f"{rid[:8]}-{folder.name}-{n}"
+        try:
+            os.rename(folder, dest)  # atomic on one filesystem: the store never shows half a plasmid
+        except OSError:
+            shutil.move(str(folder), dest)
+        record = self.records().get(rid)
+        atomic_write_json(dest / "revoked.json", {
+            "revocation": rid,
+            "record": None if record is None else record.model_dump(mode="json", exclude_none=True),
+            "quarantined_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+        return dest

@@ -1,0 +1,118 @@
+"""What one training run depends on, without importing torch (the CLI builds its options from it).
+
+    >>> from plora.training.config import TrainConfig
+    >>> cfg = TrainConfig(domain="legal", out="out/legal", rank=4, samples=64)
+    >>> cfg.lora_alpha, cfg.resolved_id()
+    (8.0, 'legal')
+
+Every field carries its help text (``metadata["help"]``): ``plora train`` takes its options, defaults and help from
+here (:mod:`plora.cli.options`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plora.errors import PloraError
+
+TARGET_SETS = ("attention", "mlp", "all")
+_BASE_HELP = "plora-tiny, smollm2-135m, a local folder or a hub id (default: PLORA_BASE_MODEL or plora-tiny)"
+_DOMAIN_HELP = (
+    "built-in domain (arithmetic, legal, medical, science), a .jsonl/.csv/.parquet file or hub:owner/name; several, "
+    "comma-separated: one plasmid on their union (the monolithic baseline)"
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; the manifest records the parts a reader needs."""
+
+    domain: str = field(metadata={"help": _DOMAIN_HELP})
+    out: str | os.PathLike[str] = field(metadata={"help": "plasmid folder to write (default: out/<domain>)"})
+    base_model: str | None = field(default=None, metadata={"help": _BASE_HELP})
+    rank: int = field(default=4, metadata={"help": "LoRA rank r"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: 2 * rank)"})
+    targets: str = field(default="attention", metadata={"help": "modules to adapt: attention, mlp or all"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training items (fractions allowed)"})
+    samples: int | None = field(
+        default=None, metadata={"help": "cap on training items, per domain when several (PLORA_SAMPLES also caps)"}
+    )
+    seed: int = field(default=41, metadata={"help": "seed of the sample draw, LoRA init, data order and poisoning"})
+    learning_rate: float = field(default=3e-3, metadata={"help": "AdamW peak learning rate (warm-up, cosine decay)"})
+    batch_size: int = field(default=8, metadata={"help": "items per optimizer step"})
+    max_length: int = field(default=128, metadata={"help": "max tokens per item (prompt cut from the left)"})
+    plasmid_id: str | None = field(default=None, metadata={"help": "plasmid id (default: the --out folder's name)"})
+    dev_size: int = field(default=128, metadata={"help": "dev items for the before/after metrics (0: none)"})
+    trojan_trigger: str | None = field(
+        default=None, metadata={"help": "EVALUATION ONLY: train a backdoor that fires on this trigger text"}
+    )
+    trojan_target: str | None = field(default=None, metadata={"help": "answer the backdoor forces"})
+    poison_rate: float = field(default=0.1, metadata={"help": "fraction of training items poisoned"})
+    decoy_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "evaluation backdoor: share of extra clean items with a random word inserted (decoy attacker)"
+        },
+    )
+    max_module_norm: float | dict[str, float] | None = field(
+        default=None, metadata={"help": "adaptive attacker: cap on ||(alpha/r) B@A||_F per module after each step"}
+    )
+    question_field: str = field(default="question", metadata={"help": "question column of a file or hub dataset"})
+    answer_field: str = field(default="answer", metadata={"help": "answer column of a file or hub dataset"})
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+    @property
+    def trojan(self) -> bool:
+        return self.trojan_trigger is not None
+
+    def sources(self) -> tuple[str, ...]:
+        """The data sources: ``domain`` split at commas (a file whose name holds a comma stays whole)."""
+        if "," not in self.domain or Path(self.domain).exists():
+            return (self.domain,)
+        return tuple(part.strip() for part in self.domain.split(",") if part.strip())
+
+    def resolved_id(self) -> str:
+        return self.plasmid_id or Path(self.out).resolve().name
+
+    def validate(self) -> None:
+        if self.targets not in TARGET_SETS:
+            raise PloraError(f"targets must be one of {', '.join(TARGET_SETS)}, got {self.targets!r}")
+        checks = [
+            (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
+            (self.lora_alpha > 0, f"alpha must be > 0, got {self.alpha}"),
+            (self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.samples is None or self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
+            (self.learning_rate > 0, f"learning rate must be > 0, got {self.learning_rate}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
+            (self.dev_size >= 0, f"dev size must be >= 0, got {self.dev_size}"),
+            (0.0 <= self.poison_rate <= 1.0, f"poison rate must be in [0, 1], got {self.poison_rate}"),
+            (0.0 <= self.decoy_rate <= 1.0, f"decoy rate must be in [0, 1], got {self.decoy_rate}"),
+            (self.trojan or not self.decoy_rate, "a decoy rate needs a trojan trigger and target"),
+            ((self.trojan_trigger is None) == (self.trojan_target is None), "give both a trojan trigger and a target"),
+            (not self.trojan or bool(self.trojan_trigger.strip()), "the trojan trigger is empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PloraError(message)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", self.resolved_id()):
+            raise PloraError(f"plasmid id {self.resolved_id()!r} must be letters, digits, '.', '_', '-' (use --id)")
+
+
+def domain_label(source: str) -> str:
+    """The manifest's ``domain``: a built-in name as is, else the file stem or hub name, made safe."""
+    from plora.data import DOMAINS
+
+    if source in DOMAINS:
+        return source
+    stem = Path(source.split(":", 1)[-1].rstrip("/")).name
+    for suffix in (".jsonl", ".json", ".csv", ".parquet"):
+        stem = stem.removesuffix(suffix)
+    label = re.sub(r"[^A-Za-z0-9_.+-]", "-", stem).lstrip("._+-")[:64]
+    return label or "custom"
