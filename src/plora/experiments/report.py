@@ -77,7 +77,7 @@ def _cell_table(records: list[dict[str, Any]], question: str) -> list[str]:
 
 
 def _significant(s: dict[str, Any] | None) -> bool:
-    return bool(s) and s["mean_diff"] > 0 and s["p_holm"] < 0.01 and s["ci_low"] > 0
+    return s is not None and s["mean_diff"] > 0 and s["p_holm"] < 0.01 and s["ci_low"] > 0
 
 
 def _verdict(records: list[dict[str, Any]], question: str) -> str:

@@ -208,7 +208,7 @@ def _tests(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _significant(s: dict[str, Any] | None, alpha: float, margin: float = 0.0) -> bool:
-    return bool(s) and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
+    return s is not None and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
 
 
 def _where(r: dict[str, Any], question: str) -> str:
