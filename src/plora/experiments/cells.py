@@ -67,11 +67,10 @@ class Scores:
     def take(self, rows: list[int]) -> Scores:
         return Scores({k: v[rows] for k, v in self.values.items()})
 
-    def summary(self) -> dict[str, float]:
-        out = {"nll": float(self.values["nll"].mean()), "nll_calibrated": float(self.values["nll_calibrated"].mean())}
-        if "em" in self.values:
-            out["exact_match"] = float(self.values["em"].mean())
-        return out
+    def summary(self) -> dict[str, float | None]:
+        """Means over the items (None for an empty set: a tiny PLORA_SAMPLES may leave no knowledge item)."""
+        names = {"nll": "nll", "nll_calibrated": "nll_calibrated", "em": "exact_match"}
+        return {names[k]: (float(v.mean()) if v.size else None) for k, v in self.values.items()}
 
 
 def paired_statistics(
@@ -94,7 +93,9 @@ def paired_statistics(
     return out
 
 
-def question_block(arms: dict[str, Scores], comparisons: dict[str, tuple[str, str]], seed: int, n_resamples: int):
+def question_block(
+    arms: dict[str, Scores], comparisons: dict[str, tuple[str, str]], seed: int, n_resamples: int
+) -> dict[str, Any]:
     n = len(next(iter(arms.values())).values["nll"])
     return {
         "n": n,
@@ -207,7 +208,7 @@ class CellRunner:
         model, tok, short = self.base.model, self.base.tokenizer, self.short[domain]
         with injected(model, folder, mode="side"):
             t = fit_temperature(model, tok, self.domain_base(domain).calibration)
-            return t, {name: Scores.measure(model, tok, items, t, short) for name, items in sets.items() if items}
+            return t, {name: Scores.measure(model, tok, items, t, short) for name, items in sets.items()}
 
     def cell(self, domain: str, rank: int, scheme: str, seed: int) -> dict[str, Any]:
         from plora.experiments.placebo import random_placebo

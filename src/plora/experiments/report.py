@@ -106,7 +106,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _avg(questions: list[dict[str, Any]], key: str, arm: str) -> float | None:
-    return _mean([q["metrics"][arm][key] for q in questions if key in q["metrics"].get(arm, {})])
+    values = [q["metrics"].get(arm, {}).get(key) for q in questions]
+    return _mean([v for v in values if v is not None])
 
 
 def summary_table(records: list[dict[str, Any]]) -> list[str]:
