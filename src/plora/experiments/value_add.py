@@ -92,9 +92,9 @@ class ValueAddConfig:
     monolithic: bool = field(default=False, metadata={"help": "also compare a plasmid trained on all the domains"})
     resume: bool = field(default=True, metadata={"help": "reuse finished cells from value_add.jsonl"})
     guardrails: bool = field(default=True, metadata={"help": "exit 2 when a placebo beats the base (see README)"})
-    alpha: float = 0.01
-    n_resamples: int = 2000
-    latency_repeats: int = 20
+    alpha: float = field(default=0.01, metadata={"help": "significance level of every test, after Holm"})
+    n_resamples: int = field(default=2000, metadata={"help": "paired bootstrap resamples per confidence interval"})
+    latency_repeats: int = field(default=20, metadata={"help": "side-mode inject+remove timings per cell"})
 
     def budget(self, base_name: str) -> tuple[float, float]:
         """(epochs, learning rate) in force on ``base_name``: the options if given, else the base's default."""
