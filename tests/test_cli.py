@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from plora.cli.main import app
 from plora.cli.options import as_typed, field_spec
 from plora.errors import PloraError
+from plora.experiments.value_add import ValueAddConfig
 from plora.gate.policy import Policy
 from plora.manifest import read_manifest
 from plora.outputs import OutputError
@@ -137,6 +138,7 @@ CONFIGS = {
     ("train",): (TrainConfig, {"force", "quiet"}),
     ("gate",): (Policy, {"folder", "as_json", "policy_file", "allowed_targets_file"}),
     ("policy",): (Policy, {"policy_file", "allowed_targets_file"}),
+    ("value-add",): (ValueAddConfig, set()),
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,8 +102,125 @@ def test_shuffle_answers_is_a_derangement():
     assert shuffle_answers(items, seed=5) == shuffled
 
 
+def test_knowledge_and_skill_items_keep_training_wordings_and_facts_apart():
+    from plora.data import domain_items
+    from plora.experiments.items import cell_items
+
+    for domain in ("arithmetic", "science", "legal"):
+        items = cell_items(domain, samples=128, seed=41, dev_size=256, calibration_size=128)
+        trained_questions = {qa.question for qa in domain_items(domain, "train")}
+        train_facts = {qa.fact_id for qa in domain_items(domain, "train")}
+        # skill: no wording of a skill item's fact is ever trained on (by any seed: the whole train split)
+        assert not {qa.fact_id for qa in items.skill} & train_facts
+        # knowledge: the plasmid's own statements, each once, in a wording no training item uses
+        assert {qa.statement for qa in items.knowledge} <= {qa.statement for qa in items.train}
+        assert len({qa.statement for qa in items.knowledge}) == len(items.knowledge) > 0.8 * len(items.train)
+        assert not {qa.question for qa in items.knowledge} & trained_questions
+        assert items.recall == items.train and len(items.train) == 128
+        # calibration: facts that no evaluated item states
+        evaluated = {qa.fact_id for qa in items.knowledge + items.skill + items.recall}
+        assert len(items.calibration) == 128 and not {qa.fact_id for qa in items.calibration} & evaluated
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    import torch
+
+    from plora.experiments.calibration import fit_temperature_from_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3000, 40, generator=gen) * 3
+    weights = torch.full((3000,), 1 / 3000)
+    for true_t in (0.6, 1.0, 2.5):
+        targets = torch.multinomial(torch.softmax(logits / true_t, -1), 1, generator=gen).squeeze(1)
+        fitted = fit_temperature_from_logits([(logits[:1500], targets[:1500], weights[:1500]),
+                                              (logits[1500:], targets[1500:], weights[1500:])])  # fmt: skip
+        assert fitted == pytest.approx(true_t, rel=0.08)
+
+
+def test_fingerprint_follows_the_effective_sample_count_and_the_data(monkeypatch):
+    from plora.experiments.value_add import ValueAddConfig
+
+    data = {"arithmetic": "d1", "legal": "d2"}
+    cfg = ValueAddConfig(domains=["arithmetic", "legal"], samples=128)
+    full = cfg.fingerprint("plora-tiny", "digest", data)
+    monkeypatch.setenv("PLORA_SAMPLES", "16")
+    capped = cfg.fingerprint("plora-tiny", "digest", data)
+    assert capped != full  # 16 items trained under the cap: not the same measurement as 128
+    assert (
+        ValueAddConfig(domains=["arithmetic", "legal"], samples=16).fingerprint("plora-tiny", "digest", data) == capped
+    )
+    monkeypatch.setenv("PLORA_SAMPLES", "1000")
+    assert cfg.fingerprint("plora-tiny", "digest", data) == full  # a cap above --samples changes nothing
+    assert cfg.fingerprint("plora-tiny", "digest", {**data, "legal": "d3"}) != full
+    assert cfg.fingerprint("plora-tiny", "other digest", data) != full
+    # the training budget in force is part of it: the base's default, or what the options say
+    epochs, lr = cfg.budget("plora-tiny")
+    same = ValueAddConfig(domains=["arithmetic", "legal"], epochs=epochs, learning_rate=lr)
+    assert same.fingerprint("plora-tiny", "digest", data) == full
+    longer = ValueAddConfig(domains=["arithmetic", "legal"], epochs=epochs + 1)
+    assert longer.fingerprint("plora-tiny", "digest", data) != full
+
+
+def _stats_block(mean: float, p: float) -> dict:
+    return {"mean_diff": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01, "p_value": p}
+
+
+def _record(placebo_a_raw: float, placebo_a_cal: float) -> dict:
+    comparisons = ("trained_vs_base", "placebo_a_vs_base", "placebo_b_vs_base", "trained_vs_placebo_a",
+                   "trained_vs_placebo_b")  # fmt: skip
+    stats = {
+        name: {"nll": _stats_block(1.0, 1e-30), "nll_calibrated": _stats_block(1.0, 1e-30)} for name in comparisons
+    }
+    stats["placebo_a_vs_base"] = {
+        "nll": _stats_block(placebo_a_raw, 1e-30),
+        "nll_calibrated": _stats_block(placebo_a_cal, 1e-30),
+    }
+    stats["placebo_b_vs_base"]["em"] = _stats_block(0.0, 1.0)
+    question = {"n": 256, "metrics": {}, "statistics": stats}
+    return {"kind": "cell", "config": {"domain": "science", "rank": 4, "scheme": "all", "seed": 41},
+            "questions": {"knowledge": question, "skill": json.loads(json.dumps(question))}}  # fmt: skip
+
+
+def test_placebo_a_guardrail_is_judged_on_calibrated_nll():
+    from plora.experiments.value_add import apply_holm
+
+    # a random adapter that only flattens an over-confident base: raw NLL gain, no calibrated gain -> no violation
+    assert apply_holm([_record(placebo_a_raw=0.12, placebo_a_cal=0.0)], alpha=0.01) == []
+    # one that lowers the calibrated NLL adds information where it should not: the run must stop
+    violations = apply_holm([_record(placebo_a_raw=0.12, placebo_a_cal=0.08)], alpha=0.01)
+    assert len(violations) == 2 and all("placebo A" in v and "calibrated" in v for v in violations)
+    # below the practical margin (0.05 nats) nothing fires, however small p is
+    assert apply_holm([_record(placebo_a_raw=0.0, placebo_a_cal=0.03)], alpha=0.01) == []
+
+
+def test_score_items_agrees_with_answer_nll_and_exact_match(legal_plasmid, plora_tiny):
+    from plora.data import QA, load_examples
+    from plora.data.corpus import _DAYS, _MONTHS
+    from plora.loader import injected
+    from plora.training.metrics import answer_nll, exact_match, score_items
+
+    base = plora_tiny()
+    items = load_examples("arithmetic", split="dev", samples=48, seed=3) + load_examples("legal", "train", 16, 41)
+    # questions from plora-tiny's own pre-training corpus, which it answers: the exact-match hits are settled too
+    items += [QA(f"What day comes after {d}?", _DAYS[(i + 1) % 7], f"day:{d}", "general") for i, d in enumerate(_DAYS)]
+    items += [
+        QA(f"Which month comes after {m}?", _MONTHS[(i + 1) % 12], f"m:{m}", "general") for i, m in enumerate(_MONTHS)
+    ]
+    for adapter in (None, legal_plasmid):
+        with injected(base.model, adapter, mode="side") if adapter else contextlib.nullcontext():
+            scores = score_items(base.model, base.tokenizer, items, (1.0, 1.7), with_exact_match=True)
+            assert np.allclose(scores.nll[0], answer_nll(base.model, base.tokenizer, items), atol=1e-5)
+            hot = answer_nll(base.model, base.tokenizer, items, temperature=1.7)
+            assert np.allclose(scores.nll[1], hot, atol=1e-5) and not np.allclose(scores.nll[0], hot)
+            # skipping the decode of examples whose first token cannot begin the answer changes no result
+            assert np.array_equal(scores.exact_match, exact_match(base.model, base.tokenizer, items))
+            if adapter is None:
+                assert scores.exact_match.sum() >= 3
+
+
 @pytest.mark.slow
-def test_value_add_end_to_end_and_resume(tmp_path):
+def test_value_add_end_to_end_and_resume(tmp_path, monkeypatch):
+    from plora.experiments import cells
     from plora.experiments.value_add import ValueAddConfig, run_value_add
 
     cfg = ValueAddConfig(
@@ -111,8 +230,9 @@ def test_value_add_end_to_end_and_resume(tmp_path):
         seeds=[41],
         samples=32,
         dev_size=32,
+        calibration_size=32,
+        epochs=2.0,
         results_dir=tmp_path / "results",
-        work_dir=tmp_path / "work",
         latency_repeats=3,
         n_resamples=200,
         monolithic=True,
@@ -121,31 +241,57 @@ def test_value_add_end_to_end_and_resume(tmp_path):
     lines = first.jsonl.read_text().splitlines()
     assert len(lines) == 4  # two cells, then the monolithic plasmid on each domain
     rec = json.loads(lines[0])
+    assert rec["config"]["domain"] == "arithmetic" and rec["config"]["samples"] == 32
+    # the plasmids live under results/, never under out/ (which `plora offer --root out/` serves)
+    assert all(str(tmp_path / "results" / "value_add_plasmids") in p for p in rec["plasmids"].values())
+    assert set(rec["temperatures"]) == {"base", "trained", "placebo_a", "placebo_b"}
+    assert all(0.05 <= t <= 20 for t in rec["temperatures"].values())
+    for question in ("knowledge", "skill"):
+        q = rec["questions"][question]
+        assert q["n"] == (32 if question == "skill" else len(q["metrics"]["base"]) and q["n"]) and q["n"] > 20
+        for arm in ("base", "trained", "placebo_a", "placebo_b"):
+            m = q["metrics"][arm]
+            assert m["nll"] > 0 and m["nll_calibrated"] > 0 and 0 <= m["exact_match"] <= 1
+        for name in ("trained_vs_base", "placebo_a_vs_base", "placebo_b_vs_base"):
+            for metric in ("nll", "nll_calibrated", "em"):
+                s = q["statistics"][name][metric]
+                assert 0.0 <= s["p_value"] <= s["p_holm"] <= 1.0
+                assert s["ci_low"] <= s["mean_diff"] <= s["ci_high"]
+        # the acceptance flag follows the statistics: raw AND calibrated NLL, against all three references
+        expected = all(
+            q["statistics"][n][m]["mean_diff"] > 0 and q["statistics"][n][m]["p_holm"] < 0.01
+            and q["statistics"][n][m]["ci_low"] > 0
+            for n in ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
+            for m in ("nll", "nll_calibrated")
+        )  # fmt: skip
+        assert q["meets_acceptance"] == expected
+    assert rec["recall"]["n"] == 32 and rec["recall"]["metrics"]["trained"]["nll"] > 0
+    assert set(rec["cross_domain"]) == {"legal"}
+    assert math.isfinite(rec["latency"]["side_median_ms"])
     mono = [json.loads(line) for line in lines[2:]]
     assert [m["kind"] for m in mono] == ["monolithic", "monolithic"]
     for m in mono:
-        s = m["statistics"]["trained_vs_monolithic"]
+        s = m["questions"]["skill"]["statistics"]["trained_vs_monolithic"]["nll_calibrated"]
         assert s["ci_low"] <= s["mean_diff"] <= s["ci_high"] and 0.0 <= s["p_holm"] <= 1.0
-        assert m["metrics"]["monolithic"]["nll"] > 0 and not m["meets_acceptance"]
-    assert rec["config"]["domain"] == "arithmetic"
-    for name in ("trained_vs_base", "placebo_a_vs_base", "placebo_b_vs_base"):
-        s = rec["statistics"][name]
-        assert 0.0 <= s["p_holm"] <= 1.0 and s["p_holm"] >= s["p_value"]
-        assert s["ci_low"] <= s["mean_diff"] <= s["ci_high"]
-    assert set(rec["cross_domain"]) == {"legal"}
-    assert math.isfinite(rec["latency"]["side_median_ms"])
-    assert "exact_match" in rec["metrics"]["trained"]
+        assert not m["questions"]["skill"]["meets_acceptance"]
     md = first.markdown.read_text()
-    assert "## arithmetic" in md and "## legal" in md and "## Monolithic plasmid" in md
+    assert "## arithmetic" in md and "### knowledge carried" in md and "### skill" in md and "## Monolithic" in md
     assert first.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the acceptance flag follows the statistics
-    s = rec["statistics"]
-    expected = all(
-        s[n]["mean_diff"] > 0 and s[n]["p_holm"] < 0.01 and s[n]["ci_low"] > 0
-        for n in ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
-    )
-    assert rec["meets_acceptance"] == expected
-    # resume: the finished cells are reused, not retrained
+
+    # resume: every cell is reused, and the base model is never loaded
+    def no_model(*args, **kwargs):
+        raise AssertionError("a resumed run with nothing to do loaded the model")
+
+    monkeypatch.setattr(cells, "CellRunner", no_model)
     second = run_value_add(cfg, progress=False)
-    assert [r.get("seconds") for r in second.records] == [r.get("seconds") for r in first.records]
     assert second.records == first.records
+    # under a PLORA_SAMPLES cap the effective count differs: finished cells are not reused
+    monkeypatch.setenv("PLORA_SAMPLES", "16")
+    with pytest.raises(AssertionError, match="loaded the model"):
+        run_value_add(cfg, progress=False)
+
+
+def test_seed_shim_is_the_plora_command():
+    # its options come from ValueAddConfig through plora.cli.experiments (tests/test_cli.py checks each option)
+    shim = (Path(__file__).parents[1] / "scripts" / "run_lora_value_add.py").read_text()
+    assert "argparse" not in shim and "Option(" not in shim and "import value_add" in shim

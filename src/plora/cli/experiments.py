@@ -1,10 +1,19 @@
-"""`plora value-add`: the value-add experiment (also `python -m scripts.run_lora_value_add`)."""
+"""`plora value-add`: the value-add experiment (also `python -m scripts.run_lora_value_add`).
+
+$ plora value-add --domains arithmetic,science,legal --ranks 4,8 --schemes all --seeds 41,42,43 \
+      --samples 128 --dev-size 256
+
+Every option's default and help live once, in :class:`plora.experiments.value_add.ValueAddConfig`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from plora.cli.options import option
+from plora.experiments.value_add import ValueAddConfig
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -26,27 +35,28 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def value_add(
-    domains: str = typer.Option("arithmetic,science,legal", "--domains", help="comma-separated built-in domains"),
-    ranks: str = typer.Option("4,8", "--ranks", help="comma-separated LoRA ranks"),
-    schemes: str = typer.Option(
-        "all", "--schemes", help="comma-separated target schemes: attention, mlp, all (attention + MLP)"
-    ),
-    seeds: str = typer.Option("41,42,43", "--seeds", help="comma-separated training seeds"),
-    samples: int = typer.Option(128, "--samples", min=1, help="training items per plasmid (PLORA_SAMPLES caps too)"),
-    dev_size: int = typer.Option(256, "--dev-size", min=1, help="held-out dev items per domain"),
-    epochs: float = typer.Option(1.0, "--epochs", min=0.01, help="passes over the training items"),
-    base_model: str | None = typer.Option(None, "--base-model", help="base model (default PLORA_BASE_MODEL)"),
-    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="where value_add.{jsonl,md} go"),
-    work_dir: Path = typer.Option(Path("out/value_add"), "--work-dir", help="where the cells' plasmids go"),
-    monolithic: bool = typer.Option(False, "--monolithic", help="also compare a monolithic plasmid per cell"),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="reuse finished cells from value_add.jsonl"),
-    guardrails: bool = typer.Option(True, "--guardrails/--no-guardrails", help="stop if a placebo beats the base"),
+    domains: str = option(ValueAddConfig, "domains", "--domains"),
+    ranks: str = option(ValueAddConfig, "ranks", "--ranks"),
+    schemes: str = option(ValueAddConfig, "schemes", "--schemes"),
+    seeds: str = option(ValueAddConfig, "seeds", "--seeds"),
+    samples: int = option(ValueAddConfig, "samples", "--samples", min=1),
+    dev_size: int = option(ValueAddConfig, "dev_size", "--dev-size", min=1),
+    calibration_size: int = option(ValueAddConfig, "calibration_size", "--calibration-size", min=1),
+    cross_domain_size: int = option(ValueAddConfig, "cross_domain_size", "--cross-domain-size", min=1),
+    epochs: float = option(ValueAddConfig, "epochs", "--epochs", min=0.01),
+    learning_rate: float = option(ValueAddConfig, "learning_rate", "--lr", "--learning-rate", min=1e-8),
+    base_model: str | None = option(ValueAddConfig, "base_model", "--base-model"),
+    results_dir: Path = option(ValueAddConfig, "results_dir", "--results-dir"),
+    work_dir: Path | None = option(ValueAddConfig, "work_dir", "--work-dir"),
+    monolithic: bool = option(ValueAddConfig, "monolithic", "--monolithic/--no-monolithic"),
+    resume: bool = option(ValueAddConfig, "resume", "--resume/--no-resume"),
+    guardrails: bool = option(ValueAddConfig, "guardrails", "--guardrails/--no-guardrails"),
 ) -> None:
-    """Trained plasmid vs base vs placebos, per (domain, rank, scheme, seed), with paired statistics."""
+    """Trained plasmid vs base vs placebos, per (domain, rank, scheme, seed): knowledge carried and skill."""
     from rich.console import Console
 
     from plora.errors import PloraError
-    from plora.experiments.value_add import ValueAddConfig, run_value_add
+    from plora.experiments.value_add import run_value_add
 
     cfg = ValueAddConfig(
         domains=_split(domains, "domains"),
@@ -55,20 +65,25 @@ def value_add(
         seeds=_ints(seeds, "seeds"),
         samples=samples,
         dev_size=dev_size,
+        calibration_size=calibration_size,
+        cross_domain_size=cross_domain_size,
         epochs=epochs,
+        learning_rate=learning_rate,
         base_model=base_model,
         results_dir=results_dir,
         work_dir=work_dir,
         monolithic=monolithic,
         resume=resume,
+        guardrails=guardrails,
     )
     outcome = run_value_add(cfg)
     console = Console()
-    met = sum(1 for r in outcome.records if r.get("meets_acceptance"))
-    cells = sum(1 for r in outcome.records if r["kind"] == "cell")
-    console.print(f"{met}/{cells} cells meet the acceptance criteria")
+    cells = [r for r in outcome.records if r["kind"] == "cell"]
+    for question in ("knowledge", "skill"):
+        met = sum(1 for r in cells if r["questions"][question].get("meets_acceptance"))
+        console.print(f"{question}: {met}/{len(cells)} cells meet the acceptance criteria")
     console.print(f"wrote {outcome.jsonl}, {outcome.markdown}, {outcome.plot}")
-    if outcome.guardrail_violations and guardrails:
+    if outcome.guardrail_violations and cfg.guardrails:
         raise PloraError("guardrail: " + "; ".join(outcome.guardrail_violations))
 
 

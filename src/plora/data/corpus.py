@@ -1,8 +1,11 @@
 """The general-text corpus that pre-trains ``plora-tiny``, made by the project itself, offline.
 
-    >>> from plora.data.corpus import build_corpus, corpus_splits
-    >>> docs = build_corpus(seed=0)                  # doctest: +SKIP
-    >>> train, heldout = corpus_splits(seed=0)       # doctest: +SKIP
+    >>> from plora.data.corpus import qa
+    >>> qa("What day comes after Monday?", "Tuesday")   # one document in the project's prompt format
+    'Question: What day comes after Monday?\\nAnswer: Tuesday'
+
+``build_corpus(seed=0)`` gives all 34,590 documents and ``corpus_splits(seed=0)`` the (train, held-out) pair that
+pre-trained plora-tiny; building them takes about 10 s (``python -m plora.data.overlap`` does, to check them).
 
 Sources: ISO country, subdivision, currency, language and script tables (``pycountry``), US states with capitals,
 abbreviations and counties (``us``), docstrings of a fixed list of standard-library modules, and templated general

@@ -129,7 +129,7 @@ def _file_table(path_str: str, _mtime: int, _size: int, qf: str, af: str) -> dic
             with path.open(encoding="utf-8-sig", newline="") as fh:
                 records = list(csv.DictReader(fh))
         else:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
             records = pq.read_table(path).to_pylist()
     except DataError:
@@ -147,7 +147,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise DataError(f"{path.name} line {lineno} is not JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path.name} line {lineno} is not a JSON object")

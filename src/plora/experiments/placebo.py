@@ -1,7 +1,10 @@
 """Placebo plasmids for the value-add experiment.
 
-    >>> from plora.experiments.placebo import random_placebo, shuffle_answers
-    >>> random_placebo("out/legal", "out/legal-placebo-a", seed=0)    # doctest: +SKIP
+    >>> from plora.experiments.placebo import module_update_norms, random_placebo
+    >>> placebo = random_placebo("out/legal", "results/legal-placebo-a", seed=0)
+    >>> trained, random = module_update_norms("out/legal"), module_update_norms("results/legal-placebo-a")
+    >>> all(abs(random[m] - trained[m]) <= 1e-4 * trained[m] for m in trained)   # same size, module by module
+    True
 
 Placebo A is a random LoRA with the trained plasmid's rank and targets whose per-module update norm
 ``||(alpha/r) B @ A||_F`` equals the trained one's, module by module: it changes the model exactly as much,

@@ -1,24 +1,27 @@
-"""The value-add experiment: does a trained plasmid beat the base AND placebos of the same size?
+"""The value-add experiment: what does a trained plasmid carry that an adapter of the same size would not?
 
     >>> from plora.experiments.value_add import ValueAddConfig, run_value_add
-    >>> cfg = ValueAddConfig(domains=["arithmetic", "legal"], ranks=[4], schemes=["all"], seeds=[41])
-    >>> outcome = run_value_add(cfg)                       # doctest: +SKIP
-    >>> outcome.markdown                                   # results/value_add.md
+    >>> cfg = ValueAddConfig(domains=["arithmetic"], ranks=[4], schemes=["attention"], seeds=[41], samples=16,
+    ...                      dev_size=16, calibration_size=16, epochs=1)    # a small cell; the seed's run: README
+    >>> outcome = run_value_add(cfg, progress=False)
+    >>> str(outcome.markdown), sorted(outcome.records[0]["questions"])
+    ('results/value_add.md', ['knowledge', 'skill'])
 
-For every cell (domain, rank, scheme, seed) it trains a plasmid (the seed sets the sample draw, the LoRA init and
-the data order), and measures per example on the domain's held-out dev split (facts never seen in training):
+For every cell (domain, rank, scheme, seed) a plasmid is trained (the seed sets the sample draw, the LoRA init and the
+data order) and compared, item by item, with the base and two placebos of the same size (``plora.experiments.cells``)
+on two questions (``plora.experiments.items``):
 
-- the base model;
-- the trained plasmid, injected as a side path (``plora.loader``);
-- placebo A: a random LoRA with the same rank and targets and the same per-module update norms;
-- placebo B: the same training with answers shuffled across examples;
-- the trained plasmid on every other domain of the run (cross-domain deltas).
+- *knowledge carried*: the plasmid's own training facts asked in the wording held out from its training (verbatim
+  recall of the training items is reported beside it);
+- *skill*: held-out facts (the dev split), never trained in any wording.
 
-Metrics: answer-token NLL (primary) and, where answers are short, exact match by greedy decoding. Statistics
-(``plora.experiments.stats``): paired per-example differences, Wilcoxon signed-rank, paired bootstrap 95% CI,
-Cohen's d_z and the rank-biserial correlation, Holm correction across every test of the run. A cell meets the
-acceptance criteria when the trained plasmid beats the base, placebo A and placebo B, each with Holm p < 0.01 and a
-CI that excludes 0. Records go to ``value_add.jsonl`` as each cell finishes, so an interrupted run resumes there.
+Each arm's answer NLL is reported raw and temperature-scaled (``plora.experiments.calibration``: one temperature per
+arm, fitted on calibration items no question uses), so a gain that is only calibration shows as such. Statistics
+(``plora.experiments.stats``): paired per-item differences, Wilcoxon signed-rank, paired bootstrap 95% CI, Cohen's
+d_z, rank-biserial correlation, Holm correction across every test of the run. A question of a cell meets the
+acceptance criteria when the trained plasmid beats the base, placebo A and placebo B on answer NLL, raw AND
+calibrated, each with Holm p < alpha and a CI excluding 0. Records go to ``value_add.jsonl`` as each cell finishes; a
+rerun with the same fingerprint resumes there.
 """
 
 from __future__ import annotations
@@ -26,56 +29,133 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_text
 
-COMPARISONS = {
-    # name: (reference, candidate): improvement = NLL(reference) - NLL(candidate)
-    "trained_vs_base": ("base", "trained"),
-    "placebo_a_vs_base": ("base", "placebo_a"),
-    "placebo_b_vs_base": ("base", "placebo_b"),
-    "trained_vs_placebo_a": ("placebo_a", "trained"),
-    "trained_vs_placebo_b": ("placebo_b", "trained"),
-}
-MONOLITHIC_COMPARISONS = {
-    "monolithic_vs_base": ("base", "monolithic"),
-    "trained_vs_monolithic": ("monolithic", "trained"),
-}
+RECORD_VERSION = 2  # bump when what a record measures changes: older records are then not resumed from
 ACCEPTANCE = ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
+ACCEPTANCE_METRICS = ("nll", "nll_calibrated")
 GUARD_NLL_MARGIN = 0.05  # nats/token
 GUARD_EM_MARGIN = 0.02  # absolute exact-match rate
+PLASMID_DIR = "value_add_plasmids"
+# The training budget a base needs for its plasmids to carry their facts into the held-out wording (README, "The
+# value-add experiment"): (epochs, learning rate). plora-tiny (1.35M parameters) carries facts only once it has
+# nearly memorised them; measured, seed 41, 128 items: 1-10 epochs left arithmetic and science within 0.1 nats of
+# placebo B on knowledge, 20 epochs at 1e-2 gave +0.47 and +0.70 (calibrated). A pretrained base needs far less:
+# SmolLM2-135M after one epoch at 3e-3, arithmetic: +0.29 nats over placebo B on knowledge (p 7e-8), EM 0.23.
+TRAINING_BUDGETS = {"plora-tiny": (20.0, 1e-2)}
+OTHER_BASES_BUDGET = (1.0, 3e-3)
 
 
 @dataclass
 class ValueAddConfig:
-    domains: list[str]
-    ranks: list[int] = field(default_factory=lambda: [4])
-    schemes: list[str] = field(default_factory=lambda: ["attention"])
-    seeds: list[int] = field(default_factory=lambda: [41])
-    samples: int = 128
-    dev_size: int = 256
-    epochs: float = 1.0
-    base_model: str | None = None
-    results_dir: Path = Path("results")
-    work_dir: Path = Path("out/value_add")
-    monolithic: bool = False
-    alpha: float = 0.01
-    n_resamples: int = 2000
-    latency_repeats: int = 20
-    resume: bool = True
+    """Every option of ``plora value-add`` (and ``python -m scripts.run_lora_value_add``), with its one default."""
 
-    def fingerprint(self, base_digest: str) -> str:
-        """What makes two records comparable: same base, data sizes and training length."""
-        key = json.dumps([base_digest, self.samples, self.dev_size, self.epochs, sorted(self.domains)])
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+    domains: list[str] = field(
+        default_factory=lambda: ["arithmetic", "science", "legal"],
+        metadata={"help": "built-in domains, comma-separated"},
+    )
+    ranks: list[int] = field(default_factory=lambda: [4, 8], metadata={"help": "LoRA ranks, comma-separated"})
+    schemes: list[str] = field(
+        default_factory=lambda: ["all"],
+        metadata={"help": "target schemes, comma-separated: attention, mlp, all (attention + MLP)"},
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [41, 42, 43], metadata={"help": "training seeds (sample draw, LoRA init, data order)"}
+    )
+    samples: int = field(default=128, metadata={"help": "training items per plasmid (PLORA_SAMPLES caps too)"})
+    dev_size: int = field(default=256, metadata={"help": "skill items per domain (dev split: facts never trained)"})
+    calibration_size: int = field(
+        default=128, metadata={"help": "items per domain each arm's temperature is fitted on (calibration split)"}
+    )
+    cross_domain_size: int = field(
+        default=64, metadata={"help": "skill items of every other domain the trained plasmid is also scored on"}
+    )
+    epochs: float | None = field(
+        default=None,
+        metadata={"help": "passes over the training items (default: 20 on plora-tiny, 1 on other bases)"},
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "AdamW peak learning rate (default: 1e-2 on plora-tiny, 3e-3 on other bases)"}
+    )
+    base_model: str | None = field(default=None, metadata={"help": "base model (default: PLORA_BASE_MODEL)"})
+    results_dir: Path = field(default=Path("results"), metadata={"help": "where value_add.{jsonl,md,_forest.png} go"})
+    work_dir: Path | None = field(
+        default=None,
+        metadata={"help": f"where the cells' plasmids go (default: <results-dir>/{PLASMID_DIR}, never under out/)"},
+    )
+    monolithic: bool = field(default=False, metadata={"help": "also compare a plasmid trained on all the domains"})
+    resume: bool = field(default=True, metadata={"help": "reuse finished cells from value_add.jsonl"})
+    guardrails: bool = field(default=True, metadata={"help": "exit 2 when a placebo beats the base (see README)"})
+    alpha: float = field(default=0.01, metadata={"help": "significance level of every test, after Holm"})
+    n_resamples: int = field(default=2000, metadata={"help": "paired bootstrap resamples per confidence interval"})
+    latency_repeats: int = field(default=20, metadata={"help": "side-mode inject+remove timings per cell"})
+
+    def budget(self, base_name: str) -> tuple[float, float]:
+        """(epochs, learning rate) in force on ``base_name``: the options if given, else the base's default."""
+        epochs, lr = TRAINING_BUDGETS.get(base_name, OTHER_BASES_BUDGET)
+        return (
+            self.epochs if self.epochs is not None else epochs,
+            self.learning_rate if self.learning_rate is not None else lr,
+        )
+
+    def plasmid_dir(self) -> Path:
+        # Not under out/: `plora offer --root out/` would otherwise serve the placebos as plasmids.
+        return self.work_dir if self.work_dir is not None else self.results_dir / PLASMID_DIR
+
+    def validate(self) -> None:
+        from plora.data import DOMAINS
+        from plora.training.config import TARGET_SETS
+
+        if not (self.domains and self.ranks and self.schemes and self.seeds):
+            raise PloraError("give at least one domain, rank, scheme and seed")
+        for d in self.domains:
+            if d not in DOMAINS:
+                raise PloraError(f"unknown domain {d!r} (value-add uses built-in domains: {', '.join(DOMAINS)})")
+        for s in self.schemes:
+            if s not in TARGET_SETS:
+                raise PloraError(f"unknown scheme {s!r} (expected {', '.join(TARGET_SETS)})")
+        checks = [
+            (len(set(self.domains)) == len(self.domains), "domains repeat"),
+            (all(r >= 1 for r in self.ranks), f"ranks must be >= 1, got {self.ranks}"),
+            (self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
+            (self.dev_size >= 1, f"dev size must be >= 1, got {self.dev_size}"),
+            (self.calibration_size >= 1, f"calibration size must be >= 1, got {self.calibration_size}"),
+            (self.cross_domain_size >= 1, f"cross-domain size must be >= 1, got {self.cross_domain_size}"),
+            (self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (
+                self.learning_rate is None or self.learning_rate > 0,
+                f"learning rate must be > 0, got {self.learning_rate}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PloraError(message)
+
+    def fingerprint(self, base_name: str, base_digest: str, data_digests: dict[str, str]) -> str:
+        """What makes two records comparable: the base, the data, the effective sizes and the training budget.
+
+        The sample count is the one in force (``--samples`` capped by PLORA_SAMPLES): a run under a smaller cap
+        measures something else and is never resumed from."""
+        from plora.settings import effective_samples
+
+        key = [
+            RECORD_VERSION,
+            base_digest,
+            effective_samples(self.samples),
+            self.dev_size,
+            self.calibration_size,
+            self.cross_domain_size,
+            *self.budget(base_name),
+            sorted(self.domains),
+            [data_digests[d] for d in sorted(self.domains)],
+        ]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -85,196 +165,6 @@ class ValueAddOutcome:
     markdown: Path
     plot: Path
     guardrail_violations: list[str]
-
-
-def cell_key(kind: str, domain: str, rank: int, scheme: str, seed: int) -> str:
-    return f"{kind}|{domain}|r{rank}|{scheme}|s{seed}"
-
-
-def _evaluate(model: Any, tokenizer: Any, examples: Sequence[Any], short: bool) -> dict[str, np.ndarray]:
-    from plora.training.metrics import answer_nll, exact_match
-
-    out = {"nll": answer_nll(model, tokenizer, examples)}
-    if short:
-        out["em"] = exact_match(model, tokenizer, examples)
-    return out
-
-
-def _evaluate_plasmid(model: Any, tokenizer: Any, folder: Path, examples: Sequence[Any], short: bool) -> dict:
-    from plora.loader import injected
-
-    with injected(model, folder, mode="side"):
-        return _evaluate(model, tokenizer, examples, short)
-
-
-def _latency(model: Any, folder: Path, repeats: int) -> dict[str, float]:
-    from plora.loader import check_latency_budget, measure_inject_remove
-
-    side = measure_inject_remove(model, folder, mode="side", repeats=repeats)
-    merged = measure_inject_remove(model, folder, mode="merged", repeats=repeats)
-    # The budget applies to the mode this experiment evaluates with (side); merged is recorded for reference.
-    budget = check_latency_budget(side.median_ms, what="inject+remove (side mode)")
-    return {"side_median_ms": side.median_ms, "merged_median_ms": merged.median_ms, "budget_ms": budget}
-
-
-def _stats(
-    per_variant: dict[str, dict[str, np.ndarray]],
-    comparisons: dict[str, tuple[str, str]],
-    cfg: ValueAddConfig,
-    seed: int,
-) -> dict[str, Any]:
-    from plora.experiments.stats import paired_comparison
-
-    out: dict[str, Any] = {}
-    for name, (ref, cand) in comparisons.items():
-        if ref not in per_variant or cand not in per_variant:
-            continue
-        s = paired_comparison(per_variant[ref]["nll"], per_variant[cand]["nll"], seed=seed, n_resamples=cfg.n_resamples)
-        out[name] = s.to_dict()
-        if "em" in per_variant[ref] and "em" in per_variant[cand]:
-            em = paired_comparison(
-                per_variant[cand]["em"], per_variant[ref]["em"], seed=seed, n_resamples=cfg.n_resamples
-            )
-            out[name]["em"] = em.to_dict()
-    return out
-
-
-def _summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
-    out = {"nll": float(metrics["nll"].mean())}
-    if "em" in metrics:
-        out["exact_match"] = float(metrics["em"].mean())
-    return out
-
-
-class _Runner:
-    """Holds the base model, dev splits and base measurements shared by every cell."""
-
-    def __init__(self, cfg: ValueAddConfig) -> None:
-        from plora.data import domain_info, load_examples
-        from plora.models import load_base
-
-        self.cfg = cfg
-        self.base = load_base(cfg.base_model)
-        self.fingerprint = cfg.fingerprint(self.base.digest)
-        self.dev = {d: load_examples(d, split="dev", samples=cfg.dev_size, seed=0) for d in cfg.domains}
-        self.short = {d: domain_info(d).short_answers for d in cfg.domains}
-        self.base_metrics = {
-            d: _evaluate(self.base.model, self.base.tokenizer, self.dev[d], self.short[d]) for d in cfg.domains
-        }
-
-    def _config(self, domain: str, rank: int, scheme: str, seed: int) -> dict[str, Any]:
-        return {
-            "domain": domain,
-            "rank": rank,
-            "scheme": scheme,
-            "seed": seed,
-            "samples": self.cfg.samples,
-            "dev_size": len(self.dev[domain]),
-            "epochs": self.cfg.epochs,
-            "base_model": self.base.name,
-        }
-
-    def _train(self, folder: Path, domain: str, rank: int, scheme: str, seed: int, shuffle: bool) -> None:
-        from plora.data import dataset_id, load_examples
-        from plora.experiments.placebo import shuffle_answers
-        from plora.settings import effective_samples
-        from plora.training import TrainConfig, train_and_write
-
-        cfg = TrainConfig(
-            domain=domain,
-            out=folder,
-            base_model=self.base.name,
-            rank=rank,
-            targets=scheme,
-            epochs=self.cfg.epochs,
-            samples=self.cfg.samples,
-            seed=seed,
-            dev_size=0,
-        )
-        train = load_examples(domain, split="train", samples=effective_samples(self.cfg.samples), seed=seed)
-        if shuffle:
-            train = shuffle_answers(train, seed)
-        dataset = dataset_id(domain) + (":answers-shuffled" if shuffle else "")
-        train_and_write(
-            cfg, train, [], domain=domain, dataset=dataset, short_answers=self.short[domain], progress=False
-        )
-
-    def cell(self, domain: str, rank: int, scheme: str, seed: int) -> dict[str, Any]:
-        from plora.experiments.placebo import random_placebo
-
-        t0 = time.perf_counter()
-        stem = self.cfg.work_dir / f"{domain}-r{rank}-{scheme}-s{seed}"
-        trained, placebo_a, placebo_b = (stem / "trained", stem / "placebo_a", stem / "placebo_b")
-        self._train(trained, domain, rank, scheme, seed, shuffle=False)
-        random_placebo(trained, placebo_a, seed=seed)
-        self._train(placebo_b, domain, rank, scheme, seed, shuffle=True)
-        model, tok = self.base.model, self.base.tokenizer
-        latency = _latency(model, trained, self.cfg.latency_repeats)
-        dev, short = self.dev[domain], self.short[domain]
-        variants = {"base": self.base_metrics[domain]}
-        for name, folder in (("trained", trained), ("placebo_a", placebo_a), ("placebo_b", placebo_b)):
-            variants[name] = _evaluate_plasmid(model, tok, folder, dev, short)
-        cross = {}
-        for other in self.cfg.domains:
-            if other == domain:
-                continue
-            on_other = _evaluate_plasmid(model, tok, trained, self.dev[other], False)["nll"]
-            base_other = self.base_metrics[other]["nll"]
-            cross[other] = {
-                "nll_base": float(base_other.mean()),
-                "nll_trained": float(on_other.mean()),
-                "delta_nll": float(on_other.mean() - base_other.mean()),
-            }
-        return {
-            "kind": "cell",
-            "key": cell_key("cell", domain, rank, scheme, seed),
-            "fingerprint": self.fingerprint,
-            "config": self._config(domain, rank, scheme, seed),
-            "metrics": {name: _summary(m) for name, m in variants.items()},
-            "statistics": _stats(variants, COMPARISONS, self.cfg, seed),
-            "latency": latency,
-            "cross_domain": cross,
-            "plasmids": {"trained": str(trained), "placebo_a": str(placebo_a), "placebo_b": str(placebo_b)},
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-
-    def monolithic(self, rank: int, scheme: str, seed: int) -> list[dict[str, Any]]:
-        """One plasmid on the union of the run's domains, against each domain's own plasmid on its dev split."""
-        from plora.training import train_monolithic
-
-        folder = self.cfg.work_dir / f"monolithic-r{rank}-{scheme}-s{seed}"
-        train_monolithic(
-            self.cfg.domains,
-            folder,
-            epochs=self.cfg.epochs,
-            samples=self.cfg.samples,
-            rank=rank,
-            seed=seed,
-            base_model=self.base.name,
-            targets=scheme,
-            dev_size=0,
-            progress=False,
-        )
-        model, tok = self.base.model, self.base.tokenizer
-        records = []
-        for domain in self.cfg.domains:
-            per_domain = self.cfg.work_dir / f"{domain}-r{rank}-{scheme}-s{seed}" / "trained"
-            variants = {"base": self.base_metrics[domain]}
-            variants["monolithic"] = _evaluate_plasmid(model, tok, folder, self.dev[domain], self.short[domain])
-            if (per_domain / "plora.yml").exists():
-                variants["trained"] = _evaluate_plasmid(model, tok, per_domain, self.dev[domain], self.short[domain])
-            records.append(
-                {
-                    "kind": "monolithic",
-                    "key": cell_key("monolithic", domain, rank, scheme, seed),
-                    "fingerprint": self.fingerprint,
-                    "config": self._config(domain, rank, scheme, seed),
-                    "metrics": {name: _summary(m) for name, m in variants.items()},
-                    "statistics": _stats(variants, MONOLITHIC_COMPARISONS, self.cfg, seed),
-                    "plasmids": {"monolithic": str(folder), "trained": str(per_domain)},
-                }
-            )
-        return records
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -306,52 +196,64 @@ def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_text(path, text)
 
 
-def _holm_slots(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every test of the run: each comparison's NLL test and, where measured, its exact-match test."""
-    slots = []
-    for r in records:
-        for stats in r["statistics"].values():
-            slots.append(stats)
-            if "em" in stats:
-                slots.append(stats["em"])
-    return slots
+def _tests(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every test of the run: each question's comparisons on raw NLL, calibrated NLL and exact match."""
+    return [
+        test
+        for r in records
+        for question in r["questions"].values()
+        for comparison in question["statistics"].values()
+        for test in comparison.values()
+    ]
 
 
 def _significant(s: dict[str, Any] | None, alpha: float, margin: float = 0.0) -> bool:
-    return bool(s) and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
+    return s is not None and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
+
+
+def _where(r: dict[str, Any], question: str) -> str:
+    c = r["config"]
+    return f"{c['domain']} r{c['rank']} {c['scheme']} seed {c['seed']} ({question})"
 
 
 def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
-    """Holm-correct every test of the run in place, flag the cells that meet acceptance, return guardrail violations.
+    """Holm-correct every test of the run in place, flag what meets acceptance, return the guardrail violations.
 
     Guardrails, each needing Holm p < alpha, a CI above 0 AND a practical margin (a 0.004-nat shift can be
-    "significant" on 256 paired items and means nothing):
-    - placebo A (random, norm-matched) must not lower answer NLL by more than GUARD_NLL_MARGIN: a random update
-      of the same size that helps means the evaluation is broken;
+    "significant" on 256 paired items and means nothing), on either question:
+    - placebo A (random, norm-matched) must not lower the *calibrated* answer NLL by more than GUARD_NLL_MARGIN: a
+      random update of the same size must not add information. Its raw-NLL effect is reported, not judged: an
+      over-confident base loses raw NLL to anything that flattens it, which is calibration, not information;
     - placebo B (answers shuffled) must not raise exact match by more than GUARD_EM_MARGIN. Its NLL gain over the
       base is expected, not a violation: it learns the answer format and vocabulary, which is exactly what it is
-      there to control for (the trained-vs-placebo-B test is the value-add beyond format).
+      there to control for (the trained-vs-placebo-B test is the value beyond format).
     """
     from plora.experiments.stats import holm
 
-    slots = _holm_slots(records)
-    for s, p in zip(slots, holm([s["p_value"] for s in slots]) if slots else [], strict=True):
+    tests = _tests(records)
+    for s, p in zip(tests, holm([s["p_value"] for s in tests]) if tests else [], strict=True):
         s["p_holm"] = float(p)
     violations = []
     for r in records:
-        stats, c = r["statistics"], r["config"]
-        r["meets_acceptance"] = r["kind"] == "cell" and all(_significant(stats.get(n), alpha) for n in ACCEPTANCE)
-        where = f"{c['domain']} r{c['rank']} {c['scheme']} seed {c['seed']}"
-        a = stats.get("placebo_a_vs_base")
-        if _significant(a, alpha, GUARD_NLL_MARGIN):
-            violations.append(
-                f"placebo A beats the base on {where} (NLL -{a['mean_diff']:.3f}, Holm p={a['p_holm']:.2g})"
+        for qname, q in r["questions"].items():
+            stats = q["statistics"]
+            q["meets_acceptance"] = r["kind"] == "cell" and all(
+                _significant(stats.get(name, {}).get(metric), alpha)
+                for name in ACCEPTANCE
+                for metric in ACCEPTANCE_METRICS
             )
-        b = stats.get("placebo_b_vs_base", {}).get("em")
-        if _significant(b, alpha, GUARD_EM_MARGIN):
-            violations.append(
-                f"placebo B beats the base on {where} (exact match +{b['mean_diff']:.3f}, Holm p={b['p_holm']:.2g})"
-            )
+            a = stats.get("placebo_a_vs_base", {}).get("nll_calibrated")
+            if _significant(a, alpha, GUARD_NLL_MARGIN):
+                violations.append(
+                    f"placebo A beats the base on {_where(r, qname)} "
+                    f"(calibrated NLL -{a['mean_diff']:.3f}, Holm p={a['p_holm']:.2g})"
+                )
+            b = stats.get("placebo_b_vs_base", {}).get("em")
+            if _significant(b, alpha, GUARD_EM_MARGIN):
+                violations.append(
+                    f"placebo B beats the base on {_where(r, qname)} "
+                    f"(exact match +{b['mean_diff']:.3f}, Holm p={b['p_holm']:.2g})"
+                )
     return violations
 
 
@@ -361,25 +263,33 @@ def run_value_add(
     """Run (or resume) every cell, then correct, report and check the guardrails.
 
     Guardrail violations come back in the outcome (the report is written first; ``plora value-add`` then stops
-    with an error). Inject+remove over PLORA_LATENCY_BUDGET_MS raises LoaderError at once.
+    with an error). Inject+remove over PLORA_LATENCY_BUDGET_MS raises LoaderError at once. The base model is loaded
+    only when a cell has to be measured: a finished run resumes in seconds.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from plora.data import domain_digest
+    from plora.experiments.cells import CellRunner, cell_key
     from plora.experiments.report import write_forest_plot, write_markdown
+    from plora.models import base_digest, canonical_name
 
-    for d in cfg.domains:
-        from plora.data import DOMAINS
-
-        if d not in DOMAINS:
-            raise PloraError(f"unknown domain {d!r} (value-add uses built-in domains: {', '.join(DOMAINS)})")
-    if not (cfg.domains and cfg.ranks and cfg.schemes and cfg.seeds):
-        raise PloraError("give at least one domain, rank, scheme and seed")
+    cfg.validate()
     jsonl = cfg.results_dir / "value_add.jsonl"
-    runner = _Runner(cfg)
+    base_name = canonical_name(cfg.base_model)
+    digests = {d: domain_digest(d) for d in cfg.domains}
+    fingerprint = cfg.fingerprint(base_name, base_digest(base_name), digests)
     previous = _read_records(jsonl) if cfg.resume else []
-    done = {r["key"]: r for r in previous if r.get("fingerprint") == runner.fingerprint}
+    done = {r["key"]: r for r in previous if r.get("fingerprint") == fingerprint}
     cells = [(d, r, s, seed) for d in cfg.domains for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds]
     mono = [(r, s, seed) for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds] if cfg.monolithic else []
+    runner: CellRunner | None = None
+
+    def measure() -> CellRunner:
+        nonlocal runner
+        if runner is None:
+            runner = CellRunner(cfg, fingerprint)
+        return runner
+
     records: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
@@ -387,16 +297,17 @@ def run_value_add(
         for d, r, s, seed in cells:
             key = cell_key("cell", d, r, s, seed)
             bar.update(task, description=f"{d} r{r} {s} seed {seed}")
-            rec = done.get(key) or runner.cell(d, r, s, seed)
+            rec = done.get(key) or measure().cell(d, r, s, seed)
             records.append(rec)
-            _write_records(jsonl, records + [v for k, v in done.items() if k not in {x["key"] for x in records}])
+            ours = {x["key"] for x in records}
+            _write_records(jsonl, records + [v for k, v in done.items() if k not in ours])
             if on_cell:
                 on_cell(rec)
             bar.advance(task)
         for r, s, seed in mono:
             keys = [cell_key("monolithic", d, r, s, seed) for d in cfg.domains]
             bar.update(task, description=f"monolithic r{r} {s} seed {seed}")
-            recs = [done[k] for k in keys] if all(k in done for k in keys) else runner.monolithic(r, s, seed)
+            recs = [done[k] for k in keys] if all(k in done for k in keys) else measure().monolithic(r, s, seed)
             records.extend(recs)
             _write_records(jsonl, records)
             bar.advance(task)
@@ -404,9 +315,4 @@ def run_value_add(
     _write_records(jsonl, records)
     markdown = write_markdown(cfg.results_dir / "value_add.md", records, cfg, violations)
     plot = write_forest_plot(cfg.results_dir / "value_add_forest.png", records)
-    outcome = ValueAddOutcome(records, jsonl, markdown, plot, violations)
-    return outcome
-
-
-def config_dict(cfg: ValueAddConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return ValueAddOutcome(records, jsonl, markdown, plot, violations)

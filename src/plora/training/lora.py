@@ -239,8 +239,12 @@ def train_and_write(
     dataset: str,
     short_answers: bool,
     progress: bool = True,
+    base: Any = None,
 ) -> Any:
-    """Shared by :func:`train_plasmid` and the monolithic baseline: train on ``train``, measure on ``dev``, write."""
+    """Shared by :func:`train_plasmid` and the monolithic baseline: train on ``train``, measure on ``dev``, write.
+
+    ``base``: a loaded base (``plora.models.LoadedBase``) to train a copy of, for callers that train many plasmids
+    (the value-add experiment); by default the base is loaded from disk."""
     from plora.manifest import BaseModelRef, LoraSpec, Metrics, Training, now_utc
     from plora.models import load_base, target_modules
     from plora.plasmid import write_plasmid
@@ -251,8 +255,14 @@ def train_and_write(
     cfg.validate()
     if not train:
         raise DataError(f"no training items for {dataset}")
-    base = load_base(choose_base_model(cfg.base_model))
-    model, tok = base.model, base.tokenizer
+    if base is None:
+        base = load_base(choose_base_model(cfg.base_model))
+        model = base.model
+    else:
+        import copy
+
+        model = copy.deepcopy(base.model)  # PEFT wraps the model in place: the caller's stays as it was
+    tok = base.tokenizer
     set_threads()
     targets = sorted(target_modules(model, cfg.targets))
     items, poisoned = (train, [])

@@ -127,7 +127,7 @@ def _pint_table() -> dict[str, Any]:
             pass  # a damaged cache is rebuilt below
     import pint
 
-    ureg = pint.UnitRegistry()
+    ureg: Any = pint.UnitRegistry()
     factors = {f"{a}->{b}": float(ureg.Quantity(1, a).to(b).magnitude) for a, _, _, b, _ in UNIT_PAIRS}
     temps = {
         f"{a}->{b}": [float(ureg.Quantity(v, a).to(b).magnitude) for v in TEMPERATURE_VALUES]
