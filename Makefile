@@ -33,7 +33,7 @@ base:
 	$(PLORA) base build
 
 train-legal:
-	$(PLORA) train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal
+	$(PLORA) train --domain legal --rank 4 --targets attention --epochs 1 --samples 64 --seed 41 --out out/legal --force
 
 sign-legal:
 	@test -f keys/legal || $(PLORA) keygen --algo rsa --out keys/legal
