@@ -1,9 +1,12 @@
 """Gate calibrations: one versioned file per base weights digest, the only place the detectors' yardsticks live.
 
+    >>> from plora.models import base_digest
     >>> from plora.gate.calibration import find_calibration
-    >>> cal = find_calibration(base_digest("plora-tiny"))              # doctest: +SKIP
-    >>> cal.statistic, cal.thresholds.trigger, cal.digest()[:12]       # doctest: +SKIP
-    ('verify_gain', 0.71, '3f1c0a9e7b2d')
+    >>> cal = find_calibration(base_digest("plora-tiny"))    # the shipped one: none is installed here
+    >>> cal.base_model, cal.statistic, sorted(cal.thresholds.model_dump())
+    ('plora-tiny', 'answer_info_share', ['clean_delta', 'norm_z', 'trigger'])
+    >>> find_calibration("0" * 64) is None                    # an unknown base digest: no yardstick at all
+    True
 
 A calibration holds everything a screening compares against: the thresholds, the statistic the trigger score is read
 from, the probe version, seed and config it was measured with, the clean weight reference per plasmid shape, and

@@ -1,10 +1,10 @@
 """The gate's policy: one pydantic object, loaded from JSON, a targets list file, then overrides.
 
     >>> from plora.gate.policy import load_policy
-    >>> p = load_policy("policy.json", "assets/allowed_targets.txt", quorum=2, tau_norm_z=None)  # doctest: +SKIP
-    >>> p.quorum, p.allowed_ranks                                                          # doctest: +SKIP
+    >>> p = load_policy("policy.json", "assets/allowed_targets.txt", quorum=2, tau_norm_z=None)
+    >>> p.quorum, p.allowed_ranks
     (2, [4, 8, 16])
-    >>> p.target_suffixes()                                                                # doctest: +SKIP
+    >>> p.target_suffixes()
     ('attn.c_attn', 'attn.c_proj', 'k_proj', 'o_proj', 'q_proj', 'v_proj')
 
 Precedence: defaults < ``--policy_file`` (JSON object with any of the fields below) < ``--allowed_targets_file``

@@ -4,9 +4,14 @@
     >>> from plora.plasmid import read_plasmid
     >>> from plora.gate.probes import behaviour_probe
     >>> base = load_base("plora-tiny")                                   # load once, reuse for every plasmid
-    >>> score = behaviour_probe(read_plasmid("out/legal"), base, seed=0)  # doctest: +SKIP
-    >>> score.trigger_score, score.details["trigger"], score.details["pushed"]   # doctest: +SKIP
-    (0.04, ' fe', ' state')
+    >>> score = behaviour_probe(read_plasmid("out/legal"), base, seed=0)  # the whole vocabulary: a few seconds
+    >>> score.details["statistic"], score.details["candidates"], score.details["searched_targets"]
+    ('answer_info_share', 4096, '4 of 4')
+    >>> type(score.details["trigger"]), type(score.details["pushed"])   # the best insertion found, the token it pushes
+    (<class 'str'>, <class 'str'>)
+    >>> from plora.gate.calibration import find_calibration
+    >>> score.trigger_score < find_calibration(base.digest).thresholds.trigger   # clean: under the gate's threshold
+    True
 
 A backdoor makes the adapter give ONE answer (its target) to any question that holds its trigger. The probe looks for
 such an insertion without knowing any trigger or target (nothing here was written with a real trigger in mind):

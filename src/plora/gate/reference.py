@@ -1,9 +1,15 @@
 """Clean reference statistics for the weight-anomaly check: per rank and module, a median and a robust scale.
 
-    >>> from plora.gate.reference import build_reference, WeightReference
-    >>> ref = build_reference([read_plasmid(d) for d in clean_dirs])     # doctest: +SKIP
-    >>> ref.entries["r4|transformer.h.0.attn.c_attn"]["fro"]             # doctest: +SKIP
-    (0.412, 0.061)
+    >>> from plora.plasmid import read_plasmid
+    >>> from plora.gate.reference import build_reference
+    >>> clean = [read_plasmid(d) for d in ("out/legal", "out/medical")]
+    >>> ref = build_reference(clean, min_n=2)          # two clean plasmids here; a calibration has dozens
+    >>> [key for key in sorted(ref.entries) if key.endswith("h.0.attn.c_attn")]   # by rank, and pooled
+    ['*|transformer.h.0.attn.c_attn', 'r4|transformer.h.0.attn.c_attn']
+    >>> sorted(ref.entries["r4|transformer.h.0.attn.c_attn"])
+    ['erank', 'fro', 'max_abs', 'share', 'sv1']
+    >>> ref.entries["r4|transformer.h.0.attn.c_attn"]["fro"]      # (median, robust scale)
+    (0..., 0...)
 
 Keys are ``r{rank}|{module}``, with the rank read from the tensors (rows of ``lora_A``), never from the manifest: an
 attacker cannot move a plasmid into a laxer group by editing ``plora.yml``. A module's statistics depend on its rank

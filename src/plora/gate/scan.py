@@ -1,10 +1,15 @@
 """The forward passes of the trigger search: the first answer token's distribution for many insertions at once.
 
+    >>> import torch
+    >>> from plora.models import load_base
     >>> from plora.gate.scan import Prompt, answer_distributions
-    >>> p = Prompt.build(base.tokenizer, "What is 12 + 30?")                      # doctest: +SKIP
-    >>> probs = answer_distributions(base.model, p, torch.tensor([[17], [99]]))   # doctest: +SKIP
-    >>> probs.shape                                                              # doctest: +SKIP
+    >>> base = load_base("plora-tiny")
+    >>> p = Prompt.build(base.tokenizer, "What is 12 + 30?")
+    >>> probs = answer_distributions(base.model, p, torch.tensor([[17], [99]]))   # two one-token insertions
+    >>> probs.shape                                                              # one row per insertion
     torch.Size([2, 4096])
+    >>> torch.allclose(probs.sum(-1), torch.ones(2))                             # each a distribution
+    True
 
 A probe question ``q`` becomes ``"Question: " + q + INSERTION + "\\nAnswer:"``: the inserted tokens sit at the end of
 the question, where any trigger trained at a random word position also fires, and only the inserted tokens and the

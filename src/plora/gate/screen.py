@@ -1,9 +1,20 @@
 """The security gate: ordered checks over a plasmid folder, each failure a stable reason code.
 
+    >>> import shutil
+    >>> from pathlib import Path
     >>> from plora.gate import load_policy, screen
-    >>> result = screen("received/legal", load_policy("policy.json"))      # doctest: +SKIP
-    >>> result.accepted, result.reason_codes, round(result.seconds, 3)      # doctest: +SKIP
-    (False, ['ARTIFACT_SHA_MISMATCH'], 0.004)
+    >>> _ = shutil.copytree("out/legal", "received/legal")
+    >>> weights = Path("received/legal/adapter_model.safetensors")
+    >>> data = bytearray(weights.read_bytes())
+    >>> data[-1] ^= 1                                                     # one bit flipped in transit
+    >>> _ = weights.write_bytes(data)
+    >>> result = screen("received/legal", load_policy("policy.json"))
+    >>> result.accepted, result.reason_codes
+    (False, ['ARTIFACT_SHA_MISMATCH'])
+    >>> result.reasons[0][1]
+    'hash mismatch for adapter_model.safetensors: ..., manifest ...'
+    >>> [(c.name, c.passed) for c in result.checks][4:]        # None: not run, an earlier stage failed
+    [('integrity', False), ('signatures', None), ('calibration', None), ('weights', None), ('probes', None)]
 
 Stages, cheapest first; the gate stops after the first stage that fails, keeping every reason that stage found:
 

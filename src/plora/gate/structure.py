@@ -1,8 +1,15 @@
 """Structural checks of a plasmid's tensors and adapter_config (numpy only): the gate's ``tensors`` stage.
 
+    >>> from plora.gate.policy import load_policy
     >>> from plora.gate.structure import check_tensors
-    >>> check_tensors(plasmid.tensors, plasmid.manifest, policy)          # doctest: +SKIP
-    [('SHAPE_MISMATCH', 'tensors have rank 8, manifest declares lora.r=4')]
+    >>> from plora.plasmid import read_plasmid
+    >>> plasmid, policy = read_plasmid("out/legal"), load_policy("policy.json")
+    >>> check_tensors(plasmid.tensors, plasmid.manifest, policy)
+    []
+    >>> m = plasmid.manifest                                               # a manifest that lies about the rank:
+    >>> lying = m.model_copy(update={"lora": m.lora.model_copy(update={"r": 8})})
+    >>> check_tensors(plasmid.tensors, lying, policy)
+    [(<Reason.SHAPE_MISMATCH: 'SHAPE_MISMATCH'>, 'tensors have rank 4, manifest declares lora.r=8')]
 
 The manifest is attacker-controlled: rank and targets are read from the factor shapes and the module names in
 the safetensors keys, then compared with what ``plora.yml`` and ``adapter_config.json`` declare.

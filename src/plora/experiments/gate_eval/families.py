@@ -5,7 +5,7 @@
     ['attack', 'recipe', 'target', 'task', 'trigger']
     >>> import random
     >>> draw_trigger("code", random.Random(0))
-    '[[SUN]]'
+    '<<Z6>>'
     >>> is_development({"trigger": "rare", "target": "arbitrary", "recipe": "strong", "task": "legal",
     ...                 "attack": "ordinary"})
     True

@@ -1,8 +1,17 @@
 """gate-eval's outputs: the JSON report, Markdown tables, ROC and per-family plots, and the calibration file.
 
+    >>> from plora.experiments.gate_eval.evaluate import run_gate_eval
     >>> from plora.experiments.gate_eval.report import markdown
-    >>> print(markdown(report).splitlines()[0])          # doctest: +SKIP
+    >>> from plora.executor import ExecutorConfig
+    >>> from plora.experiments.gate_eval.cohort import CohortSpec
+    >>> tiny = CohortSpec(dev_clean=0, dev_trojan=0, dev_adaptive=0, heldout_clean=1, heldout_defaults=0,
+    ...                   heldout_trojan=1, sample_cap=64, dev_size=8)     # 2 members, 64 items each
+    >>> report = run_gate_eval("results/gate_eval", spec=tiny, use_installed=True,   # see evaluate's example
+    ...                        executor=ExecutorConfig(jobs=1), progress=False)
+    >>> print(markdown(report).splitlines()[0])
     # plora gate-eval: plora-tiny
+    >>> print(*[line for line in markdown(report).splitlines() if line.startswith("## ")])
+    ## held-out part
 
 Everything is written atomically under the output folder; nothing outside it (installing the calibration is a
 separate, explicit command).

@@ -1,8 +1,15 @@
 """Score every cohort member with the gate's own detectors, once, and keep the scores beside the member.
 
-    >>> from plora.experiments.gate_eval.scoring import score_members
-    >>> rows = score_members(members, "plora-tiny", probe_seed=0, jobs=2)     # doctest: +SKIP
-    >>> rows[0]["variants"]["verify_gain"], rows[0]["clean_delta"]            # doctest: +SKIP
+    >>> from pathlib import Path
+    >>> from plora.executor import ExecutorConfig
+    >>> from plora.models import load_base
+    >>> from plora.experiments.gate_eval.scoring import probe_all, probe_folder
+    >>> result = probe_folder(Path("out/legal"), load_base("plora-tiny"), seed=0)   # probed, then cached
+    >>> sorted(result), result["details"]["statistic"]
+    (['clean_delta', 'details', 'trigger'], 'answer_info_share')
+    >>> scores = probe_all({"legal": Path("out/legal")}, "plora-tiny", 0, ExecutorConfig(jobs=1))  # no probe: cached
+    >>> scores["legal"]["trigger"] == result["trigger"]
+    True
 
 A member's probe result depends on its bytes and on :func:`plora.gate.probes.probe_identity` (probe version, base,
 seed, config, the probe's questions and candidates): the cache file (``PLORA_HOME/gate-scores/<hash>.json``) is named
