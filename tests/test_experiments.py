@@ -295,3 +295,28 @@ def test_seed_shim_is_the_plora_command():
     # its options come from ValueAddConfig through plora.cli.experiments (tests/test_cli.py checks each option)
     shim = (Path(__file__).parents[1] / "scripts" / "run_lora_value_add.py").read_text()
     assert "argparse" not in shim and "Option(" not in shim and "import value_add" in shim
+
+
+@pytest.mark.slow
+def test_value_add_cells_give_the_same_records_in_worker_processes(tmp_path):
+    # the executor seam: two worker processes (each loading the base once) measure what the inline run measures
+    from plora.executor import ExecutorConfig
+    from plora.experiments.value_add import ValueAddConfig, run_value_add
+
+    def run(where: str, jobs: int) -> list[dict]:
+        cfg = ValueAddConfig(
+            domains=["arithmetic"], ranks=[4], schemes=["attention"], seeds=[41, 42], samples=16, dev_size=16,
+            calibration_size=16, cross_domain_size=8, epochs=1.0, results_dir=tmp_path / where, latency_repeats=2,
+            n_resamples=100,
+        )
+        return run_value_add(cfg, progress=False, executor=ExecutorConfig(jobs=jobs)).records
+
+    def measured(rec: dict) -> dict:
+        return {"key": rec["key"], "questions": rec["questions"], "temperatures": rec["temperatures"],
+                "recall": rec["recall"], "cross_domain": rec["cross_domain"]}
+
+    inline, workers = run("inline", 1), run("workers", 2)
+    assert [r["key"] for r in inline] == [r["key"] for r in workers] == ["cell|arithmetic|r4|attention|s41",
+                                                                          "cell|arithmetic|r4|attention|s42"]
+    assert [measured(r) for r in inline] == [measured(r) for r in workers]
+    assert (tmp_path / "workers" / "value_add.jsonl").read_text().count("\n") == 2

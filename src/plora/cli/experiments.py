@@ -13,7 +13,9 @@ from pathlib import Path
 import typer
 
 from plora.cli.options import option
+from plora.executor import ExecutorConfig
 from plora.experiments.value_add import ValueAddConfig
+from plora.swarm.config import make_config
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -51,6 +53,8 @@ def value_add(
     monolithic: bool = option(ValueAddConfig, "monolithic", "--monolithic/--no-monolithic"),
     resume: bool = option(ValueAddConfig, "resume", "--resume/--no-resume"),
     guardrails: bool = option(ValueAddConfig, "guardrails", "--guardrails/--no-guardrails"),
+    jobs: int = option(ExecutorConfig, "jobs"),
+    ray_address: str | None = option(ExecutorConfig, "ray_address", "--ray-address", "--ray_address"),
 ) -> None:
     """Trained plasmid vs base vs placebos, per (domain, rank, scheme, seed): knowledge carried and skill."""
     from rich.console import Console
@@ -76,7 +80,7 @@ def value_add(
         resume=resume,
         guardrails=guardrails,
     )
-    outcome = run_value_add(cfg)
+    outcome = run_value_add(cfg, executor=make_config(ExecutorConfig, jobs=jobs, ray_address=ray_address))
     console = Console()
     cells = [r for r in outcome.records if r["kind"] == "cell"]
     for question in ("knowledge", "skill"):

@@ -32,10 +32,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plora.errors import PloraError
 from plora.fsio import atomic_write_text
+
+if TYPE_CHECKING:
+    from plora.executor import ExecutorConfig
 
 RECORD_VERSION = 2  # bump when what a record measures changes: older records are then not resumed from
 ACCEPTANCE = ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
@@ -257,19 +260,42 @@ def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
     return violations
 
 
+_RUNNER: Any = None  # in each worker process (and inline): the CellRunner built once by _init_runner
+
+
+def _init_runner(cfg: ValueAddConfig, fingerprint: str) -> None:
+    """Executor initialiser: load the base model once per worker (each worker measures each domain's base once)."""
+    global _RUNNER
+    from plora.experiments.cells import CellRunner
+
+    _RUNNER = CellRunner(cfg, fingerprint)
+
+
+def _measure(task: tuple[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """One task: a cell (domain, rank, scheme, seed) or a monolithic (rank, scheme, seed) -> its records."""
+    kind, args = task
+    assert _RUNNER is not None, "_init_runner did not run"
+    return [_RUNNER.cell(*args)] if kind == "cell" else _RUNNER.monolithic(*args)
+
+
 def run_value_add(
-    cfg: ValueAddConfig, progress: bool = True, on_cell: Callable[[dict[str, Any]], None] | None = None
+    cfg: ValueAddConfig,
+    progress: bool = True,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> ValueAddOutcome:
     """Run (or resume) every cell, then correct, report and check the guardrails.
 
     Guardrail violations come back in the outcome (the report is written first; ``plora value-add`` then stops
     with an error). Inject+remove over PLORA_LATENCY_BUDGET_MS raises LoaderError at once. The base model is loaded
-    only when a cell has to be measured: a finished run resumes in seconds.
+    only when a cell has to be measured: a finished run resumes in seconds. Cells run through
+    :func:`plora.executor.run_tasks` (``executor``: in this process by default; ``jobs`` worker processes or Ray,
+    each loading the base once); every task runs on one torch thread, so a cell's record is the same on every
+    backend. Records are written as each task finishes, whatever the backend.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from plora.data import domain_digest
-    from plora.experiments.cells import CellRunner, cell_key
+    from plora.executor import run_tasks
+    from plora.experiments.cells import cell_key
     from plora.experiments.report import write_forest_plot, write_markdown
     from plora.models import base_digest, canonical_name
 
@@ -282,35 +308,37 @@ def run_value_add(
     done = {r["key"]: r for r in previous if r.get("fingerprint") == fingerprint}
     cells = [(d, r, s, seed) for d in cfg.domains for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds]
     mono = [(r, s, seed) for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds] if cfg.monolithic else []
-    runner: CellRunner | None = None
+    tasks: list[tuple[str, tuple[Any, ...]]] = [("cell", c) for c in cells] + [("monolithic", m) for m in mono]
+    task_keys = [
+        [cell_key("cell", *args)] if kind == "cell" else [cell_key("monolithic", d, *args) for d in cfg.domains]
+        for kind, args in tasks
+    ]
+    pending = [i for i, keys in enumerate(task_keys) if not all(k in done for k in keys)]
+    found: dict[str, dict[str, Any]] = {k: done[k] for keys in task_keys for k in keys if k in done}
 
-    def measure() -> CellRunner:
-        nonlocal runner
-        if runner is None:
-            runner = CellRunner(cfg, fingerprint)
-        return runner
+    def ordered() -> list[dict[str, Any]]:
+        return [found[k] for keys in task_keys for k in keys if k in found]
 
-    records: list[dict[str, Any]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("value-add cells", total=len(cells) + len(mono))
-        for d, r, s, seed in cells:
-            key = cell_key("cell", d, r, s, seed)
-            bar.update(task, description=f"{d} r{r} {s} seed {seed}")
-            rec = done.get(key) or measure().cell(d, r, s, seed)
-            records.append(rec)
-            ours = {x["key"] for x in records}
-            _write_records(jsonl, records + [v for k, v in done.items() if k not in ours])
-            if on_cell:
-                on_cell(rec)
-            bar.advance(task)
-        for r, s, seed in mono:
-            keys = [cell_key("monolithic", d, r, s, seed) for d in cfg.domains]
-            bar.update(task, description=f"monolithic r{r} {s} seed {seed}")
-            recs = [done[k] for k in keys] if all(k in done for k in keys) else measure().monolithic(r, s, seed)
-            records.extend(recs)
-            _write_records(jsonl, records)
-            bar.advance(task)
+    def finished(i: int, recs: list[dict[str, Any]]) -> None:
+        found.update((r["key"], r) for r in recs)
+        ours = {r["key"] for r in ordered()}
+        _write_records(jsonl, ordered() + [v for k, v in done.items() if k not in ours])
+        if on_cell:
+            for r in recs:
+                on_cell(r)
+
+    run_tasks(
+        _measure,
+        [tasks[i] for i in pending],
+        executor,
+        init=_init_runner,
+        init_args=(cfg, fingerprint),
+        threads=1,
+        on_result=lambda j, recs: finished(pending[j], recs),
+        label="value-add cells",
+        progress=progress,
+    )
+    records = ordered()
     violations = apply_holm(records, cfg.alpha)
     _write_records(jsonl, records)
     markdown = write_markdown(cfg.results_dir / "value_add.md", records, cfg, violations)
