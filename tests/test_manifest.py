@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from trust_helpers import make_plasmid
 
@@ -204,6 +204,9 @@ _floats = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False, allow_infini
     domain=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,20}", fullmatch=True),
     dataset=st.text(min_size=1, max_size=40).filter(lambda s: s.strip() == s and s),
 )
+# found by hypothesis: PyYAML folded a NEL (U+0085) inside a quoted scalar into a space
+@example(r=1, alpha=1.0, dropout=0.0, seed=0, epochs=1.0, lr=None, targets=["c_attn"], domain="0", dataset="0\x850")
+@example(r=1, alpha=1.0, dropout=0.0, seed=0, epochs=1.0, lr=None, targets=["c_attn"], domain="0", dataset="a\u2029b")
 def test_canonical_bytes_survive_yaml_round_trip(r, alpha, dropout, seed, epochs, lr, targets, domain, dataset) -> None:
     data = mutated("lora.r", r)
     data["lora"].update(alpha=alpha, dropout=dropout, targets=targets)

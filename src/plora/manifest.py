@@ -307,8 +307,26 @@ def loads_manifest(text: str, source: str = "plora.yml") -> Manifest:
     return parse_manifest(data, source)
 
 
+_YAML_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML beyond \r and \n
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """SafeDumper whose strings always load back as written: PyYAML folds a NEL (U+0085) inside a plain or
+    single-quoted scalar into a space, so a string holding a YAML line break is written double-quoted (escaped)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(b in value for b in _YAML_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+
 def dumps_manifest(manifest: Manifest) -> str:
-    return yaml.safe_dump(_plain(manifest), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(
+        _plain(manifest), Dumper=_ManifestDumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
