@@ -51,6 +51,7 @@ from plora.manifest import (
     write_manifest,
 )
 from plora.plasmid import parse_lora_key
+from plora.strictjson import loads_strict
 
 MAX_CONFIG_BYTES = 1 << 20
 FLOAT_DTYPES = ("F16", "F32", "F64")
@@ -79,16 +80,12 @@ def _read_config(src: Path) -> tuple[bytes, dict[str, Any]]:
             f"{src}: no {ADAPTER_CONFIG_NAME} (expected a folder written by PEFT save_pretrained)"
         ) from None
     try:
-        cfg = json.loads(raw, parse_constant=_refuse_constant)
+        cfg = loads_strict(raw, unique_keys=False)
     except ValueError as err:
         raise AdapterImportError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(cfg, dict):
         raise AdapterImportError(f"{path}: expected a JSON object")
     return raw, cfg
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _number(cfg: dict[str, Any], key: str, default: float | None = None) -> float:

@@ -25,7 +25,6 @@ keywords ``attention``, ``mlp`` and ``all``, expanded for the policy's base mode
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from pathlib import Path
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from plora.errors import PloraError
 from plora.recall.policy import RecallPolicy
+from plora.strictjson import loads_strict
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -212,7 +212,7 @@ def load_policy(
                 f"{policy_file}: cannot read policy file ({getattr(err, 'strerror', None) or err})"
             ) from None
         try:
-            loaded = json.loads(raw, parse_constant=_no_constant)
+            loaded = loads_strict(raw, unique_keys=False)
         except ValueError as err:
             raise PolicyError(f"{policy_file}: malformed JSON ({err})") from None
         if not isinstance(loaded, dict):
@@ -231,7 +231,3 @@ def load_policy(
         return Policy.model_validate(data)
     except ValidationError as err:
         raise PolicyError(_format(err, source)) from None
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed")

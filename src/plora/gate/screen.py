@@ -60,6 +60,7 @@ from plora.gate.structure import base_module_shapes, check_tensors, clip, config
 from plora.hashing import sha256_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, UNTRUSTED_MAX_BYTES, Manifest, read_manifest
 from plora.plasmid import Plasmid
+from plora.strictjson import loads_strict
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_CONFIG_BYTES = 1 << 20
@@ -149,7 +150,7 @@ class _Screen:
             if cfg.stat().st_size > MAX_CONFIG_BYTES:
                 raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
             self.config_bytes = cfg.read_bytes()
-            config = json.loads(self.config_bytes, parse_constant=_refuse_constant)
+            config = loads_strict(self.config_bytes, unique_keys=False)
             if not isinstance(config, dict):
                 raise ValueError(f"expected a JSON object, found {type(config).__name__}")
             self.config = config
@@ -374,10 +375,6 @@ class _Screen:
 
     def _plasmid(self) -> Plasmid:
         return Plasmid(folder=self.folder, manifest=self._m(), tensors=self.tensors)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 @functools.lru_cache(maxsize=16)

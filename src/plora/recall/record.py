@@ -48,13 +48,13 @@ from plora.signer.dsse import (
     Tally,
     check_quorum_arg,
     loads_envelope,
-    no_duplicate_keys,
     payload_type,
     sign_envelope,
     tally_envelope,
     write_envelope,
 )
 from plora.signer.keys import Keyring, PrivateKey, fingerprint, load_private_key, load_public_key
+from plora.strictjson import loads_strict
 
 SCHEMA_VERSION = 1
 REVOCATION_PAYLOAD_TYPE = payload_type("revocation", SCHEMA_VERSION)
@@ -218,7 +218,7 @@ def parse_record(envelope: Envelope) -> Revocation:
         raise RevocationError(f"the envelope holds a {envelope.payload_type!r} record, not a revocation")
     data = envelope.payload_bytes
     try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicate_keys, parse_constant=_no_constant)
+        raw = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise RevocationError(f"revocation record: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
@@ -229,10 +229,6 @@ def parse_record(envelope: Envelope) -> Revocation:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "<root>"
         raise RevocationError(f"revocation record: {loc}: {first['msg']}") from None
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass

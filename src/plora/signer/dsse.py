@@ -39,13 +39,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from plora.errors import SignatureError
 from plora.fsio import atomic_write_bytes
 from plora.signer.keys import Keyring, PrivateKey, check_key, fingerprint, sign_bytes, verify_bytes
+from plora.strictjson import loads_strict
 
 MAX_ENVELOPE_BYTES = 256 * 1024
 MAX_SIGNATURES = 64
@@ -140,25 +141,12 @@ def sign_envelope(
     )
 
 
-def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def loads_envelope(data: bytes, source: str = "envelope") -> Envelope:
     """Parse and validate an envelope; EnvelopeError (one line) for anything malformed."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"{source}: {len(data)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed")
     try:
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicate_keys, parse_constant=_refuse_constant)
+        raw = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise EnvelopeError(f"{source}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from plora.errors import SignatureError
 from plora.fsio import atomic_write_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, OMS_SIGNATURE_NAME, SIGNATURE_NAME, Manifest
-from plora.signer.dsse import Tally, no_duplicate_keys
+from plora.signer.dsse import Tally
 from plora.signer.keys import Keyring, PrivateKey, PublicKey, fingerprint, public_pem
+from plora.strictjson import loads_strict
 
 OMS_PREDICATE = "https://model_signing/signature/v1.0"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -88,7 +88,7 @@ def _read_bundle(path: Path) -> dict[str, Any]:
         data = fh.read(MAX_BUNDLE_BYTES + 1)
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"larger than {MAX_BUNDLE_BYTES} bytes")
-    bundle = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+    bundle = loads_strict(data)
     if not isinstance(bundle, dict) or not isinstance(bundle.get("dsseEnvelope"), dict):
         raise ValueError("no dsseEnvelope: not a Sigstore bundle")
     return bundle
@@ -106,7 +106,7 @@ def _signed_names(bundle: dict[str, Any]) -> set[str]:
     env = bundle["dsseEnvelope"]
     if env.get("payloadType") != IN_TOTO_PAYLOAD_TYPE:
         raise ValueError(f"payload type {env.get('payloadType')!r}, expected {IN_TOTO_PAYLOAD_TYPE}")
-    statement = json.loads(base64.b64decode(env["payload"], validate=True), object_pairs_hook=no_duplicate_keys)
+    statement = loads_strict(base64.b64decode(env["payload"], validate=True))
     if statement.get("predicateType") != OMS_PREDICATE:
         raise ValueError(f"predicate {statement.get('predicateType')!r}, expected {OMS_PREDICATE}")
     return {str(r["name"]) for r in statement["predicate"]["resources"]}
