@@ -154,7 +154,7 @@ def write_markdown(
         "# Value-add experiment",
         "",
         f"Base model `{c0.get('base_model', '?')}`; {c0.get('samples', cfg.samples)} training items per plasmid, "
-        f"{c0.get('epochs', 0):g} epochs at learning rate {c0.get('learning_rate', 0):g}; "
+        f"{c0.get('epochs', 0):g} epoch(s) at learning rate {c0.get('learning_rate', 0):g}; "
         f"{len(cells)} cells. Two questions per cell: **knowledge carried** (the plasmid's own training facts, asked "
         "in the wording held out from its training) and **skill** (dev facts, never trained in any wording). Arms: "
         "the base, the trained plasmid, placebo A (random LoRA with the trained plasmid's per-module norms) and "
