@@ -109,3 +109,19 @@ def trojan_plasmid(plasmid_root: Path) -> Path:
         if truth["attack_success"] >= 0.5 and truth["fires_without_trigger"] < 0.5 * truth["attack_success"]:
             return out  # a neutral folder name: the plasmid id must not tell
     pytest.fail("no stealthy working trojan in 6 seeds: has plora-tiny changed?")
+
+
+@pytest.fixture()
+def legal_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
+    """The suite's trained clean and trojan legal plasmids as a swarm pool: neutral ids (nothing in a name tells a
+    trojan), labels beside them."""
+    import shutil
+
+    root = tmp_path / "pool"
+    root.mkdir()
+    shutil.copytree(legal_plasmid, root / "p1")
+    shutil.copytree(trojan_plasmid, root / "p2")
+    (root / "labels.json").write_text(
+        json.dumps({"p1": {"domain": "legal", "trojan": False}, "p2": {"domain": "legal", "trojan": True}})
+    )
+    return root

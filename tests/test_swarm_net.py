@@ -142,17 +142,8 @@ def test_standalone_agents_run_their_own_rounds(tmp_path):
 
 
 @pytest.fixture()
-def trained_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
-    """The suite's trained clean and trojan legal plasmids as a pool (neutral ids, labels beside them)."""
-    import shutil
-
-    root = tmp_path / "pool"
-    root.mkdir()
-    shutil.copytree(legal_plasmid, root / "p1")
-    shutil.copytree(trojan_plasmid, root / "p2")
-    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
-                                                  "p2": {"domain": "legal", "trojan": True}}))
-    return root
+def trained_pool(legal_pool: Path) -> Path:
+    return legal_pool
 
 
 def test_readme_swarm_net_command_runs_as_written(trained_pool: Path, tmp_path: Path) -> None:

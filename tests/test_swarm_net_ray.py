@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,15 +11,8 @@ from plora.swarm.net import run_swarm_net
 
 
 @pytest.fixture()
-def trained_pool(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
-    root = tmp_path / "pool"
-    root.mkdir()
-    shutil.copytree(legal_plasmid, root / "p1")
-    shutil.copytree(trojan_plasmid, root / "p2")
-    (root / "labels.json").write_text(
-        json.dumps({"p1": {"domain": "legal", "trojan": False}, "p2": {"domain": "legal", "trojan": True}})
-    )
-    return root
+def trained_pool(legal_pool: Path) -> Path:
+    return legal_pool
 
 
 def test_ray_actors_give_the_process_drivers_coverage_and_gate_totals(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def pool_dir(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
-    root = tmp_path / "pool"
-    root.mkdir()
-    shutil.copytree(legal_plasmid, root / "p1")
-    shutil.copytree(trojan_plasmid, root / "p2")  # neutral ids: nothing in a name tells a trojan
-    (root / "labels.json").write_text(json.dumps({"p1": {"domain": "legal", "trojan": False},
-                                                  "p2": {"domain": "legal", "trojan": True}}))
-    return root
+def pool_dir(legal_pool: Path) -> Path:
+    return legal_pool
 
 
 def test_real_gate_verdicts_are_cached_and_drive_the_simulation(pool_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +24,8 @@ from plora.swarm.sweep import SweepConfig, make_sweep, plan_runs, read_rows, run
 
 
 @pytest.fixture()
-def pool_dir(tmp_path: Path, legal_plasmid: Path, trojan_plasmid: Path) -> Path:
-    root = tmp_path / "pool"
-    root.mkdir()
-    shutil.copytree(legal_plasmid, root / "p1")
-    shutil.copytree(trojan_plasmid, root / "p2")
-    (root / "labels.json").write_text(
-        json.dumps({"p1": {"domain": "legal", "trojan": False}, "p2": {"domain": "legal", "trojan": True}})
-    )
-    return root
+def pool_dir(legal_pool: Path) -> Path:
+    return legal_pool
 
 
 def small_grid(pool_dir: Path, out: Path) -> SweepConfig:

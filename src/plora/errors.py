@@ -1,5 +1,12 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero, never a traceback."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class PloraError(Exception):
     """Base for every error whose message is meant for the user."""
@@ -27,3 +34,10 @@ class LoaderError(PloraError):
 
 class TransferError(PloraError):
     """A network offer/fetch that failed or was refused."""
+
+
+def first_validation_error(err: ValidationError, root: str = "") -> str:
+    """``loc: msg`` of a pydantic ValidationError's first error, one line; ``root`` names an empty location."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or root
+    return f"{loc}: {first['msg']}"

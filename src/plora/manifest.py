@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plora.errors import ManifestError
+from plora.errors import ManifestError, first_validation_error
 from plora.fsio import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -218,10 +218,8 @@ def canonical_bytes(manifest: Manifest) -> bytes:
 
 
 def _format_validation(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
+    return f"{first_validation_error(err, '<root>')}{more}"
 
 
 def parse_manifest(data: Any, source: str = "plora.yml") -> Manifest:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plora.errors import PloraError
+from plora.errors import PloraError, first_validation_error
 
 CALIBRATION_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "gate" / "calibrations"
@@ -101,9 +101,7 @@ def read_calibration(path: str | Path) -> Calibration:
     try:
         return Calibration.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise CalibrationError(f"{path}: {loc}: {first['msg']}") from None
+        raise CalibrationError(f"{path}: {first_validation_error(err, '<root>')}") from None
 
 
 def find_calibration(base_digest: str) -> Calibration | None:

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from plora.errors import PloraError
+from plora.errors import PloraError, first_validation_error
 from plora.recall.policy import RecallPolicy
 from plora.strictjson import loads_strict
 
@@ -189,10 +189,8 @@ def read_targets_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _format(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {loc}: {first['msg']}{more}"
+    return f"{source}: {first_validation_error(err, '<root>')}{more}"
 
 
 def load_policy(

@@ -40,7 +40,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from plora.errors import PloraError
+from plora.errors import PloraError, first_validation_error
 from plora.manifest import Identifier, Sha256
 from plora.signer.dsse import (
     Envelope,
@@ -160,8 +160,7 @@ def make_revocation(target: ArtifactTarget | SignerTarget, reason: str, issuer: 
         return Revocation(target=target, reason=reason, issuer=issuer,
                           issued_at=issued_at or datetime.now(UTC).replace(microsecond=0))
     except ValidationError as err:
-        first = err.errors()[0]
-        raise RevocationError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise RevocationError(first_validation_error(err)) from None
 
 
 def issue_revocation(target: ArtifactTarget | SignerTarget, reason: str, key: str | os.PathLike[str] | PrivateKey, *,
@@ -226,9 +225,7 @@ def parse_record(envelope: Envelope) -> Revocation:
     try:
         return Revocation.model_validate_json(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise RevocationError(f"revocation record: {loc}: {first['msg']}") from None
+        raise RevocationError(f"revocation record: {first_validation_error(err, '<root>')}") from None
 
 
 @dataclass

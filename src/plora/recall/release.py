@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from plora.errors import ManifestError, PloraError
+from plora.errors import ManifestError, PloraError, first_validation_error
 from plora.manifest import SIGNATURE_NAME, canonical_bytes, read_manifest, write_manifest
 
 
@@ -48,8 +48,7 @@ def stamp_release(folder: str | os.PathLike[str], version: int, lineage: str | N
         stamped = manifest.model_validate({**manifest.model_dump(), "version": version,
                                            "lineage": lineage or manifest.lineage or manifest.plasmid_id})
     except ValidationError as err:
-        first = err.errors()[0]
-        raise ManifestError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise ManifestError(first_validation_error(err)) from None
     void = 0
     if canonical_bytes(stamped) != canonical_bytes(manifest):
         try:

@@ -43,7 +43,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from plora.errors import SignatureError
+from plora.errors import SignatureError, first_validation_error
 from plora.fsio import atomic_write_bytes
 from plora.signer.keys import Keyring, PrivateKey, check_key, fingerprint, sign_bytes, verify_bytes
 from plora.strictjson import loads_strict
@@ -154,9 +154,7 @@ def loads_envelope(data: bytes, source: str = "envelope") -> Envelope:
     try:
         return Envelope.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise EnvelopeError(f"{source}: {loc}: {first['msg']}") from None
+        raise EnvelopeError(f"{source}: {first_validation_error(err, '<root>')}") from None
 
 
 def read_envelope(path: str | os.PathLike[str]) -> Envelope:

@@ -41,6 +41,15 @@ def _csv(value: Any) -> Any:
     return value
 
 
+def on_off(value: Any) -> Any:
+    """A flag's ``on``/``off`` (any case) as a bool; anything else that is a string is refused; other values pass."""
+    if isinstance(value, str):
+        if value.strip().lower() not in {"on", "off"}:
+            raise ValueError(f"must be on or off, got {value!r}")
+        return value.strip().lower() == "on"
+    return value
+
+
 class SwarmConfig(BaseModel):
     """The flags ``plora swarm sim`` and ``plora swarm net`` share (their defaults live here, once)."""
 
@@ -95,11 +104,7 @@ class SwarmConfig(BaseModel):
     @field_validator("security", "signatures", "peer_scoring", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v.strip().lower() not in {"on", "off"}:
-                raise ValueError(f"must be on or off, got {v!r}")
-            return v.strip().lower() == "on"
-        return v
+        return on_off(v)
 
     @field_validator("domains")
     @classmethod

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plora.errors import PloraError
+from plora.errors import PloraError, first_validation_error
 from plora.fsio import atomic_write_bytes, atomic_write_text
 
 SCHEMA = "plora.swarm.report/1"
@@ -155,9 +155,7 @@ def build_report(meta: dict[str, Any], rounds: list[dict[str, Any]], final: dict
     try:
         report = Report.model_validate({"meta": meta, "rounds": rounds, "final": final})
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise PloraError(f"report does not fit the schema: {loc}: {first['msg']}") from None
+        raise PloraError(f"report does not fit the schema: {first_validation_error(err)}") from None
     if report.final.gate.false_negatives != report.final.gate.accepted_trojan:
         raise PloraError("report: gate.false_negatives must equal gate.accepted_trojan")
     if report.final.gate.false_positives != report.final.gate.rejected_clean:
@@ -176,8 +174,7 @@ def load_report(path: str | os.PathLike[str]) -> Report:
     try:
         return Report.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise PloraError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise PloraError(f"{path}: {first_validation_error(err)}") from None
 
 
 def report_stem(report: dict[str, Any]) -> str:

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from plora.errors import PloraError
 from plora.executor import ExecutorConfig
-from plora.swarm.config import DEFAULT_DOMAINS, SimConfig
+from plora.swarm.config import DEFAULT_DOMAINS, SimConfig, on_off
 
 ROWS = "sweep.jsonl"
 SUMMARY = "sweep.json"
@@ -145,11 +145,7 @@ class SweepConfig(BaseModel):
     @field_validator("security", "resume", mode="before")
     @classmethod
     def _on_off(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if v.strip().lower() not in {"on", "off"}:
-                raise ValueError(f"must be on or off, got {v!r}")
-            return v.strip().lower() == "on"
-        return v
+        return on_off(v)
 
     @model_validator(mode="after")
     def _one_gate_source(self) -> SweepConfig:
