@@ -248,6 +248,22 @@ def test_probe_base_side_is_stored_and_reused_exactly(legal_plasmid, plora_tiny)
     assert again.details["variants"] == first.details["variants"] and again.clean_delta == first.clean_delta
 
 
+def test_gate_eval_scores_with_the_probe_config_it_is_given(legal_plasmid, plora_tiny):
+    """A given calibration's probe config is the one scored (as the gate would), cached apart from the default."""
+    from dataclasses import asdict
+
+    from plora.experiments.gate_eval.scoring import probe_folder
+    from plora.gate.probes import ProbeConfig
+
+    base = plora_tiny()
+    given = {**SMALL, "candidates": 64, "keep_pairs": 2, "verify_prompts": 4}
+    a = probe_folder(legal_plasmid, base, 3, given)
+    assert a["details"]["config"] == {**asdict(ProbeConfig()), **given}
+    assert probe_folder(legal_plasmid, base, 3, given) == a  # read back from the cache
+    other = probe_folder(legal_plasmid, base, 3, {**given, "targets": 1})
+    assert other["details"]["config"]["targets"] == 1 and other["details"]["searched_targets"].startswith("1 of")
+
+
 def test_scores_are_blind_to_the_manifests_words(legal_plasmid, plora_tiny, tmp_path):
     """Editing plasmid_id, domain and metrics in plora.yml changes no score: only the tensors and the base count."""
     from plora.gate.probes import ProbeConfig, behaviour_probe

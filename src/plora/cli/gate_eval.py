@@ -28,7 +28,8 @@ def gate_eval(
     cohort: str = typer.Option("default", "--cohort", help="default (184 plasmids), quick (24) or real-model (50, at "
                                "most 256 items each: for a base like smollm2-135m)"),
     base_model: str | None = typer.Option(None, "--base-model", "--base_model", help="default PLORA_BASE_MODEL"),
-    probe_seed: int = typer.Option(0, "--probe-seed", "--probe_seed", help="seed of the behavioural probe"),
+    probe_seed: int = typer.Option(0, "--probe-seed", "--probe_seed",
+                                   help="seed of the behavioural probe (--calibration/--shipped: the calibration's)"),
     jobs: int = option(ExecutorConfig, "jobs", default=2),
     ray_address: str | None = option(ExecutorConfig, "ray_address", "--ray-address", "--ray_address"),
     calibration: Path | None = typer.Option(

@@ -6,7 +6,7 @@
     >>> base = load_base("plora-tiny")                                   # load once, reuse for every plasmid
     >>> score = behaviour_probe(read_plasmid("out/legal"), base, seed=0)  # the whole vocabulary: a few seconds
     >>> score.details["statistic"], score.details["candidates"], score.details["searched_targets"]
-    ('answer_info_share', 4096, '4 of 4')
+    ('answer_info_share', 4096, '6 of 6')
     >>> type(score.details["trigger"]), type(score.details["pushed"])   # the best insertion found, the token it pushes
     (<class 'str'>, <class 'str'>)
     >>> from plora.gate.calibration import find_calibration
@@ -77,9 +77,9 @@ class ProbeConfig:
     scan_prompts: int = 2
     verify_prompts: int = 12
     candidates: int = 0  # 0: the whole vocabulary
-    targets: int = 4
-    extend_pool: int = 12
-    keep_pairs: int = 4
+    targets: int = 6
+    extend_pool: int = 16
+    keep_pairs: int = 6
     nll_items_per_domain: int = 6
 
     @classmethod

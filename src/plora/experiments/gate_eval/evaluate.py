@@ -183,6 +183,11 @@ def run_gate_eval(
             raise PloraError(f"no calibration installed or shipped for {name} (weights digest {base.digest[:16]}...)")
     if given is not None and given.base_digest != base.digest:
         raise PloraError(f"the calibration is for weights digest {given.base_digest[:16]}..., not {name}'s")
+    if given is not None:  # probe exactly as the gate does with this calibration: its seed and config
+        probe_seed, probe_config = given.probe_seed, dict(given.probe_config)
+    else:
+        n_params = sum(p.numel() for p in base.model.parameters())
+        probe_config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer)).__dict__
     plan = co.plan_cohort(spec)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:
@@ -192,10 +197,8 @@ def run_gate_eval(
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("gate detectors", total=len(members))
         scored = probe_all({m.id: _folder(m) for m in members}, name, probe_seed, executor=executor,
-                           on_done=lambda: bar.advance(task))
+                           on_done=lambda: bar.advance(task), config=probe_config)
     rows = _rows(members, scored)
-    n_params = sum(p.numel() for p in base.model.parameters())
-    probe_config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer)).__dict__
     from plora.plasmid import read_plasmid
 
     dev_clean = [m for m in members if m.part == "development" and m.role == "clean"]

@@ -39,19 +39,24 @@ def _cache_path(identity: str, artifact_sha: str) -> Path:
     return cache_dir("gate-scores") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
-def probe_folder(folder: Path, base: Any, seed: int) -> dict[str, Any]:
-    """The behavioural probe's result for one plasmid folder, computed once and then read from the cache."""
+def probe_folder(folder: Path, base: Any, seed: int, config: dict[str, int] | None = None) -> dict[str, Any]:
+    """The behavioural probe's result for one plasmid folder, computed once and then read from the cache.
+
+    ``config``: the probe config (a calibration's ``probe_config``); default the one the gate uses for the base."""
     from plora.fsio import atomic_write_json
     from plora.gate import probes
     from plora.manifest import read_manifest
     from plora.plasmid import read_plasmid
 
-    n_params = sum(p.numel() for p in base.model.parameters())
-    config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer))
-    path = _cache_path(probes.probe_identity(base, seed, config), read_manifest(folder).artifact.sha256)
+    if config is None:
+        n_params = sum(p.numel() for p in base.model.parameters())
+        cfg = probes.ProbeConfig.for_model(n_params, len(base.tokenizer))
+    else:
+        cfg = probes.ProbeConfig(**config)
+    path = _cache_path(probes.probe_identity(base, seed, cfg), read_manifest(folder).artifact.sha256)
     if path.is_file():
         return json.loads(path.read_text())
-    s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed, config=config)
+    s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed, config=cfg)
     result = {"trigger": s.trigger_score, "clean_delta": s.clean_delta, "details": s.details}
     atomic_write_json(path, result)
     return result
@@ -69,22 +74,23 @@ def _init(base_name: str) -> None:
     _WORKER_BASE = load_base(base_name)
 
 
-def _work(args: tuple[str, Path, int]) -> tuple[str, dict[str, Any]]:
-    key, folder, seed = args
-    return key, probe_folder(folder, _WORKER_BASE, seed)
+def _work(args: tuple[str, Path, int, dict[str, int] | None]) -> tuple[str, dict[str, Any]]:
+    key, folder, seed, config = args
+    return key, probe_folder(folder, _WORKER_BASE, seed, config)
 
 
 def probe_all(folders: dict[str, Path], base_name: str, seed: int, executor: ExecutorConfig | None = None,
-              on_done: Callable[[], None] | None = None) -> dict[str, dict[str, Any]]:
+              on_done: Callable[[], None] | None = None, config: dict[str, int] | None = None
+              ) -> dict[str, dict[str, Any]]:
     """``{key: probe result}`` for every folder, on ``executor`` (each worker loads the base once; cached results
-    are only read)."""
+    are only read). ``config``: as in :func:`probe_folder`."""
     from plora.executor import run_tasks
 
     def done(_: int, __: Any) -> None:
         if on_done:
             on_done()
 
-    results = run_tasks(_work, [(k, f, seed) for k, f in folders.items()], executor, init=_init,
+    results = run_tasks(_work, [(k, f, seed, config) for k, f in folders.items()], executor, init=_init,
                         init_args=(base_name,), on_result=done, label="gate detectors", progress=False)
     return dict(results)
 
