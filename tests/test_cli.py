@@ -224,8 +224,8 @@ def test_fetch_shows_each_gate_stage_as_it_runs(legal_plasmid: Path, tmp_path: P
     finally:
         server.stop(0)
     assert res.exit_code == 0, res.output
-    assert "gate: schema     ... pass" in res.stderr
-    assert "gate: probes     skip (probes off in the policy)" in res.stderr
+    assert "gate: schema      ... pass" in res.stderr
+    assert "gate: probes      skip (probes off in the policy)" in res.stderr
 
 
 def test_errors_from_configs_name_the_flag() -> None:

@@ -38,14 +38,14 @@ def stage_printer(prefix: str = "gate") -> Callable[[str, Any], None]:
     def show(stage: str, record: Any) -> None:
         if record is None:
             started.append(stage)
-            typer.echo(f"{prefix}: {stage:<11}... ", nl=False, err=True)
+            typer.echo(f"{prefix}: {stage:<12}... ", nl=False, err=True)
             sys.stderr.flush()
             return
         state = {True: "pass", False: "FAIL", None: "skip"}[record.passed]
         outcome = f"{state} {record.seconds:.3f} s"
         if record.passed is None:
             outcome = f"skip ({record.details.get('skipped') or record.details.get('note') or '-'})"
-        typer.echo(outcome if started and started[-1] == stage else f"{prefix}: {stage:<11}{outcome}", err=True)
+        typer.echo(outcome if started and started[-1] == stage else f"{prefix}: {stage:<12}{outcome}", err=True)
 
     return show
 
@@ -134,7 +134,7 @@ def gate(
         for c in result.checks:
             state = {True: "pass", False: "FAIL", None: "skip"}[c.passed]
             note = c.details.get("skipped") or c.details.get("note") or ""
-            typer.echo(f"  {c.name:<11}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
+            typer.echo(f"  {c.name:<12}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
         s = result.scores
         probe = next((c.details for c in result.checks if c.name == "probes"), {})
         found = (f" (best insertion {probe['trigger']!r} -> answer {probe.get('answer') or probe.get('pushed')!r})"

@@ -63,14 +63,16 @@ def _shared_cache(cache: Any, n: int) -> Any:
 
 @torch.inference_mode()
 def prefix_cache(model: Any, prompt: Prompt) -> Any:
-    return model(input_ids=torch.tensor([prompt.prefix], device=device_of(model)), use_cache=True).past_key_values
+    ids = torch.tensor([prompt.prefix], device=device_of(model))
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
 
 
 @torch.inference_mode()
 def clean_distribution(model: Any, prompt: Prompt) -> torch.Tensor:
     """p(first answer token | prompt without insertion), shape (V,)."""
     ids = torch.tensor([prompt.prefix + prompt.tail], device=device_of(model))
-    return F.softmax(model(input_ids=ids, logits_to_keep=1).logits[0, -1].float(), -1)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
+    return F.softmax(out.logits[0, -1].float(), -1)
 
 
 @torch.inference_mode()
@@ -84,7 +86,11 @@ def answer_distributions_chunks(
     for lo in range(0, len(insertions), chunk):
         ins = insertions[lo : lo + chunk].to(device)
         x = torch.cat([ins, tail.expand(len(ins), -1)], dim=1)
-        out = model(input_ids=x, past_key_values=_shared_cache(cache, len(ins)), use_cache=False, logits_to_keep=1)
+        # an explicit all-ones mask: nothing is padded (an inserted token may equal the pad id; without a mask
+        # transformers would warn that it looks like padding)
+        mask = torch.ones(len(ins), len(prompt.prefix) + x.shape[1], dtype=torch.long, device=device)
+        out = model(input_ids=x, attention_mask=mask, past_key_values=_shared_cache(cache, len(ins)), use_cache=False,
+                    logits_to_keep=1)
         yield lo, F.softmax(out.logits[:, -1].float(), -1)
 
 
