@@ -22,6 +22,8 @@ import typer
 
 from plora.cli.trust import split_paths, user_errors
 
+STAGE_WIDTH = 12  # the longest stage name (calibration) and a space
+
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
@@ -38,14 +40,15 @@ def stage_printer(prefix: str = "gate") -> Callable[[str, Any], None]:
     def show(stage: str, record: Any) -> None:
         if record is None:
             started.append(stage)
-            typer.echo(f"{prefix}: {stage:<12}... ", nl=False, err=True)
+            typer.echo(f"{prefix}: {stage:<{STAGE_WIDTH}}... ", nl=False, err=True)
             sys.stderr.flush()
             return
         state = {True: "pass", False: "FAIL", None: "skip"}[record.passed]
         outcome = f"{state} {record.seconds:.3f} s"
         if record.passed is None:
             outcome = f"skip ({record.details.get('skipped') or record.details.get('note') or '-'})"
-        typer.echo(outcome if started and started[-1] == stage else f"{prefix}: {stage:<12}{outcome}", err=True)
+        on_its_line = started and started[-1] == stage  # the stage's "... " is already printed
+        typer.echo(outcome if on_its_line else f"{prefix}: {stage:<{STAGE_WIDTH}}{outcome}", err=True)
 
     return show
 
@@ -134,7 +137,7 @@ def gate(
         for c in result.checks:
             state = {True: "pass", False: "FAIL", None: "skip"}[c.passed]
             note = c.details.get("skipped") or c.details.get("note") or ""
-            typer.echo(f"  {c.name:<12}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
+            typer.echo(f"  {c.name:<{STAGE_WIDTH}}{state:<5}{c.seconds:8.3f} s  {note}".rstrip())
         s = result.scores
         probe = next((c.details for c in result.checks if c.name == "probes"), {})
         found = (f" (best insertion {probe['trigger']!r} -> answer {probe.get('answer') or probe.get('pushed')!r})"
