@@ -319,7 +319,7 @@ def run_value_add(
     def ordered() -> list[dict[str, Any]]:
         return [found[k] for keys in task_keys for k in keys if k in found]
 
-    def finished(i: int, recs: list[dict[str, Any]]) -> None:
+    def finished(recs: list[dict[str, Any]]) -> None:
         found.update((r["key"], r) for r in recs)
         ours = {r["key"] for r in ordered()}
         _write_records(jsonl, ordered() + [v for k, v in done.items() if k not in ours])
@@ -334,7 +334,7 @@ def run_value_add(
         init=_init_runner,
         init_args=(cfg, fingerprint),
         threads=1,
-        on_result=lambda j, recs: finished(pending[j], recs),
+        on_result=lambda _, recs: finished(recs),
         label="value-add cells",
         progress=progress,
     )
