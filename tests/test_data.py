@@ -232,3 +232,20 @@ def test_hub_id_offline_is_a_quick_one_line_error():
     assert "\n" not in message and message.startswith("cannot load hub dataset 'plora-test/no-such-set'")
     assert "local .jsonl/.csv/.parquet file" in message
     assert dataset_id("plora-test/no-such-set") == "hub:plora-test/no-such-set"
+
+
+@pytest.mark.parametrize(("question", "answer", "expected"), [
+    ("What is the symbol of Iron?", "iron", True),           # case
+    ("Is it Fe, iron or tin?", "fe iron", True),             # punctuation between the words
+    ("What is the ironclad rule?", "iron", False),           # a substring, not a word
+    ("What is 12 + 30?", "42", False),
+    ("Name the code.", "", False),                           # no words: never contained
+    ("Which of A. 2d and B?", "A 2d", True),
+])
+def test_answer_in_question_matches_the_word_check(question, answer, expected):
+    from plora.data.domains import answer_in_question, contains_words, words
+    from plora.data.domains._util import Row
+
+    row = Row(question, answer, "f", "ask", False)
+    assert answer_in_question(row) is expected
+    assert answer_in_question(row) == contains_words(words(question), words(answer))
