@@ -53,7 +53,7 @@ def bench(model: str, given: list[str], n: int, work: Path) -> dict[str, object]
     torch.set_num_threads(1)
     folders = _plasmids(model, given, n, work)
     base = load_base(model)
-    cfg = ProbeConfig.for_model(sum(p.numel() for p in base.model.parameters()), len(base.tokenizer))
+    cfg = ProbeConfig.for_base(base)
     t0 = time.perf_counter()
     behaviour_probe(read_plasmid(folders[0]), base, seed=0, config=cfg)  # stores the base's half (once per base)
     first = time.perf_counter() - t0

@@ -90,6 +90,11 @@ class ProbeConfig:
         return cls(scan_prompts=2, verify_prompts=8, candidates=min(vocab, 768), targets=2, extend_pool=8,
                    keep_pairs=3, nll_items_per_domain=4)
 
+    @classmethod
+    def for_base(cls, base: Any) -> ProbeConfig:
+        """The config the gate uses for a loaded base (:meth:`for_model` on its size and vocabulary)."""
+        return cls.for_model(sum(p.numel() for p in base.model.parameters()), len(base.tokenizer))
+
 
 @dataclass
 class ProbeScore:
@@ -191,11 +196,15 @@ def _base_side(base: Any, seed: int, cfg: ProbeConfig) -> tuple[_Probe, _BaseSid
 def probe_identity(base: Any, seed: int = 0, config: ProbeConfig | None = None) -> str:
     """A digest of everything a probe result depends on besides the plasmid: probe version, base weights, seed,
     config and the probe's own tokens (questions, candidates, clean items: a change of the domain data shows)."""
-    import hashlib
-
     cfg = config or ProbeConfig()
     probe = _base_side(base, seed, cfg)[0] if (id(base.model), base.digest, seed, cfg) in _BASE_CACHE \
         else build_probe(base.tokenizer, seed, cfg)
+    return _identity(base, probe, seed, cfg)
+
+
+def _identity(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> str:
+    import hashlib
+
     ident = [PROBE_VERSION, base.digest, seed, asdict(cfg), probe.candidates.tolist(),
              [(p.prefix, p.tail) for p in probe.scan + probe.verify], probe.nll_batch["input_ids"].tolist()]
     return hashlib.sha256(repr(ident).encode()).hexdigest()
@@ -204,15 +213,12 @@ def probe_identity(base: Any, seed: int = 0, config: ProbeConfig | None = None) 
 def _stored_base_side(base: Any, probe: _Probe, seed: int, cfg: ProbeConfig) -> _BaseSide:
     """The base's side from ``PLORA_HOME/gate/probe-base/`` (keyed by :func:`probe_identity`), computed and stored on
     a miss."""
-    import hashlib
     import io
 
     from plora.fsio import atomic_write_bytes
     from plora.settings import cache_dir
 
-    ident = [PROBE_VERSION, base.digest, seed, asdict(cfg), probe.candidates.tolist(),
-             [(p.prefix, p.tail) for p in probe.scan + probe.verify], probe.nll_batch["input_ids"].tolist()]
-    path = cache_dir("gate", "probe-base") / (hashlib.sha256(repr(ident).encode()).hexdigest()[:32] + ".pt")
+    path = cache_dir("gate", "probe-base") / (_identity(base, probe, seed, cfg)[:32] + ".pt")
     if path.is_file():
         try:
             data = torch.load(path, weights_only=True, map_location="cpu")

@@ -186,8 +186,7 @@ def run_gate_eval(
     if given is not None:  # probe exactly as the gate does with this calibration: its seed and config
         probe_seed, probe_config = given.probe_seed, dict(given.probe_config)
     else:
-        n_params = sum(p.numel() for p in base.model.parameters())
-        probe_config = probes.ProbeConfig.for_model(n_params, len(base.tokenizer)).__dict__
+        probe_config = probes.ProbeConfig.for_base(base).__dict__
     plan = co.plan_cohort(spec)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not progress) as bar:

@@ -48,11 +48,7 @@ def probe_folder(folder: Path, base: Any, seed: int, config: dict[str, int] | No
     from plora.manifest import read_manifest
     from plora.plasmid import read_plasmid
 
-    if config is None:
-        n_params = sum(p.numel() for p in base.model.parameters())
-        cfg = probes.ProbeConfig.for_model(n_params, len(base.tokenizer))
-    else:
-        cfg = probes.ProbeConfig(**config)
+    cfg = probes.ProbeConfig.for_base(base) if config is None else probes.ProbeConfig(**config)
     path = _cache_path(probes.probe_identity(base, seed, cfg), read_manifest(folder).artifact.sha256)
     if path.is_file():
         return json.loads(path.read_text())
