@@ -311,6 +311,49 @@ def test_config_fields_must_agree_with_the_manifest(tmp_path: Path) -> None:
         assert screen(folder, Policy(**CHEAP)).reason_codes == ["CONFIG_SHA_MISMATCH"]
 
 
+@pytest.mark.parametrize("setting", [
+    {"init_lora_weights": "pissa"},  # PEFT rewrites the base weights when it loads the folder
+    {"init_lora_weights": "olora"},
+    {"exclude_modules": ["transformer.h.0.attn.c_attn"]},  # PEFT would drop factors the gate screened
+    {"bias": "all"},
+    {"auto_mapping": {"base_model_class": "X", "parent_library": "os"}},  # AutoPeftModel would import it
+    {"a_setting_from_a_newer_peft": {"on": True}},  # unknown and set: refused until judged harmless
+])  # fmt: skip
+def test_adapter_config_is_plain_lora_or_refused(tmp_path: Path, setting: dict[str, Any]) -> None:
+    folder = make_plasmid(tmp_path / "p", config={**adapter_config(), **setting})
+    result = screen(folder, Policy(**CHEAP))
+    assert result.reason_codes == ["CONFIG_SHA_MISMATCH"], result.reasons
+    assert next(iter(setting)) in result.reasons[0][1]
+
+
+def test_harmless_adapter_config_settings_pass(tmp_path: Path) -> None:
+    harmless = {"lora_dropout": 0.1, "fan_in_fan_out": False, "init_lora_weights": "gaussian", "revision": "main",
+                "auto_mapping": {"base_model_class": "GPT2LMHeadModel",
+                                 "parent_library": "transformers.models.gpt2.modeling_gpt2"},
+                "loftq_config": {}, "use_dora": False, "layers_pattern": None}  # fmt: skip
+    result = screen(make_plasmid(tmp_path / "p", config={**adapter_config(), **harmless}), Policy(**CHEAP))
+    assert result.accepted, result.reasons
+
+
+def test_verify_refuses_what_the_gate_refuses_in_the_folder(tmp_path: Path, keys: dict[str, Path]) -> None:
+    from plora.signer import Keyring, verify_plasmid
+
+    ring = Keyring.load([keys["trusted"]])
+    pickled = make_plasmid(tmp_path / "pickled")
+    sign_plasmid(pickled, keys["alice"])
+    (pickled / "adapter_model.bin").write_bytes(b"x")
+    linked = make_plasmid(tmp_path / "linked")
+    sign_plasmid(linked, keys["alice"])
+    (tmp_path / "sig.json").write_bytes((linked / "plora.sig.json").read_bytes())
+    (linked / "plora.sig.json").unlink()
+    (linked / "plora.sig.json").symlink_to(tmp_path / "sig.json")
+    for folder in (pickled, linked):
+        assert verify_plasmid(folder, ring).codes == ["UNSAFE_FILE"], folder
+        assert screen(folder, Policy(**CHEAP)).reason_codes == ["UNSAFE_FILE"], folder
+        out = runner.invoke(app, ["verify", str(folder), "--trusted-keys", str(keys["trusted"])])
+        assert out.exit_code == 1 and "UNSAFE_FILE" in out.output, out.output
+
+
 def test_path_traversal_and_symlinks_are_refused(tmp_path: Path) -> None:
     folder = make_plasmid(tmp_path / "p")
     outside = tmp_path / "outside.safetensors"

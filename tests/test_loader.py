@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +135,20 @@ def llama_setup(tmp_path_factory):
     # rsLoRA and a per-module alpha: the raw-folder reader must take the scale from adapter_config.json as PEFT does
     raw = _peft_adapter(base, root / "raw", LLAMA_TARGETS, seed=3, use_rslora=True, alpha_pattern={"down_proj": 3})
     return base, raw
+
+
+def test_an_adapter_that_makes_peft_rewrite_the_base_is_refused(gpt2_setup, tmp_path):
+    """PiSSA-style initialisation changes the base weights when PEFT loads the folder, and exclude_modules drops
+    factors: the plora loader would run another model than PEFT, so it refuses both."""
+    from plora.loader.source import read_adapter
+
+    _, _, raw, _, _ = gpt2_setup
+    for key, value in (("init_lora_weights", "pissa"), ("exclude_modules", ["transformer.h.0.attn.c_attn"])):
+        folder = Path(shutil.copytree(raw[0], tmp_path / key))
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(LoaderError, match=key):
+            read_adapter(folder)
 
 
 @pytest.mark.parametrize("mode", ["side", "merged"])

@@ -170,3 +170,32 @@ def test_dsse_only_paths_never_import_model_signing(tmp_path: Path, keys: dict[s
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_second_key_never_silently_replaces_a_bundle(tmp_path: Path, keys: dict[str, Path]) -> None:
+    folder = make_plasmid(tmp_path / "legal")
+    sign_plasmid(folder, keys["dave"], format="oms")
+    first = (folder / "model.sig").read_bytes()
+    sign_plasmid(folder, keys["dave"], format="oms")  # the same key signs again: replaced, as a re-sign should be
+    args = ["sign", str(folder), "--format", "oms", "--key", str(keys["erin"])]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "another key" in result.output and "--force" in result.output, result.output
+    ring = Keyring.load([keys["trusted"]])
+    assert verify_plasmid(folder, ring).ok  # dave's signature is still there
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert (folder / "model.sig").read_bytes() != first and verify_plasmid(folder, ring).codes[0] == "SIGNER_UNTRUSTED"
+
+
+def test_a_revoked_key_is_found_in_model_sig_too(tmp_path: Path, keys: dict[str, Path]) -> None:
+    from plora.recall import RecallStore, issue_revocation
+    from plora.recall.record import signer_target
+
+    in_bundle, in_envelope = make_plasmid(tmp_path / "a" / "legal"), make_plasmid(tmp_path / "b" / "legal")
+    sign_plasmid(in_bundle, keys["dave"], format="oms")
+    sign_plasmid(in_envelope, keys["dave"])
+    store = RecallStore(tmp_path / "recall", revocation_keys=Keyring.load([pub(keys, "alice")]),
+                        plasmid_keys=Keyring.load([keys["trusted"]]))
+    env = issue_revocation(signer_target(pub(keys, "dave")), "dave's key leaked", keys["alice"], issuer="ops")
+    assert store.receive(env.to_json()).ok
+    for folder in (in_bundle, in_envelope):
+        assert store.check(folder)[0].startswith("REVOKED: every plasmid signed by key"), folder

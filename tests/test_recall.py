@@ -173,6 +173,8 @@ def test_cli_revoke_and_verify(keys, tmp_path):
         ["revoke", "--cosign", str(rev), "--key", str(keys["bob"]), "--reason", "x"],
         ["revoke", "--plasmid", str(p), "--reason", "x", "--key", str(keys["alice"]) + ".pub", "--out",
          str(tmp_path / "revs" / "d.json")],
+        ["revoke", "--plasmid", str(p), "--reason", "x", "--key", str(keys["alice"]), "--out", str(rev.parent)],
+        ["verify", str(p / "plora.yml"), "--trusted-keys", keydir],  # a file that cannot be a revocation
     ]
     for args in bad:
         res = runner.invoke(app, args)

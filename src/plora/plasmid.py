@@ -42,6 +42,69 @@ from plora.manifest import (
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[A-Za-z0-9_]+)?\.weight$")
 
 
+# What a plasmid's adapter_config.json may hold. PEFT loads the folder as it is, so a setting that changes what PEFT
+# builds (DoRA, an initialisation that rewrites the base weights such as PiSSA or OLoRA, excluded or extra modules,
+# per-module ranks, ...) would make the model PEFT runs differ from the one the gate screened: only plain LoRA
+# (W + alpha/r * B A on the listed modules) passes. An allowlist, so that a setting a newer PEFT adds is refused
+# until someone decides it is harmless.
+CONFIG_COMPARED = frozenset({"peft_type", "r", "lora_alpha", "target_modules"})  # compared with plora.yml by the gate
+CONFIG_FREE = frozenset({
+    "task_type", "base_model_name_or_path", "revision", "inference_mode", "peft_version",  # metadata
+    "lora_dropout",  # off at inference
+    "fan_in_fan_out",  # PEFT sets it from the layer type (Conv1D or Linear) whatever the file says
+    "layers_pattern", "megatron_core", "qalora_group_size",  # read only with a setting that must be empty
+})
+
+
+def init_rewrites_base(value: Any) -> bool:
+    """True for an ``init_lora_weights`` that makes PEFT change the base weights when it loads the adapter."""
+    return not (isinstance(value, bool) or value == "gaussian")
+
+
+def _transformers_class(mapping: Any) -> bool:
+    if not isinstance(mapping, dict) or set(mapping) - {"base_model_class", "parent_library"}:
+        return False
+    library, cls = mapping.get("parent_library"), mapping.get("base_model_class")
+    return (isinstance(library, str) and re.fullmatch(r"transformers(\.[A-Za-z_][A-Za-z0-9_]*)*", library) is not None
+            and isinstance(cls, str) and cls.isidentifier())
+
+
+def config_beyond_plain_lora(config: Mapping[str, Any]) -> list[str]:
+    """The adapter_config.json settings that make PEFT build something other than plain LoRA, one line each."""
+    out: list[str] = []
+    for key, value in config.items():
+        if key in CONFIG_COMPARED or key in CONFIG_FREE:
+            continue
+        if key == "init_lora_weights":
+            if init_rewrites_base(value):
+                out.append(f"init_lora_weights={value!r} rewrites the base weights when PEFT loads the adapter")
+        elif key == "auto_mapping":  # PEFT's AutoPeftModel imports parent_library to build the base model
+            if value is not None and not _transformers_class(value):
+                out.append(f"auto_mapping={value!r}: only a transformers model class may be named")
+        elif key == "bias":
+            if value != "none":
+                out.append(f"bias={value!r}: a plasmid carries no bias terms (bias must be 'none')")
+        elif not (value is None or value is False or value == {} or value == [] or value == ""):
+            out.append(f"{key} must be empty, found {value!r}")
+    return out
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+
+
+def unsafe_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Why entries of a plasmid folder may not be there, one line each: symlinks (plasmid files are regular files)
+    and pickle-format files (loading one can run code). The gate's first stage and ``plora verify`` both refuse
+    them. Raises OSError when the folder cannot be listed."""
+    out = []
+    for child in sorted(Path(folder).iterdir()):
+        if child.is_symlink():
+            out.append(f"{child.name} is a symlink (plasmid files must be regular files)")
+        elif child.suffix.lower() in PICKLE_SUFFIXES:
+            out.append(f"{child.name}: pickle-format files are never accepted")
+    return out
+
+
 def adapter_config_bytes(config: Mapping[str, Any]) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 

@@ -74,12 +74,13 @@ def register(app: typer.Typer) -> None:
         fmt: SignFormat = typer.Option(
             SignFormat.dsse, "--format", help="dsse: plora.sig.json (any key); oms: model.sig for model_signing (EC)"
         ),
+        force: bool = typer.Option(False, "--force", help="--format oms: replace a model.sig by another key"),
     ) -> None:
         """Re-hash the plasmid's files, then add a detached signature beside plora.yml (which is not rewritten)."""
         with user_errors():
             from plora.signer import sign_plasmid
 
-            done = sign_plasmid(folder, key, format=fmt.value)
+            done = sign_plasmid(folder, key, format=fmt.value, replace=force)
             typer.echo(f"signed {folder}: {done.algorithm} by {done.fingerprint}")
             typer.echo(f"{done.signatures} signature(s) in {done.path}")
             if done.stale_dropped:
@@ -103,6 +104,10 @@ def register(app: typer.Typer) -> None:
 
             keyring = Keyring.load(split_paths(trusted_keys))
             if folder.is_file():
+                if folder.suffix != ".json":
+                    from plora.errors import PloraError
+
+                    raise PloraError(f"{folder}: neither a plasmid folder nor a revocation file (.json)")
                 _verify_revocation(folder, keyring, quorum, as_json)
             result = verify_plasmid(folder, keyring, quorum=quorum)
         if as_json:

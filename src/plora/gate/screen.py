@@ -59,10 +59,9 @@ from plora.gate.reasons import STAGES, Reason
 from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_module_shapes
 from plora.hashing import sha256_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, UNTRUSTED_MAX_BYTES, Manifest, read_manifest
-from plora.plasmid import Plasmid
+from plora.plasmid import Plasmid, unsafe_files
 from plora.strictjson import loads_strict
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_CONFIG_BYTES = 1 << 20
 
 ReasonPair = tuple[str, str]
@@ -127,18 +126,13 @@ class _Screen:
     def schema(self, d: dict[str, Any]) -> list[ReasonPair]:
         if not self.folder.is_dir():
             return [(Reason.MANIFEST_MISSING, f"{self.folder} is not a folder")]
-        out: list[ReasonPair] = []
         try:
-            children = sorted(self.folder.iterdir())
+            unsafe = unsafe_files(self.folder)
         except OSError as err:
             return [(Reason.MANIFEST_MISSING, f"{self.folder}: cannot list the folder ({err.strerror})")]
-        for child in children:
-            if child.is_symlink():
-                out.append((Reason.UNSAFE_FILE, f"{child.name} is a symlink (plasmid files must be regular files)"))
-            elif child.suffix.lower() in PICKLE_SUFFIXES:
-                out.append((Reason.UNSAFE_FILE, f"{child.name}: pickle-format files are never accepted"))
-        if out:
-            return out
+        if unsafe:
+            return [(Reason.UNSAFE_FILE, why) for why in unsafe]
+        out: list[ReasonPair] = []
         if not (self.folder / MANIFEST_NAME).is_file():
             return [(Reason.MANIFEST_MISSING, f"{self.folder}: no {MANIFEST_NAME}")]
         try:

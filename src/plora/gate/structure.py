@@ -24,7 +24,7 @@ import numpy as np
 from plora.gate.policy import Policy
 from plora.gate.reasons import Reason
 from plora.manifest import Manifest
-from plora.plasmid import parse_lora_key
+from plora.plasmid import config_beyond_plain_lora, parse_lora_key
 
 LIST_MAX = 5
 ReasonPair = tuple[str, str]
@@ -130,20 +130,7 @@ def config_disagreements(cfg: dict[str, Any], m: Manifest) -> list[str]:
     targets = cfg.get("target_modules")
     if not isinstance(targets, list) or sorted(set(map(str, targets))) != sorted(m.lora.targets):
         out.append(f"target_modules={targets!r} vs lora.targets={list(m.lora.targets)}")
-    for key in (
-        "modules_to_save",
-        "rank_pattern",
-        "alpha_pattern",
-        "layers_to_transform",
-        "layer_replication",
-        "trainable_token_indices",
-        "target_parameters",
-    ):
-        if cfg.get(key):
-            out.append(f"{key} must be empty, found {cfg[key]!r}")
-    for key in ("use_dora", "use_rslora", "lora_bias"):
-        if cfg.get(key):
-            out.append(f"{key}=true changes the update the manifest describes")
+    out.extend(config_beyond_plain_lora(cfg))
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 from plora.errors import LoaderError, ManifestError
 from plora.hashing import sha256_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, ARTIFACT_NAME, MANIFEST_NAME, Manifest, loads_manifest
-from plora.plasmid import Plasmid, artifact_path, parse_lora_key
+from plora.plasmid import Plasmid, artifact_path, config_beyond_plain_lora, init_rewrites_base, parse_lora_key
 
 # adapter_config.json fields that change what the factors mean; a plain LoRA is all this loader applies.
 _UNSUPPORTED_FLAGS = ("use_dora", "use_qalora", "lora_bias")
@@ -133,6 +133,11 @@ def _parse_config(data: bytes, source: str) -> dict[str, Any]:
         raise LoaderError(f"{source}: peft_type {config.get('peft_type')!r} is not LORA")
     if config.get("modules_to_save"):
         raise LoaderError(f"{source}: modules_to_save is not supported (a plasmid carries LoRA factors only)")
+    if init_rewrites_base(config.get("init_lora_weights", True)):
+        raise LoaderError(f"{source}: init_lora_weights={config.get('init_lora_weights')!r} rewrites the base weights "
+                          "when PEFT loads the adapter; the plora loader applies plain LoRA only")
+    if config.get("exclude_modules"):
+        raise LoaderError(f"{source}: exclude_modules is not supported (PEFT would skip factors the file carries)")
     return config
 
 
@@ -300,8 +305,9 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
             f"{folder}: adapter_config.json (r={config.get('r')}, lora_alpha={config.get('lora_alpha')}) disagrees "
             f"with plora.yml (r={manifest.lora.r}, alpha={manifest.lora.alpha})"
         )
-    if config.get("use_rslora") or config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise LoaderError(f"{folder}: a plasmid must be plain LoRA (no use_rslora, rank_pattern or alpha_pattern)")
+    beyond = config_beyond_plain_lora(config)
+    if beyond:
+        raise LoaderError(f"{folder}: a plasmid must be plain LoRA: {beyond[0]}")
     return AdapterSource(
         label=manifest.plasmid_id,
         modules=_check_manifest_rank(manifest, pairs, str(folder)),

@@ -193,7 +193,7 @@ def revocation_id(envelope: Envelope) -> str:
 def loads_revocation(data: bytes, source: str = "revocation") -> Envelope:
     """Parse the envelope (bounded size, strict JSON); EnvelopeError when it is not one."""
     if len(data) > MAX_REVOCATION_BYTES:
-        raise EnvelopeError(f"{source}: {len(data)} bytes, more than the {MAX_REVOCATION_BYTES} allowed")
+        raise EnvelopeError(f"{source}: more than the {MAX_REVOCATION_BYTES} bytes allowed")
     return loads_envelope(data, source)
 
 
@@ -288,6 +288,8 @@ def verify_revocation(source: Envelope | bytes | str | os.PathLike[str], keyring
 def check_revocation_file(path: str | os.PathLike[str]) -> None:
     """Refuse a path that cannot hold a new revocation (an existing file is replaced only by cosigning)."""
     p = Path(path)
+    if p.is_dir():
+        raise RevocationError(f"{p} is a folder; --out names the revocation file to write (e.g. {p / 'NAME.json'})")
     if p.exists():
         raise RevocationError(f"{p} already exists; add a signature with plora revoke --cosign {p} --key KEY")
     if p.suffix != ".json":

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from plora.fsio import atomic_write_json, atomic_write_text
-from plora.manifest import SIGNATURE_NAME, Manifest, read_manifest, release_of
+from plora.manifest import OMS_SIGNATURE_NAME, SIGNATURE_NAME, Manifest, read_manifest, release_of
 from plora.recall.record import (
     REVOKED,
     VERSION_ROLLBACK,
@@ -72,12 +72,18 @@ class Receipt:
     record: Revocation | None = None
 
 
-def listed_signers(folder: str | os.PathLike[str]) -> set[str]:
-    """Key ids listed in a plasmid folder's plora.sig.json (unverified: a signer revocation matches any listing)."""
+def listed_signers(folder: str | os.PathLike[str], keyring: Keyring | None = None) -> set[str]:
+    """Key ids a plasmid folder lists as its signers (unverified: a signer revocation matches any listing): those of
+    plora.sig.json, and the key of model.sig where ``keyring`` holds it (a bundle names its key only by a hint)."""
     try:
-        return {s.keyid for s in read_envelope(Path(folder) / SIGNATURE_NAME).signatures}
+        out = {s.keyid for s in read_envelope(Path(folder) / SIGNATURE_NAME).signatures}
     except EnvelopeError:
-        return set()
+        out = set()
+    if keyring is not None and (Path(folder) / OMS_SIGNATURE_NAME).is_file():
+        from plora.signer.oms import listed_key_fingerprints
+
+        out |= listed_key_fingerprints(folder, keyring)
+    return out
 
 
 class RecallStore:
@@ -139,6 +145,15 @@ class RecallStore:
             self._records[rid] = check.record
         return Receipt(rid, True, True, [], check.record)
 
+    def known_keys(self) -> Keyring:
+        """Every public key this store holds (trusted plasmid keys and revocation keys): what links a model.sig's
+        key hint to a key id."""
+        ring = Keyring()
+        for source in (self.plasmid_keys, self.revocation_keys):
+            for fp, key in (source.keys.items() if source is not None else ()):
+                ring.keys.setdefault(fp, key)
+        return ring
+
     def revoked_by(self, sha256: str, signers: set[str] | frozenset[str] = frozenset()) -> str | None:
         """The id of a revocation that names this plasmid, or None."""
         with self._lock:
@@ -159,7 +174,7 @@ class RecallStore:
             manifest = read_manifest(folder)
         except Exception as err:  # noqa: BLE001 - the gate names a bad manifest; this check has nothing to add
             return [f"SCHEMA_INVALID: {err}"]
-        rid = self.revoked_by(manifest.artifact.sha256, listed_signers(folder))
+        rid = self.revoked_by(manifest.artifact.sha256, listed_signers(folder, self.known_keys()))
         if rid is not None:
             return [f"{REVOKED}: {self._records[rid].describe()} (revocation {rid[:16]}...)"]
         return [f"{VERSION_ROLLBACK}: {msg}" for msg in self._rollbacks(folder, manifest)]

@@ -144,7 +144,7 @@ def sign_envelope(
 def loads_envelope(data: bytes, source: str = "envelope") -> Envelope:
     """Parse and validate an envelope; EnvelopeError (one line) for anything malformed."""
     if len(data) > MAX_ENVELOPE_BYTES:
-        raise EnvelopeError(f"{source}: {len(data)} bytes, more than the {MAX_ENVELOPE_BYTES} allowed")
+        raise EnvelopeError(f"{source}: more than the {MAX_ENVELOPE_BYTES} bytes allowed")
     try:
         raw = loads_strict(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:

@@ -62,15 +62,28 @@ def key_hint(public_key: PublicKey) -> str:
     return hashlib.sha256(public_pem(public_key)).hexdigest()
 
 
-def sign_bundle(folder: str | os.PathLike[str], key_path: str | os.PathLike[str], private: PrivateKey) -> Path:
-    """Write ``folder/model.sig`` with model_signing's elliptic-key signer (atomically)."""
+def sign_bundle(folder: str | os.PathLike[str], key_path: str | os.PathLike[str], private: PrivateKey,
+                replace: bool = False) -> Path:
+    """Write ``folder/model.sig`` with model_signing's elliptic-key signer (atomically). A bundle holds one
+    signature: one by another key (or one that cannot be read) is replaced only with ``replace``."""
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise SignatureError(
             "--format oms needs an EC key (P-256 or P-384), as model-signing's key flow takes no RSA or Ed25519: "
             "plora keygen --algo ecdsa-p256 --out keys/NAME"
         )
-    ms = _model_signing()
     folder = Path(folder)
+    existing = folder / OMS_SIGNATURE_NAME
+    if existing.exists() and not replace:
+        try:
+            hint = _hint(_read_bundle(existing))
+        except (OSError, ValueError):
+            hint = None
+        if hint != key_hint(private.public_key()):
+            raise SignatureError(
+                f"{existing} holds a signature by another key (a model.sig bundle has one signer): add --force to "
+                "replace it, or sign with --format dsse, which keeps every signer's signature"
+            )
+    ms = _model_signing()
     hashing = ms.hashing.Config().set_ignored_paths(paths=list(SIDECARS), ignore_git_paths=True)
     with tempfile.TemporaryDirectory(prefix="plora-oms-") as tmp:
         out = Path(tmp) / OMS_SIGNATURE_NAME
@@ -99,6 +112,16 @@ def _hint(bundle: dict[str, Any]) -> str | None:
     key = material.get("publicKey") if isinstance(material, dict) else None
     hint = key.get("hint") if isinstance(key, dict) else None
     return hint if isinstance(hint, str) and hint else None
+
+
+def listed_key_fingerprints(folder: str | os.PathLike[str], keyring: Keyring) -> set[str]:
+    """Fingerprints of the keys in ``keyring`` that ``folder/model.sig`` names (unverified; empty without a
+    readable bundle): a bundle names its key by a hint, so only a key the reader holds can be linked to it."""
+    try:
+        hint = _hint(_read_bundle(Path(folder) / OMS_SIGNATURE_NAME))
+    except (OSError, ValueError):
+        return set()
+    return {fp for fp, key in keyring.keys.items() if hint is not None and key_hint(key) == hint}
 
 
 def _signed_names(bundle: dict[str, Any]) -> set[str]:

@@ -119,13 +119,15 @@ class SignOutcome:
 
 
 def sign_plasmid(
-    folder: str | os.PathLike[str], key_path: str | os.PathLike[str], *, format: SignFormat = "dsse"
+    folder: str | os.PathLike[str], key_path: str | os.PathLike[str], *, format: SignFormat = "dsse",
+    replace: bool = False,
 ) -> SignOutcome:
     """Re-hash the files, refuse if they disagree with the manifest, then add this key's signature.
 
     ``dsse``: to the envelope ``plora.sig.json`` (created if absent; a previous signature by the same key is
     replaced; signatures over an older manifest are dropped, since they can no longer verify).
-    ``oms``: write ``model.sig``, an OpenSSF model-signing bundle over the folder's files (EC keys only).
+    ``oms``: write ``model.sig``, an OpenSSF model-signing bundle over the folder's files (EC keys only). A bundle
+    has one signer: another key's ``model.sig`` is replaced only with ``replace=True`` (the same key's always is).
     """
     if format not in ("dsse", "oms"):
         raise SignatureError(f"unknown signature format {format!r}; expected dsse or oms")
@@ -143,7 +145,7 @@ def sign_plasmid(
         if format == "oms":
             from plora.signer.oms import sign_bundle
 
-            return SignOutcome(sign_bundle(folder, key_path, private), fp, algo, 1)
+            return SignOutcome(sign_bundle(folder, key_path, private, replace=replace), fp, algo, 1)
         path = folder / SIGNATURE_NAME
         payload = canonical_bytes(manifest)
         existing, stale = None, 0
@@ -236,7 +238,16 @@ def _tally_plasmid_envelope(path: Path, manifest: Manifest, keyring: Keyring, ta
 
 def verify_plasmid(folder: str | os.PathLike[str], keyring: Keyring, quorum: int = 1) -> VerifyResult:
     """Re-hash the artifact and adapter_config.json, then check the signatures against ``keyring``."""
+    from plora.plasmid import unsafe_files
+
     folder = Path(folder)
+    try:
+        unsafe = unsafe_files(folder) if folder.is_dir() else []
+    except OSError as err:
+        return VerifyResult(False, [("MANIFEST_MISSING", f"{folder}: cannot list the folder ({err.strerror})")],
+                            quorum=quorum)
+    if unsafe:
+        return VerifyResult(False, [("UNSAFE_FILE", why) for why in unsafe], quorum=quorum)
     if not (folder / MANIFEST_NAME).is_file():
         return VerifyResult(False, [("MANIFEST_MISSING", f"{folder}: no {MANIFEST_NAME}")], quorum=quorum)
     try:

@@ -115,7 +115,8 @@ class AgentRecall:
 
     def _purge(self, rid: str, round_: int, index: Any) -> None:
         entries = index.refresh()
-        held = {pid: (e.manifest.artifact.sha256, listed_signers(e.folder)) for pid, e in entries.items()}
+        keys = self.store.known_keys()
+        held = {pid: (e.manifest.artifact.sha256, listed_signers(e.folder, keys)) for pid, e in entries.items()}
         for pid in self.store.revoked_ids(rid, held):
             entry = entries[pid]
             live = self.live.unload(pid) if self.live is not None and pid in self.live.injected() else None
@@ -153,7 +154,7 @@ class AgentRecall:
         with self.lock:
             if self.obey:
                 self.store.accept(path)
-                rid = self.store.revoked_by(event["sha256"], listed_signers(path))
+                rid = self.store.revoked_by(event["sha256"], listed_signers(path, self.store.known_keys()))
                 if rid is not None:
                     self._purge(rid, round_, index)
                     return
