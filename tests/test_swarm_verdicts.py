@@ -99,6 +99,11 @@ def test_the_key_moves_with_everything_that_decides_a_verdict(legal_plasmid: Pat
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probes, "STATISTIC", "drop_max")
         assert gate_fingerprint(policy, "d" * 64) != g0
+    with pytest.MonkeyPatch.context() as mp:  # stricter gate rules: verdicts made under the old ones are not reused
+        from plora.gate import reasons
+
+        mp.setattr(reasons, "RULES_VERSION", reasons.RULES_VERSION + 1)
+        assert policy_key(policy) != k0
     assert gate_fingerprint(policy, "d" * 64) == g0 and gate_fingerprint(policy, "e" * 64) != g0
 
     # the acceptance point of the gate issue: a recalibration changes the key, so no old verdict survives it

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# Raised whenever a release makes a gate stage refuse something it used to accept (2: adapter_config.json is plain
+# LoRA by allowlist). Part of the swarm's verdict-cache key, so no verdict made under older rules is reused.
+RULES_VERSION = 2
+
 
 class Reason(StrEnum):
     MANIFEST_MISSING = "MANIFEST_MISSING"

@@ -105,7 +105,8 @@ def _probe_constants() -> dict[str, Any]:
 
 def gate_fingerprint(policy: Any, base_digest: str) -> str:
     """SHA-256 of everything of the gate's own that decides a verdict besides the policy's fields and the plasmid:
-    the probe's version and default statistic, and the digest of the calibration the gate uses for ``base_digest``
+    the gate's rules version, the probe's version and default statistic, and the digest of the calibration the gate
+    uses for ``base_digest``
     (:func:`plora.gate.calibration.find_calibration`; "uncalibrated" when none). A recalibration, installed or
     shipped, changes the digest, so no verdict made under the old one is reused."""
     from plora.gate.calibration import CalibrationError, find_calibration
@@ -115,7 +116,10 @@ def gate_fingerprint(policy: Any, base_digest: str) -> str:
         calibration = cal.digest() if cal is not None else "uncalibrated"
     except CalibrationError as err:
         calibration = f"unusable: {err}"
-    body = {"base_digest": base_digest, "probes": _probe_constants(), "calibration": calibration}
+    from plora.gate.reasons import RULES_VERSION
+
+    body = {"base_digest": base_digest, "probes": _probe_constants(), "calibration": calibration,
+            "rules": RULES_VERSION}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
