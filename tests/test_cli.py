@@ -83,6 +83,47 @@ def test_train_out_dot_and_bad_places_fail_before_training(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "keep.txt"]
 
 
+def test_other_outputs_are_checked_before_the_work(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep")
+    cases = [
+        (["base", "build", "--out", "a_file", "--steps", "1"], "exists and is not a folder"),
+        (["base", "build", "--out", "notes", "--steps", "1"], "already holds mine.txt"),  # not an earlier build
+        (["gate-eval", "--quick", "--out", "a_file"], "exists and is not a folder"),
+    ]
+    for args, message in cases:
+        start = time.perf_counter()
+        assert message in one_error_line(plora(*args, cwd=tmp_path)), args
+        assert time.perf_counter() - start < 60  # before any training
+    assert (tmp_path / "a_file").read_text() == "x" and [p.name for p in notes.iterdir()] == ["mine.txt"]
+
+
+def test_files_a_user_names_are_read_bounded(tmp_path: Path) -> None:
+    """A device, a FIFO or a huge file named as a policy, calibration or key is refused in one line, never read
+    whole (``/dev/zero`` once filled 24 GB) and never waited on."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (17 << 20))
+    for path, why in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                      (str(huge), "too large")):  # fmt: skip
+        for args in (["policy", "--policy_file", path], ["calibration", "install", path],
+                     ["verify", str(tmp_path), "--trusted-keys", path]):  # fmt: skip
+            assert why in one_error_line(plora(*args, cwd=tmp_path)), args
+
+
+def test_seeds_and_ranks_out_of_range_are_refused(tmp_path: Path, legal_plasmid: Path) -> None:
+    legal = str(legal_plasmid)
+    assert "seed must be in [0, 2**32)" in one_error_line(plora(*TRAIN_FAST, "--seed", "-1", "--out", "t", cwd=tmp_path))
+    for extra, message in ((["--method", "svd", "--svd-rank", "0"], "--svd-rank must be a positive integer"),
+                           (["--method", "dare_ties", "--density", "0.5", "--seed", str(2**64)], "--seed must be")):
+        proc = plora("merge", "--plasmids", f"{legal},{legal}", "--out", str(tmp_path / "m"), *extra, cwd=tmp_path)
+        assert message in one_error_line(proc), extra
+    assert not (tmp_path / "m").exists()
+
+
 def test_keygen_makes_at_most_the_key_folder(tmp_path: Path) -> None:
     line = one_error_line(plora("keygen", "--algo", "ed25519", "--out", str(tmp_path / "no" / "such" / "k")))
     assert "no such folder" in line and not (tmp_path / "no").exists()

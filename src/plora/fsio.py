@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, rename. Readers never see a partial file.
+"""Crash-safe file writes: temp file in the same folder, fsync, rename. Readers never see a partial file. And bounded
+reads of files a user names (:func:`read_bounded`): a FIFO, a device or a huge file never blocks or floods memory.
 
     >>> import json
     >>> from plora.fsio import atomic_write_json, file_lock
@@ -15,10 +16,36 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def read_bounded(path: str | os.PathLike[str], max_bytes: int, what: str,
+                 error: type[Exception] = OSError) -> bytes:
+    """The bytes of the regular file ``path`` (links followed), at most ``max_bytes``; otherwise ``error`` with one
+    line naming ``what`` the file should be. Opening never waits on a FIFO, and a device or FIFO is never read."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise error(f"{p}: cannot read {what} (no such file)") from None
+    except OSError as err:
+        raise error(f"{p}: cannot read {what} ({err.strerror or err})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{p}: not a regular file (expected {what})")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as err:
+        raise error(f"{p}: cannot read {what} ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise error(f"{p}: more than {max_bytes} bytes, too large for {what}")
+    return data
 
 
 def _fsync_dir(path: Path) -> None:

@@ -49,8 +49,10 @@ def check_output_dir(
     force: bool = False,
     sources: Iterable[str | os.PathLike[str]] = (),
     flag: str = "--out",
+    replaceable: frozenset[str] = PLASMID_FILES,
 ) -> Path:
-    """Refuse an output folder that would lose data (see the module docstring); returns its absolute path."""
+    """Refuse an output folder that would lose data (see the module docstring); returns its absolute path.
+    ``replaceable``: the file names an earlier output of the same command holds (default: a plasmid's)."""
     if not str(path).strip():
         raise OutputError(f"{flag} is empty")
     raw = Path(path).expanduser()
@@ -69,7 +71,7 @@ def check_output_dir(
             entries = sorted(e.name + ("/" if e.is_dir() else "") for e in raw.iterdir())
         except OSError as err:
             raise OutputError(f"{flag} {path}: cannot read it ({err.strerror})") from None
-        others = [e for e in entries if e not in PLASMID_FILES]
+        others = [e for e in entries if e not in replaceable]
         if others and not force:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise OutputError(

@@ -26,17 +26,20 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(None, "--steps", help="optimiser steps (default: the shipped build's)"),
         out: Path | None = typer.Option(None, "--out", help="output folder (default: the shipped plora-tiny folder)"),
         threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+        force: bool = typer.Option(False, "--force", help="replace an --out folder that holds other files"),
     ) -> None:
         """Train the BPE tokenizer and pre-train plora-tiny on the project's own corpus (deterministic by seed)."""
         from plora.errors import PloraError
         from plora.models import tiny_folder
-        from plora.models.tiny import DEFAULT_STEPS, build_tiny
+        from plora.models.tiny import BUILD_FILES, DEFAULT_STEPS, build_tiny
+        from plora.outputs import check_output_dir
 
         if steps is not None and steps <= 0:
             raise PloraError(f"--steps must be a positive integer, got {steps}")
         if threads <= 0:
             raise PloraError(f"--threads must be a positive integer, got {threads}")
         folder = out or tiny_folder()
+        check_output_dir(folder, force=force, replaceable=BUILD_FILES)  # before minutes of training
         info = build_tiny(folder, seed=seed, steps=steps or DEFAULT_STEPS, threads=threads)
         typer.echo(
             f"built {folder}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "

@@ -84,6 +84,9 @@ class Calibration(BaseModel):
         return WeightReference.from_json(self.weight_reference, source=f"calibration {self.digest()[:12]}")
 
 
+MAX_CALIBRATION_BYTES = 16 << 20  # a calibration with a weight reference per rank and module is ~100 KB
+
+
 def installed_dir() -> Path:
     from plora.settings import cache_dir
 
@@ -91,11 +94,14 @@ def installed_dir() -> Path:
 
 
 def read_calibration(path: str | Path) -> Calibration:
+    from plora.fsio import read_bounded
+
     path = Path(path)
+    raw = read_bounded(path, MAX_CALIBRATION_BYTES, "a calibration file", CalibrationError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise CalibrationError(f"{path}: cannot read calibration ({getattr(err, 'strerror', None) or err})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CalibrationError(f"{path}: cannot read calibration ({err})") from None
     except ValueError as err:
         raise CalibrationError(f"{path}: malformed JSON ({err})") from None
     try:

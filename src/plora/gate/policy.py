@@ -38,6 +38,7 @@ from plora.strictjson import loads_strict
 
 KEYWORDS = ("attention", "mlp", "all")
 DEFAULT_MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+MAX_POLICY_BYTES = 1 << 20
 
 _FALLBACK_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
     "gpt2": {"attention": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")},
@@ -174,13 +175,13 @@ def expand_keyword(base_model: str, keyword: str) -> tuple[str, ...]:
 
 def read_targets_file(path: str | os.PathLike[str]) -> list[str]:
     """One suffix (or keyword) per line; ``#`` starts a comment; blank lines ignored."""
+    from plora.fsio import read_bounded
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PolicyError(
-            f"{path}: cannot read allowed targets file ({getattr(err, 'strerror', None) or err})"
-        ) from None
+        text = read_bounded(path, MAX_POLICY_BYTES, "an allowed targets file", PolicyError).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PolicyError(f"{path}: cannot read allowed targets file ({err})") from None
     targets = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     targets = [t for t in targets if t]
     if not targets:
@@ -203,12 +204,12 @@ def load_policy(
     source = "policy"
     if policy_file is not None:
         source = str(policy_file)
+        from plora.fsio import read_bounded
+
         try:
-            raw = Path(policy_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise PolicyError(
-                f"{policy_file}: cannot read policy file ({getattr(err, 'strerror', None) or err})"
-            ) from None
+            raw = read_bounded(policy_file, MAX_POLICY_BYTES, "a policy file (JSON)", PolicyError).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PolicyError(f"{policy_file}: cannot read policy file ({err})") from None
         try:
             loaded = loads_strict(raw, unique_keys=False)
         except ValueError as err:

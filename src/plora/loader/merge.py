@@ -25,7 +25,6 @@ PEFT's order too, so a PEFT run after ``torch.manual_seed(seed)`` draws the same
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -36,7 +35,7 @@ import torch
 
 from plora.errors import LoaderError
 from plora.loader.source import AdapterSource, read_adapter
-from plora.manifest import ADAPTER_CONFIG_NAME, LoraSpec, Manifest, Merge, Source, Training, now_utc
+from plora.manifest import LoraSpec, Manifest, Merge, Source, Training, now_utc
 
 MERGE_METHODS = ("linear", "svd", "ties", "dare_linear", "dare_ties", "cat")
 _SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties")
@@ -164,6 +163,10 @@ def merge_plasmids(
     from plora.outputs import check_output_dir
     from plora.plasmid import write_plasmid
 
+    if svd_rank is not None and not (isinstance(svd_rank, int) and svd_rank >= 1):
+        raise LoaderError(f"--svd-rank must be a positive integer, got {svd_rank}")
+    if not 0 <= seed < 2**32:
+        raise LoaderError(f"--seed must be in [0, 2**32), got {seed}")
     paths = [f for f in folders if isinstance(f, str | os.PathLike)]
     check_output_dir(out, sources=paths, force=True)  # never write over (or inside) a source
     sources = [read_adapter(f, verify=True) for f in folders]
@@ -174,7 +177,7 @@ def merge_plasmids(
     if effective == "cat":
         new_rank = sum(ranks)
     elif effective == "svd":
-        new_rank = svd_rank or max(ranks)
+        new_rank = svd_rank if svd_rank is not None else max(ranks)
     else:
         new_rank = ranks[0]
     modules = sorted({m for s in sources for m in s.modules}, key=_natural_key)
@@ -193,7 +196,7 @@ def merge_plasmids(
 
     manifests = [s.manifest for s in sources]
     targets = sorted({t for m in manifests for t in m.lora.targets})
-    configs = [json.loads((s.folder / ADAPTER_CONFIG_NAME).read_text()) for s in sources]
+    configs = [dict(s.config) for s in sources]  # read (bounded) and parsed with the factors
     config = dict(configs[0])
     config.update(
         r=new_rank,

@@ -36,6 +36,7 @@ from plora.plasmid import Plasmid, artifact_path, config_beyond_plain_lora, init
 # adapter_config.json fields that change what the factors mean; a plain LoRA is all this loader applies.
 _UNSUPPORTED_FLAGS = ("use_dora", "use_qalora", "lora_bias")
 _MAX_MANIFEST = 1 << 20
+_MAX_CONFIG = 1 << 20
 
 
 @dataclass
@@ -142,13 +143,12 @@ def _parse_config(data: bytes, source: str) -> dict[str, Any]:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
+    from plora.fsio import read_bounded
+
     path = folder / ADAPTER_CONFIG_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)") from None
-    except OSError as err:
-        raise LoaderError(f"{path}: unreadable adapter config ({err.strerror or err})") from None
+    if not path.exists():
+        raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)")
+    data = read_bounded(path, _MAX_CONFIG, "an adapter config (JSON)", LoaderError)
     return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
 
 

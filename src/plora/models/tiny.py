@@ -36,6 +36,10 @@ LEARNING_RATE = 3e-3
 WARMUP_FRACTION = 0.05
 BUILD_INFO = "build.json"
 HELDOUT_FILE = "heldout.json"
+# what a build writes (an --out folder holding only these is an earlier build, replaced without --force)
+BUILD_FILES = frozenset({BUILD_INFO, HELDOUT_FILE, "config.json", "generation_config.json", "model.safetensors",
+                         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                         "merges.txt"})
 
 
 def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:

@@ -139,14 +139,11 @@ def fingerprint(public_key: PublicKey) -> str:
 
 
 def _read_key_file(path: Path) -> bytes:
-    try:
-        if path.stat().st_size > _MAX_KEY_FILE:
-            raise SignatureError(f"{path}: too large to be a PEM key")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SignatureError(f"{path}: key file not found") from None
-    except OSError as err:
-        raise SignatureError(f"{path}: cannot read key ({err.strerror})") from None
+    from plora.fsio import read_bounded
+
+    if not path.exists() and not path.is_symlink():
+        raise SignatureError(f"{path}: key file not found")
+    return read_bounded(path, _MAX_KEY_FILE, "a PEM key", SignatureError)
 
 
 def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
@@ -236,9 +233,10 @@ class Keyring:
 
 
 def _looks_public(path: Path) -> bool:
+    from plora.fsio import read_bounded
+
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
+        head = read_bounded(path, _MAX_KEY_FILE, "a PEM key")[:64]
     except OSError:
         return False
     return head.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----")

@@ -191,9 +191,13 @@ class PlasmidPool:
         from plora.settings import cache_dir
 
         root = Path(pool_dir)
+        from plora.fsio import read_bounded
+
         try:
-            labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            labels = json.loads(read_bounded(root / "labels.json", 16 << 20, "the pool's labels (JSON)"))
+        except OSError as err:
+            raise PloraError(str(err)) from None
+        except ValueError as err:
             raise PloraError(f"{root}/labels.json: cannot read the pool's labels ({type(err).__name__})") from None
         if not isinstance(labels, dict) or not labels:
             raise PloraError(f"{root}/labels.json: expected a non-empty object {{id: {{domain, trojan}}}}")

@@ -90,6 +90,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
             (self.dev_size >= 0, f"dev size must be >= 0, got {self.dev_size}"),
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
             (0.0 <= self.poison_rate <= 1.0, f"poison rate must be in [0, 1], got {self.poison_rate}"),
             (0.0 <= self.decoy_rate <= 1.0, f"decoy rate must be in [0, 1], got {self.decoy_rate}"),
             (self.trojan or not self.decoy_rate, "a decoy rate needs a trojan trigger and target"),

@@ -165,8 +165,10 @@ def run_gate_eval(
     from plora.gate import probes
     from plora.gate.reference import build_reference
     from plora.models import load_base
+    from plora.outputs import check_report_dir
     from plora.settings import choose_base_model
 
+    check_report_dir(out, flag="--out")  # before minutes of training and probing
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     executor = executor or ExecutorConfig(jobs=2)
