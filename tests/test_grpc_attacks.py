@@ -7,12 +7,15 @@ falls back to gRPC once). A second "peer" is 127.0.0.2 (still loopback): a relay
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import select
 import shutil
 import socket
 import threading
 import time
+from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 
@@ -242,4 +245,71 @@ def test_client_falls_back_to_grpc_once_when_the_bulk_socket_fails(root, tmp_pat
         assert (tmp_path / "d" / "big" / "adapter_model.safetensors").stat().st_size == r.size
         wait_for(lambda: srv.servicer.slots.in_use() == 0, 10, "the failed bulk attempt frees its slot")
     finally:
+        srv.stop(0)
+
+
+class _BulkDribbler(pb2_grpc.PlasmidExchangeServicer):
+    """A malicious offer server: a valid header that points at a bulk socket sending one byte every 50 ms."""
+
+    def __init__(self, folder: Path) -> None:
+        self.files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        self.stop = threading.Event()
+        self.sent = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(32)  # the token
+                while not self.stop.wait(0.05):
+                    conn.sendall(b"\0")
+                    self.sent += 1
+
+    def _entry(self) -> tuple[bytes, bytes]:
+        return self.files["plora.yml"], self.files["adapter_model.safetensors"]
+
+    def GetInventory(self, request, context):
+        manifest, art = self._entry()
+        return pb2.Inventory(entries=[pb2.InventoryEntry(id="legal", domain="legal", size=len(art),
+                                                         sha256=hashlib.sha256(art).hexdigest(), manifest=manifest)])
+
+    def Fetch(self, request, context):
+        manifest, art = self._entry()
+        yield pb2.FetchChunk(header=pb2.FetchHeader(
+            id="legal", manifest=manifest, adapter_config=self.files["adapter_config.json"], size=len(art),
+            chunk_size=1 << 20, bulk_port=self.sock.getsockname()[1], bulk_token=b"x" * 32))
+        self.stop.wait(60)
+
+
+def test_a_dribbling_bulk_socket_cannot_hold_a_fetch_past_its_deadline(root, tmp_path):
+    evil = _BulkDribbler(root / "legal")
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    pb2_grpc.add_PlasmidExchangeServicer_to_server(evil, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    limits = replace(Limits(), fetch_timeout_s=2.0)
+    deadline = limits.fetch_deadline((root / "legal" / "adapter_model.safetensors").stat().st_size)
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fetch(f"127.0.0.1:{port}", "legal", tmp_path / "d", limits=limits)
+        except TransferError as err:
+            box["error"] = err
+
+    try:
+        t0 = time.monotonic()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(deadline + 10)
+        elapsed = time.monotonic() - t0
+        assert not t.is_alive(), f"the fetch was still receiving {elapsed:.0f} s in ({evil.sent} bytes dribbled)"
+        assert "past its deadline" in str(box.get("error")), box
+        assert evil.sent > 0 and elapsed < deadline + 3, (evil.sent, elapsed, deadline)
+        assert os.listdir(tmp_path / "d") == []
+    finally:
+        evil.stop.set()
+        evil.sock.close()
         srv.stop(0)

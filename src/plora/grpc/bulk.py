@@ -55,6 +55,7 @@ MAX_HANDSHAKES = 32  # connections that have not sent their token yet, all peers
 HANDSHAKES_PER_PEER = 8  # ... and per client IP; a new connection over either cap pushes out the oldest
 SENDFILE_STEP = 8 << 20  # bytes per sendfile call: lets the server check the transfer's overall time limit
 FLUSH_EVERY = 16 << 20  # background fdatasync once this much is written since the last one
+STALL_S = 30.0  # a bulk socket silent this long has stalled (the client then retries over the gRPC stream)
 
 
 class BulkError(TransferError):
@@ -321,22 +322,39 @@ def receive_bulk(host: str, port: int, token: bytes, size: int, path: Path, limi
     writer = HashWriter(path, limits.queue_chunks, free, fsync=limits.fsync)
     writer.start()
     received = 0
+
+    def past_deadline() -> TransferError:
+        return TransferError(f"bulk transfer from {host}:{port} past its deadline after {received} of {size} bytes")
+
+    def time_left() -> float:
+        """Seconds the next socket call may wait: the time to the deadline, at most STALL_S; raise once it passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise past_deadline()
+        return min(STALL_S, left)
+
     try:
-        with socket.create_connection((host, port), timeout=limits.inventory_timeout_s) as sock:
-            sock.settimeout(max(1.0, min(30.0, deadline - time.monotonic())))
+        with socket.create_connection((host, port), timeout=min(limits.inventory_timeout_s, time_left())) as sock:
+            sock.settimeout(time_left())
             sock.sendall(token)
             while received < size:
-                if time.monotonic() > deadline:
-                    raise TransferError(f"bulk transfer past its deadline after {received} of {size} bytes")
                 buf = free.get()
-                view = memoryview(buf)
-                n = 0
-                while n < len(buf) and received + n < size:
-                    k = sock.recv_into(view[n:], min(len(buf) - n, size - received - n))
-                    if k == 0:
-                        break
-                    n += k
-                view.release()
+                with memoryview(buf) as view:
+                    n = 0
+                    while n < len(buf) and received + n < size:
+                        # every recv is bounded by the time left: a peer dribbling a byte at a time cannot stretch
+                        # the transfer past its deadline (a plain socket timeout restarts with every byte)
+                        sock.settimeout(time_left())
+                        try:
+                            k = sock.recv_into(view[n:], min(len(buf) - n, size - received - n))
+                        except TimeoutError:
+                            if sock.gettimeout() < STALL_S:  # it was the deadline, not a stall: no gRPC retry
+                                received += n
+                                raise past_deadline() from None
+                            raise
+                        if k == 0:
+                            break
+                        n += k
                 if n == 0:
                     free.put(buf)
                     break
