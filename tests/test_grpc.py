@@ -94,8 +94,9 @@ def server(world: dict[str, Path]):
     srv.stop(0)
 
 
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith(STAGE_PREFIX))
+def leftovers(folder: Path) -> list[str]:
+    """Staging folders anywhere under ``folder`` (a fetch stages inside its destination)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(f"{STAGE_PREFIX}*"))
 
 
 def test_fetch_cli_accepts_verified_plasmid(world, server, tmp_path):
@@ -319,19 +320,22 @@ def test_killed_server_or_client_leaves_nothing_partial(tmp_path):
         box: dict[str, object] = {}
         t = threading.Thread(target=lambda: box.update(r=_try_fetch(f"127.0.0.1:{port}", dest)))
         t.start()
-        _wait_for_stage(dest.parent)
+        _wait_for_stage(dest)  # inside the destination: the final rename never crosses filesystems
         proc.send_signal(signal.SIGKILL)  # the server dies mid-transfer
         t.join(30)
         assert isinstance(box["r"], TransferError)
-        assert leftovers(dest.parent) == [] and os.listdir(dest) == []
+        assert leftovers(tmp_path) == [] and os.listdir(dest) == []
         client = subprocess.Popen([sys.executable, "-m", "plora", "fetch", "--from", f"127.0.0.1:{other_port}",
                                    "--id", "big", "--dest", str(dest), "--no-gate"])
-        _wait_for_stage(dest.parent)
-        client.send_signal(signal.SIGKILL)  # the receiver dies mid-transfer: its stage stays, outside dest
+        _wait_for_stage(dest)
+        client.send_signal(signal.SIGKILL)  # the receiver dies mid-transfer: its hidden stage stays in dest
         client.wait()
-        assert os.listdir(dest) == [] and len(leftovers(dest.parent)) == 1
+        [stage] = leftovers(dest)
+        assert (dest / stage / "plora.yml").exists() and os.listdir(dest) == [stage]
+        with serve(dest, port=0) as srv:  # a stage is never offered, though it holds a plora.yml
+            assert get_inventory(srv.address) == []
         r = fetch(f"127.0.0.1:{other_port}", "big", dest)  # the others carry on; the dead stage is swept
-        assert r.accepted and os.listdir(dest) == ["big"] and leftovers(dest.parent) == []
+        assert r.accepted and os.listdir(dest) == ["big"] and leftovers(tmp_path) == []
     finally:
         for p in (proc, other):
             p.kill()

@@ -74,8 +74,8 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
             procs[victim].send_signal(signal.SIGKILL)
             procs[victim].wait()
             killed.append(victim)
-            # what it leaves when killed mid-fetch: a staging folder beside its store, named with its pid
-            stage = work / f"a{victim}" / f"{STAGE_PREFIX}{procs[victim].pid}-partial"
+            # what it leaves when killed mid-fetch: a hidden staging folder in its store, named with its pid
+            stage = work / f"a{victim}" / "store" / f"{STAGE_PREFIX}{procs[victim].pid}-partial"
             stage.mkdir()
             (stage / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
 

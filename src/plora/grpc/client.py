@@ -13,13 +13,14 @@
     (False, ['SIGNATURE_MISSING: ...'])
     >>> server.stop()
 
-The artifact goes to a hidden staging folder in the destination's PARENT (``.plora-fetch-<pid>-*``), so nothing
-under the destination is ever partial: a chunk receiver feeds a bounded queue that a second thread hashes and writes
-(hashlib and file writes release the GIL, so hashing overlaps receiving and memory stays at a few chunks). Size,
-sha256 and the adapter_config hash are checked against the manifest; then every check (signatures, gate) runs on
-the staged folder, and only an accepted plasmid is renamed into ``dest/<id>`` (same filesystem, atomic). A rejected
-one is deleted, or moved to a quarantine folder with its reasons. Staging folders of dead processes are removed by
-the next fetch into the same parent.
+The artifact goes to a hidden staging folder inside the destination (``.plora-fetch-<pid>-*``: on the same
+filesystem as its final place, even when the destination is a mount point; hidden folders are never indexed or
+offered), so no plasmid under the destination is ever partial: a chunk receiver feeds a bounded queue that a second
+thread hashes and writes (hashlib and file writes release the GIL, so hashing overlaps receiving and memory stays at
+a few chunks). Size, sha256 and the adapter_config hash are checked against the manifest; then every check
+(signatures, gate) runs on the staged folder, and only an accepted plasmid is renamed into ``dest/<id>`` (same
+filesystem, atomic). A rejected one is deleted, or moved to a quarantine folder with its reasons. Staging folders of
+dead processes are removed by the next fetch into the same destination.
 """
 
 from __future__ import annotations
@@ -247,14 +248,15 @@ def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
 
 
 def prepare_dest(dest: Path) -> Path:
-    """``dest`` as an existing folder, and the folder its stages go to (its parent); TransferError otherwise."""
+    """``dest`` as an existing folder, and the folder its stages go to (``dest`` itself, resolved: the final rename
+    then never crosses filesystems); TransferError otherwise."""
     if dest.exists() and not dest.is_dir():
         raise TransferError(f"destination {dest} exists and is not a folder")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TransferError(f"cannot create the destination folder {dest}: {err.strerror or err}") from None
-    return dest.resolve().parent
+    return dest.resolve()
 
 
 def _make_stage(parent: Path) -> Path:
@@ -298,12 +300,12 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     """
     check_id(plasmid_id)
     dest = Path(dest)
-    parent = prepare_dest(dest)
-    clean_stale_stages(parent)
+    staging = prepare_dest(dest)
+    clean_stale_stages(staging)
     result = FetchResult(id=plasmid_id, accepted=False)
     own = channel is None
     channel = channel or open_channel(address, tls, limits)
-    stage = _make_stage(parent)
+    stage = _make_stage(staging)
     try:
         if size_hint is None:
             listed = {e.id: e for e in get_inventory(address, limits=limits, channel=channel)}

@@ -16,9 +16,9 @@
 A round (``step``): pick one peer uniformly at random (seeded by seed, agent name and round), PULL (get its
 inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH (send an Offer carrying this agent's
 inventory; the peer fetches what it lacks from this agent's server). Every fetch, pulled or pushed, goes through
-:func:`plora.grpc.client.fetch`: staged outside the store, hashed while received, signatures checked against the
-agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused (id, sha256)
-is remembered and not fetched again.
+:func:`plora.grpc.client.fetch`: staged in a hidden folder of the store, hashed while received, signatures checked
+against the agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused
+(id, sha256) is remembered and not fetched again.
 
 Gate verdicts go through the swarm's one verdict cache (:class:`plora.swarm.verdicts.VerdictCache`, shared with Swarm
 Sim v2): one plasmid costs one screen per policy, whoever screens it first (the simulation, or any agent), and an

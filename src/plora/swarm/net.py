@@ -230,7 +230,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
                 p.wait()
         if cfg.work_dir:
             for i in procs:  # every agent has exited: a staging folder left now is a dead agent's partial fetch
-                clean_stale_stages(work / f"a{i}")
+                clean_stale_stages(work / f"a{i}" / "store")
         else:
             shutil.rmtree(work, ignore_errors=True)
     return _finish(cfg, setup, state, quiescent, t_rounds, addresses)

@@ -103,7 +103,7 @@ class AgentHost:
         elif proc is not None:
             from plora.grpc.client import clean_stale_stages
 
-            clean_stale_stages(self.home)
+            clean_stale_stages(self.home / "store")
 
 
 def _node_address() -> str:
