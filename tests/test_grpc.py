@@ -154,6 +154,44 @@ def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsy
         assert res.stderr.startswith("error: ") and expected in res.stderr, (args, res.stderr)
 
 
+def test_fetch_replaces_an_earlier_plasmid_but_nothing_else(world, server, tmp_path, capsys):
+    from plora.cli.main import main
+
+    dest = tmp_path / "received"
+    older = craft(dest, "legal", seed=9)  # an earlier plasmid of the same id, other bytes: a re-fetch updates it
+    served = (world["root"] / "legal" / "adapter_model.safetensors").read_bytes()
+    assert (older / "adapter_model.safetensors").read_bytes() != served
+    assert fetch(server.address, "legal", dest).accepted
+    assert (dest / "legal" / "adapter_model.safetensors").read_bytes() == served and leftovers(tmp_path) == []
+    (tmp_path / "empty" / "legal").mkdir(parents=True)  # an empty folder holds nothing to lose
+    assert fetch(server.address, "legal", tmp_path / "empty").accepted
+
+    notes = tmp_path / "notes"  # a user's folder that bears the id a server offers
+    (notes / "legal" / "sub").mkdir(parents=True)
+    (notes / "legal" / "notes.txt").write_text("mine")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "legal").symlink_to(dest / "legal")
+    half = tmp_path / "half" / "legal"  # plasmid files but no plora.yml: not recognisably a plasmid
+    half.mkdir(parents=True)
+    (half / "adapter_config.json").write_text("{}")
+    deadline = time.monotonic() + 10
+    while server.servicer.slots.in_use() and time.monotonic() < deadline:  # the last send is counted when it frees
+        time.sleep(0.01)
+    sent = server.servicer.bulk.bytes_sent
+    for where, why in ((notes, "also holds notes.txt, sub"), (tmp_path / "links", "is a symbolic link"),
+                       (tmp_path / "half", "has no plora.yml")):
+        with pytest.raises(TransferError, match=why):
+            fetch(server.address, "legal", where)
+        with pytest.raises(SystemExit) as exit_:
+            main(["fetch", "--from", server.address, "--id", "legal", "--dest", str(where), "--no-gate"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and why in err, err
+    assert server.servicer.bulk.bytes_sent == sent  # refused before any transfer
+    assert (notes / "legal" / "notes.txt").read_text() == "mine" and (notes / "legal" / "sub").is_dir()
+    assert (tmp_path / "links" / "legal").is_symlink() and os.listdir(half) == ["adapter_config.json"]
+    assert leftovers(tmp_path) == []
+
+
 def test_gate_runs_on_staged_folder(world, server, tmp_path):
     strict = cheap_policy(tmp_path / "strict.json", allowed_ranks=[8])
     from plora.gate.policy import load_policy

@@ -91,10 +91,11 @@ def fetch(
     from plora.errors import TransferError
     from plora.gate.policy import load_policy
     from plora.grpc import client
-    from plora.grpc.limits import Limits, parse_address
+    from plora.grpc.limits import Limits, check_id, parse_address
     from plora.grpc.tls import ClientTLS
 
     parse_address(address)
+    check_id(plasmid_id)
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
     checks: list[client.Check] = []
@@ -113,7 +114,8 @@ def fetch(
                      bulk=bulk)
     channel = client.open_channel(address, tls, limits)  # checks the TLS files
     try:
-        client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work
+        client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work ...
+        client.check_replaceable(Path(dest) / plasmid_id)  # ... and so does a DEST/<id> that is not a plasmid
         grpc.channel_ready_future(channel).result(timeout=wait_s)
         result = client.fetch(address, plasmid_id, dest, checks=checks, tls=tls, limits=limits,
                               quarantine=quarantine, channel=channel)

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -222,13 +223,49 @@ def _receive_stream(stream, plasmid_id: str, path: Path, size: int, limits: Limi
     return writer.sha.hexdigest(), received
 
 
+PLASMID_FILES = frozenset({MANIFEST_NAME, ADAPTER_CONFIG_NAME, *SIGNATURE_FILES})  # and the .safetensors artifact
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse a ``dest/<id>`` that a fetch may not replace: anything but an empty folder or an earlier plasmid folder
+    (a ``plora.yml`` and nothing but plasmid files). A folder of notes or keys that happens to bear a peer's chosen
+    id is never deleted."""
+    try:
+        st = final.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise TransferError(f"cannot check {final}: {err.strerror or err}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        raise TransferError(f"{final} exists and is {kind}: a fetch replaces only an earlier plasmid folder")
+    try:
+        entries = list(os.scandir(final))
+    except OSError as err:
+        raise TransferError(f"cannot check {final}: {err.strerror or err}") from None
+    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and (
+        e.name in PLASMID_FILES or e.name.endswith(".safetensors"))))
+    if foreign or (entries and not any(e.name == MANIFEST_NAME for e in entries)):
+        what = f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else \
+            f"it has no {MANIFEST_NAME}"
+        raise TransferError(f"{final} exists and is not a plasmid folder ({what}): not replaced; move it away first")
+
+
 def _install(stage: Path, final: Path) -> None:
-    """Rename the checked stage into place; an existing plasmid of the same id is replaced atomically."""
+    """Rename the checked stage into place; an earlier plasmid of the same id is replaced atomically, anything else
+    at ``final`` is refused (TransferError) and left as it was."""
     with _install_lock:
         final.parent.mkdir(parents=True, exist_ok=True)
+        check_replaceable(final)
         if final.exists():
             old = stage.parent / f"{stage.name}.old"
             os.replace(final, old)
+            try:
+                check_replaceable(old)  # nothing slipped in since the check above: we own it now, out of place
+            except TransferError:
+                os.replace(old, final)
+                check_replaceable(final)  # says what is there, by its own name
+                raise
             os.replace(stage, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -301,6 +338,7 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     check_id(plasmid_id)
     dest = Path(dest)
     staging = prepare_dest(dest)
+    check_replaceable(dest / plasmid_id)  # before any transfer; checked again at the rename
     clean_stale_stages(staging)
     result = FetchResult(id=plasmid_id, accepted=False)
     own = channel is None
