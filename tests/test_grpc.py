@@ -132,17 +132,26 @@ def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsy
     afile.write_text("not a folder")
     pki = make_test_pki(tmp_path / "pki")
     fetch_args = ["fetch", "--from", server.address, "--id", "legal", "--no-gate", "--dest"]
+    never = tmp_path / "never"  # a --dest that bad input must not even create
     for args, expected in ((fetch_args + [str(afile)], "exists and is not a folder"),
                            (fetch_args + ["/proc/x"], "cannot create the destination folder /proc/x"),
                            (fetch_args + [str(tmp_path / "d"), "--tls-ca", str(pki["ca_cert"]), "--tls-cert",
-                                          str(pki["client_key"]), "--tls-key", str(pki["client_cert"])], "swapped")):
+                                          str(pki["client_key"]), "--tls-key", str(pki["client_cert"])], "swapped"),
+                           (fetch_args + [str(never), "--quarantine", str(afile)], "exists and is not a folder"),
+                           (fetch_args + [str(never), "--quarantine", str(never / "q")], "inside the destination"),
+                           (fetch_args + [str(never), "--quarantine", str(never)], "inside the destination"),
+                           (fetch_args + [str(never), "--wait", "-5"], "--wait must be"),
+                           (["fetch", "--from", server.address, "--id", "../up", "--dest", str(never)],
+                            "invalid plasmid id")):
         with pytest.raises(SystemExit) as exit_:
             main(args)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-        assert expected in err and afile.read_text() == "not a folder"
+        assert expected in err and afile.read_text() == "not a folder" and not never.exists(), (args, err)
     offer = [sys.executable, "-m", "plora", "offer", "--root", str(world["root"])]
-    for args, expected in ((["--port", "99999"], "invalid port 99999"), (["--port", "-1"], "invalid port -1"),
+    busy = socket.create_server(("127.0.0.1", 0))  # a port another program listens on
+    for args, expected in ((["--port", str(busy.getsockname()[1])], f"port {busy.getsockname()[1]} is in use"),
+                           (["--port", "99999"], "invalid port 99999"), (["--port", "-1"], "invalid port -1"),
                            (["--port", "65536"], "invalid port 65536"),
                            (["--port", "0", "--tls-cert", str(pki["server_key"]), "--tls-key", str(pki["server_cert"])],
                             "swapped"),
@@ -152,6 +161,7 @@ def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsy
         res = subprocess.run(offer + args, capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and res.stdout == "" and res.stderr.count("\n") == 1, (args, res.stderr)
         assert res.stderr.startswith("error: ") and expected in res.stderr, (args, res.stderr)
+    busy.close()
 
 
 def test_fetch_replaces_an_earlier_plasmid_but_nothing_else(world, server, tmp_path, capsys):

@@ -83,6 +83,7 @@ def fetch(
 
     Exit 0 when accepted; 1 when refused (each reason printed); 2 on bad input or a transfer failure.
     """
+    import math
     from dataclasses import replace
     from pathlib import Path
 
@@ -96,6 +97,8 @@ def fetch(
 
     parse_address(address)
     check_id(plasmid_id)
+    if not (wait_s >= 0 and math.isfinite(wait_s)):
+        raise TransferError(f"--wait must be a number of seconds, 0 or more, got {wait_s:g}")
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
     checks: list[client.Check] = []
@@ -114,7 +117,8 @@ def fetch(
                      bulk=bulk)
     channel = client.open_channel(address, tls, limits)  # checks the TLS files
     try:
-        client.prepare_dest(Path(dest))  # a bad --dest fails before any network or gate work ...
+        # a bad --dest or --quarantine fails before any network or gate work ...
+        client.prepare_dest(Path(dest), None if quarantine is None else Path(quarantine))
         client.check_replaceable(Path(dest) / plasmid_id)  # ... and so does a DEST/<id> that is not a plasmid
         grpc.channel_ready_future(channel).result(timeout=wait_s)
         result = client.fetch(address, plasmid_id, dest, checks=checks, tls=tls, limits=limits,

@@ -277,23 +277,36 @@ def _install(stage: Path, final: Path) -> None:
 
 
 def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
-    target = quarantine / f"{result.id}-{(result.sha256 or 'unknown')[:12]}-{int(time.time())}"
+    name = f"{result.id}-{(result.sha256 or 'unknown')[:12]}-{int(time.time())}"
     (stage / "rejected.json").write_text(json.dumps({"id": result.id, "reasons": result.reasons}, indent=2) + "\n")
     quarantine.mkdir(parents=True, exist_ok=True)
+    target, n = quarantine / name, 1
+    while target.exists():  # the same plasmid refused twice within a second: never move one into the other
+        n += 1
+        target = quarantine / f"{name}-{n}"
     shutil.move(str(stage), target)
     return target
 
 
-def prepare_dest(dest: Path) -> Path:
-    """``dest`` as an existing folder, and the folder its stages go to (``dest`` itself, resolved: the final rename
-    then never crosses filesystems); TransferError otherwise."""
-    if dest.exists() and not dest.is_dir():
-        raise TransferError(f"destination {dest} exists and is not a folder")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise TransferError(f"cannot create the destination folder {dest}: {err.strerror or err}") from None
-    return dest.resolve()
+def prepare_dest(dest: Path, quarantine: Path | None = None) -> Path:
+    """``dest`` (and ``quarantine``) as existing folders, and the folder fetches stage in (``dest`` itself, resolved:
+    the final rename then never crosses filesystems); TransferError otherwise, before either is created.
+
+    A quarantine inside ``dest`` is refused: refused plasmids would sit under the destination (and be offered from
+    it by a server or agent on that folder)."""
+    folders = {"destination": Path(dest)} | ({} if quarantine is None else {"quarantine": Path(quarantine)})
+    for what, folder in folders.items():
+        if folder.exists() and not folder.is_dir():
+            raise TransferError(f"{what} {folder} exists and is not a folder")
+    if quarantine is not None and Path(quarantine).resolve().is_relative_to(Path(dest).resolve()):
+        raise TransferError(f"quarantine {quarantine} is inside the destination {dest}: refused plasmids must never "
+                            f"appear under it")
+    for what, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TransferError(f"cannot create the {what} folder {folder}: {err.strerror or err}") from None
+    return Path(dest).resolve()
 
 
 def _make_stage(parent: Path) -> Path:
@@ -337,7 +350,7 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     """
     check_id(plasmid_id)
     dest = Path(dest)
-    staging = prepare_dest(dest)
+    staging = prepare_dest(dest, None if quarantine is None else Path(quarantine))
     check_replaceable(dest / plasmid_id)  # before any transfer; checked again at the rename
     clean_stale_stages(staging)
     result = FetchResult(id=plasmid_id, accepted=False)

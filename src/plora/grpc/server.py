@@ -22,9 +22,11 @@ stream open until the client connects, so a client that cancels instead frees th
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -350,6 +352,29 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def check_bindable(host: str, port: int) -> None:
+    """TransferError (one line: the port is in use, the host is not this machine's) unless some address of ``host``
+    accepts ``port``, as gRPC's bind would; gRPC itself says only "Failed to bind" after logging a C-core line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise TransferError(f"cannot listen on {format_address(host, port)}: {err.strerror or err}") from None
+    first: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no obstacle
+            try:
+                probe.bind(addr)
+                return
+            except OSError as err:
+                first = first or err
+    if first is None:
+        return
+    why = {errno.EADDRINUSE: f"port {port} is in use", errno.EADDRNOTAVAIL: f"{host} is not an address of this machine",
+           errno.EACCES: f"no permission to use port {port}"}.get(first.errno, first.strerror or str(first))
+    raise TransferError(f"cannot listen on {format_address(host, port)}: {why}")
+
+
 class OfferServer:
     """A started gRPC server around a servicer; ``port=0`` lets the OS pick (see :attr:`port`)."""
 
@@ -357,6 +382,8 @@ class OfferServer:
                  tls: ServerTLS | None = None) -> None:
         if not 0 <= port <= 65535:
             raise TransferError(f"invalid port {port}: expected 0..65535 (0: the OS picks one)")
+        if port:
+            check_bindable(host, port)
         limits = servicer.limits
         self.servicer = servicer
         self.host = host
