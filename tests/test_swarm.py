@@ -366,3 +366,32 @@ def test_revoke_at_needs_an_accepted_trojan_in_play(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "plora", "swarm", "sim", "--agents", "10", "--revoke_at", "0"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and "--revoke_at" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["sim", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+        (["net", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+        (["sweep", "--seeds", "1,-1", "--agents", "100"], "--seeds: Input should be greater than or equal to 0"),
+        (["sim", "--domains", "legal,foo"], "unknown domain(s) foo"),
+        (["net", "--domains", "foo"], "unknown domain(s) foo"),
+        (["sweep", "--domains", "foo", "--agents", "100"], "unknown domain(s) foo"),
+        (["sim", "--security", "off", "--policy_file", "{missing}"], "cannot read policy file"),
+        (["sim", "--security", "off", "--policy_file", "{garbage}"], "malformed JSON"),
+        (["net", "--security", "off", "--policy_file", "{missing}"], "cannot read policy file"),
+        (["net", "--work_dir", "{garbage}"], "exists and is not a folder"),
+    ],
+)
+def test_bad_swarm_input_is_one_line_error_before_any_work(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Refused up front (exit 2, one line): a cold pool is never trained for a run that cannot go through."""
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    args = [a.format(missing=tmp_path / "nonexistent.json", garbage=garbage) for a in args]
+    out = ["--out" if args[0] == "sweep" else "--report_dir", str(tmp_path / "results")]
+    proc = subprocess.run([sys.executable, "-m", "plora", "swarm", *args, *out], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert expected in proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -59,7 +59,9 @@ class SwarmConfig(BaseModel):
     rounds: int = Field(
         default=50, ge=0, description="maximum rounds; the run stops earlier once nothing can change any more"
     )
-    seed: int = Field(default=0, description="seeds the graph, the trojan draw, the sources and every contact")
+    seed: int = Field(
+        default=0, ge=0, description="seeds the graph, the trojan draw, the sources and every contact"
+    )
     graph_p: float = Field(default=0.25, ge=0, le=1, description="Erdős–Rényi edge probability (mean degree p (N-1))")
     domains: tuple[str, ...] = Field(default=DEFAULT_DOMAINS, min_length=1, description="plasmid domains")
     trojan_rate: float = Field(

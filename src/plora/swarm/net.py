@@ -121,10 +121,17 @@ class _Setup:
 
 def _setup(cfg: NetConfig) -> _Setup:
     from plora.swarm.graphs import make_graph
-    from plora.swarm.sim import stream_seeds
+    from plora.swarm.sim import check_inputs, stream_seeds
 
     if cfg.agents < 2 or cfg.rounds < 1 or not 0 <= cfg.trojan_rate <= 1 or not 0 <= cfg.graph_p <= 1:
         raise PloraError("need --agents >= 2, --rounds >= 1, --trojan_rate and --graph_p in [0, 1]")
+    if cfg.work_dir:
+        work = Path(cfg.work_dir).expanduser()
+        nearest = next(p for p in (work, *work.parents) if p.exists())
+        if not nearest.is_dir():
+            where = "" if nearest == work else f": {nearest}"
+            raise PloraError(f"--work_dir {cfg.work_dir}{where} exists and is not a folder")
+    check_inputs(cfg.policy_file, () if cfg.pool_dir else cfg.domains)
     t_start, started = time.perf_counter(), time.gmtime()
     pool, domains, policy, pool_root = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start

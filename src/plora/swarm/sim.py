@@ -79,6 +79,23 @@ def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
     return policy
 
 
+def check_inputs(policy_file: str | None, train_domains: tuple[str, ...] = ()) -> None:
+    """What must hold before the graph and the pool cost any time (sim, net and sweep): the policy file reads, even
+    with security off (a mistyped path is never silently unused), and the domains the pool will train plasmids
+    for (none with ``--pool_dir``) are built-in ones."""
+    if policy_file is not None:
+        from plora.gate.policy import load_policy
+
+        load_policy(policy_file)
+    if train_domains:
+        from plora.data import DOMAINS
+
+        unknown = [d for d in train_domains if d not in DOMAINS]
+        if unknown:
+            raise PloraError(f"unknown domain(s) {', '.join(unknown)}: the pool trains on the built-in domains "
+                             f"{', '.join(DOMAINS)} (give --pool_dir for plasmids of other domains)")
+
+
 def gate_setup(cfg: SimConfig, provider: VerdictProvider) -> tuple[VerdictProvider, Any]:
     """(the pool as the agents see it, the gate policy or None); shared by the sim and the networked swarm.
 
@@ -146,6 +163,7 @@ def run_simulation(
         from plora.outputs import check_report_dir
 
         check_report_dir(cfg.report_dir)
+    check_inputs(cfg.policy_file, cfg.domains if provider is None and not cfg.pool_dir else ())
     graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -109,7 +109,7 @@ class SweepConfig(BaseModel):
     gate_plasmids: int | None = Field(
         default=None, ge=1, description="gate model: plasmids per domain and label (default: as many as fit)"
     )
-    seeds: tuple[int, ...] = Field(default=(0, 1), min_length=1, description="run seeds")
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(default=(0, 1), min_length=1, description="run seeds")
     rounds: int = Field(default=100, ge=0, description="maximum rounds per run")
     domains: tuple[str, ...] = Field(default=DEFAULT_DOMAINS, min_length=1, description="plasmid domains")
     security: bool = Field(default=True, description="on: every receiver screens with the gate (real or model)")
@@ -382,11 +382,13 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
     from plora.executor import backend_of, ray_address_in_force, run_tasks
     from plora.fsio import atomic_write_json
     from plora.outputs import check_report_dir
+    from plora.swarm.sim import check_inputs
 
     executor = executor or ExecutorConfig()
     t0 = time.perf_counter()
     out = check_report_dir(sweep.out, flag="--out")
     runs = plan_runs(sweep)
+    check_inputs(sweep.policy_file, () if sweep.pool_dir else sweep.domains)
     if backend_of(executor) == "ray":
         from plora.executor import connect_ray
 
