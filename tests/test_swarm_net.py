@@ -295,3 +295,154 @@ def test_an_agent_graylists_a_peer_whose_plasmids_its_gate_refuses(tmp_path):
     finally:
         a.stop(0)
         b.stop(0)
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_an_offer_may_only_point_back_at_its_sender(tmp_path):
+    """An Offer names where to fetch from: a name (resolved wherever its owner likes) or another IP is refused before
+    the agent connects anywhere; the sender's own IP literal is taken (here over IPv6 too, where available)."""
+    import socket
+
+    import grpc
+
+    from plora.errors import TransferError
+    from plora.grpc.proto import pb2, pb2_grpc
+
+    decoy = socket.socket()  # a third party the attacker wants the agent to connect to
+    decoy.bind(("127.0.0.1", 0))
+    decoy.listen()
+    decoy.setblocking(False)
+    port = decoy.getsockname()[1]
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "a", name="a", security=False))
+    try:
+        stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(agent.address))
+        for advertised in (f"localhost:{port}", "attacker-chosen.invalid:443", f"127.0.0.2:{port}", f"[::1]:{port}",
+                           f"[::ffff:127.0.0.2]:{port}"):
+            inv = pb2.Inventory(agent=advertised, entries=[pb2.InventoryEntry(id="legal", domain="legal",
+                                                                              sha256="a" * 64, size=10)])
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Offer(pb2.OfferRequest(inventory=inv, round=1), timeout=30)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, advertised
+            assert "caller's own IP address (127.0.0.1)" in err.value.details()
+        with pytest.raises(BlockingIOError):
+            decoy.accept()  # nobody ever connected to it
+        assert agent.collect(1)["events"] == []
+    finally:
+        agent.stop(0)
+        decoy.close()
+    with pytest.raises(TransferError, match="advertises an IP address, not a name"):
+        Agent(AgentConfig(listen="0.0.0.0:0", advertise="hostA:50061", root=tmp_path / "b", security=False))
+    if _ipv6_loopback():
+        craft(tmp_path / "v6b", "legal-s0", seed=0)
+        a, b = (Agent(AgentConfig(listen="[::1]:0", root=tmp_path / f"v6{n}", name=n, security=False)) for n in "ab")
+        try:
+            b.cfg.peers = [a.address]
+            rec = b.step(0)  # b pushes to a over IPv6, advertising [::1]:port: a fetches it back
+            assert rec["errors"] == [] and "legal-s0" in a.holdings()
+        finally:
+            a.stop(0)
+            b.stop(0)
+
+
+def test_step_takes_only_the_coordinators_token(tmp_path):
+    """Step drives an agent's rounds and drains its events: only the coordinator holding the run's token may call it,
+    and an agent running its own rounds takes no Step at all."""
+    import grpc
+
+    from plora.grpc.proto import pb2, pb2_grpc
+    from plora.swarm.agent import STEP_TOKEN_HEADER
+    from plora.swarm.net import _step_one
+
+    craft(tmp_path / "a", "legal-s0", seed=0)
+    coordinated = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "a", name="a", security=False,
+                                    step_token="s3cret"))
+    standalone = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "b", name="b", security=False))
+    try:
+        for agent, metadata in ((coordinated, []), (coordinated, [(STEP_TOKEN_HEADER, "guess")]),
+                                (coordinated, [(STEP_TOKEN_HEADER, "")]), (standalone, [(STEP_TOKEN_HEADER, "")])):
+            stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(agent.address))
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Step(pb2.StepRequest(round=1, collect=True), timeout=30, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert _step_one(coordinated.address, 1, True, 30, token="guess") is None
+        record = _step_one(coordinated.address, 1, True, 30, token="s3cret")
+        assert record["agent"] == "a" and record["holdings"].keys() == {"legal-s0"}
+    finally:
+        coordinated.stop(0)
+        standalone.stop(0)
+
+
+COORDINATOR = """
+import sys, time
+from pathlib import Path
+from plora.swarm.config import NetConfig
+from plora.swarm.net import _spawn_agent, _wait_ready
+work = Path(sys.argv[1])
+cfg = NetConfig(agents=2, security=False, progress=False)
+procs = {i: _spawn_agent(cfg, work, i, None, token="t") for i in range(2)}
+_wait_ready(work, procs, timeout=120)
+print(" ".join(str(p.pid) for p in procs.values()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_coordinated_agents_exit_when_their_coordinator_is_killed(tmp_path):
+    """`plora swarm net` killed with SIGKILL runs no cleanup: its agents notice they were orphaned and stop."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(tmp_path)], stdout=subprocess.PIPE,
+                                   text=True)
+    try:
+        pids = [int(p) for p in coordinator.stdout.readline().split()]
+        assert len(pids) == 2 and all(_running(p) for p in pids)
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if _running(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "agents outlived their coordinator"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_ctrl_c_while_an_agent_starts_comes_after_it_is_registered(tmp_path):
+    """The spawn loop holds Ctrl-C while an agent process starts, so the coordinator's cleanup always knows it."""
+    import os
+
+    from plora.swarm.config import NetConfig
+    from plora.swarm.net import _interrupts_deferred, _spawn_agent
+
+    procs = {}
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            procs[0] = _spawn_agent(NetConfig(agents=2, security=False), tmp_path, 0, None, token="t")
+    try:
+        assert 0 in procs and procs[0].poll() is None
+    finally:
+        procs[0].kill()
+        procs[0].wait()

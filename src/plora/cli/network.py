@@ -142,7 +142,7 @@ def fetch(
 
 def agent(
     listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: the OS picks)"),
-    advertise: str = typer.Option(None, "--advertise", help="HOST:PORT peers reach this agent at (default: --listen)"),
+    advertise: str = typer.Option(None, "--advertise", help="IP:PORT peers reach this agent at (default: --listen)"),
     peers: list[str] = typer.Option(None, "--peers", help="peer addresses h:p,h:p (repeat or comma-separated)"),
     root: str = ROOT,
     keys: list[str] = typer.Option(None, "--keys", "--trusted-keys", help="trusted public keys: signatures required"),
@@ -167,8 +167,14 @@ def agent(
     live_model: bool = typer.Option(False, "--live-model", help="hot-load accepted plasmids into a live model"),
     domain: str = typer.Option(None, "--domain", help="with --live-model: inject only plasmids of this domain"),
     obey_revocations: str = typer.Option("on", "--obey-revocations", hidden=True, help="off: a simulated trojan agent"),
+    step_token_file: str = typer.Option(None, "--step-token-file", hidden=True,
+                                        help="the coordinator's token (a mode 0600 file): Step calls must carry it"),
+    coordinator_pid: int = typer.Option(None, "--coordinator-pid", hidden=True,
+                                        help="with --coordinated: stop once this process is no longer the parent"),
 ) -> None:
     """Run one swarm agent: serve its store and gossip push-pull with --peers for --rounds rounds."""
+    from pathlib import Path
+
     from plora.errors import PloraError
     from plora.fsio import atomic_write_text
     from plora.swarm.agent import AgentConfig, run_agent
@@ -177,11 +183,20 @@ def agent(
                         ("--obey-revocations", obey_revocations)):
         if value not in {"on", "off"}:
             raise PloraError(f"{flag} must be on or off, got {value!r}")
+    token = None
+    if step_token_file:
+        try:
+            token = Path(step_token_file).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise PloraError(f"--step-token-file {step_token_file}: cannot read it ({err})") from None
+        if not token:
+            raise PloraError(f"--step-token-file {step_token_file} is empty")
     cfg = AgentConfig(listen=listen, root=root, peers=_split(peers), name=name, seed=seed, security=security == "on",
                       policy_file=policy_file, trusted_keys=_split(keys), max_per_contact=max_per_contact,
                       peers_file=peers_file, advertise=advertise, revocation_keys=_split(revocation_keys),
                       recall_dir=recall_dir, peer_scoring=None if peer_scoring is None else peer_scoring == "on",
-                      live_model=live_model, domain=domain, obey_revocations=obey_revocations == "on")
+                      live_model=live_model, domain=domain, obey_revocations=obey_revocations == "on",
+                      step_token=token)
 
     def ready(a) -> None:
         if ready_file:
@@ -189,7 +204,7 @@ def agent(
         typer.echo(f"agent {a.name} on {a.address}, {len(a.holdings())} plasmid(s), peers: {', '.join(cfg.peers)}")
 
     records = run_agent(cfg, rounds, round_s=round_s, start_at=start_at, linger_s=linger_s, out=out,
-                        coordinated=coordinated, on_ready=ready)
+                        coordinated=coordinated, on_ready=ready, coordinator_pid=coordinator_pid)
     for rec in records:
         got = [e["id"] for e in rec["events"] if e.get("accepted")]
         refused = [f"{e['id']} ({', '.join(e.get('codes', []))})" for e in rec["events"]

@@ -30,11 +30,14 @@ bytes it judged.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import json
+import os
 import random
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,8 @@ from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format
 from plora.swarm.agent_recall import AgentRecall
 from plora.swarm.verdicts import VerdictCache
 
+STEP_TOKEN_HEADER = "plora-step-token"  # gRPC metadata key of a Step call's token
+
 
 @dataclass
 class AgentConfig:
@@ -65,7 +70,7 @@ class AgentConfig:
     root: str | Path  # the agent's store: one plasmid folder per id
     peers: list[str] = field(default_factory=list)
     peers_file: str | None = None  # read at the first round when set (plora swarm net writes it once all listen)
-    advertise: str | None = None  # HOST:PORT peers reach this agent at; default the listen address (and bound port)
+    advertise: str | None = None  # IP:PORT peers reach this agent at; default the listen address (and bound port)
     name: str = ""
     seed: int = 0
     security: bool = True  # off: accept whatever arrives intact (hash and size still checked)
@@ -81,6 +86,7 @@ class AgentConfig:
     peer_scoring: bool | None = None  # None: the policy's recall.peer_scoring
     live_model: bool = False  # hot-load accepted plasmids (of ``domain``) into a live model; unload revoked ones
     domain: str | None = None
+    step_token: str | None = None  # Step calls must carry it (plora swarm net's, per run); None: Step is refused
 
 
 def _recall_policy(cfg: AgentConfig) -> Any:
@@ -106,6 +112,16 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
     return checks
 
 
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP literal (an IPv4-mapped IPv6 address as its IPv4 one), or None for anything else (a name). gRPC gives
+    an IPv6 caller percent-encoded (``%5B::1%5D``)."""
+    try:
+        ip = ipaddress.ip_address(urllib.parse.unquote(text).strip("[]"))
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+
+
 class AgentServicer(PlasmidServicer):
     def __init__(self, agent: Agent, index: PlasmidIndex, limits: Limits) -> None:
         super().__init__(index, limits)
@@ -119,10 +135,13 @@ class AgentServicer(PlasmidServicer):
                        for e in inv.entries[: self.limits.max_inventory_entries]]
         except TransferError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        with contextlib.suppress(ValueError):
-            # an offer may only point back at its sender: never make this agent connect to a third party
-            if ipaddress.ip_address(host) != ipaddress.ip_address(peer_ip(context)):
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, "an offer must advertise the caller's own address")
+        # an offer may only point back at its sender: never make this agent connect to a third party (a name would
+        # be resolved to wherever its owner likes, so only an IP literal equal to the caller's address is taken)
+        sender = _ip(peer_ip(context))
+        if sender is None or _ip(host) != sender:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"an offer must advertise the caller's own IP address ({sender or 'unknown'}), "
+                          f"got {inv.agent[:100]!r}")
         # the sender's revocations first (they may revoke what it offers), then its plasmids
         self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
                                            int(request.round), self.limits, self.agent.index)
@@ -136,6 +155,15 @@ class AgentServicer(PlasmidServicer):
         )
 
     def Step(self, request: pb2.StepRequest, context: grpc.ServicerContext) -> pb2.StepReply:
+        # only the coordinator that started this agent drives its rounds: anyone else could trigger contacts or
+        # drain its events (collect) before the coordinator sees them
+        expected = self.agent.cfg.step_token
+        given = dict(context.invocation_metadata()).get(STEP_TOKEN_HEADER, "")
+        if not expected:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "this agent runs its own rounds: it takes no Step calls")
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Step needs the token of the coordinator that started "
+                                                             "this agent")
         for data in request.revocations:  # issued at this agent by the swarm operator: verified like any other
             self.agent.recall.apply(bytes(data), int(request.round), "operator", self.agent.index)
         record = self.agent.collect(int(request.round)) if request.collect else self.agent.step(int(request.round))
@@ -161,7 +189,10 @@ class Agent:
         self.servicer.revocations = self.recall.store if cfg.obey_revocations else None
         host, port = parse_address(cfg.listen)
         if not cfg.advertise and host in {"0.0.0.0", "::"}:
-            raise TransferError(f"listening on {cfg.listen}: give --advertise HOST:PORT, the address peers can reach")
+            raise TransferError(f"listening on {cfg.listen}: give --advertise IP:PORT, the address peers can reach")
+        if _ip(parse_address(cfg.advertise)[0] if cfg.advertise else host) is None:
+            raise TransferError(f"{cfg.advertise or cfg.listen}: an agent advertises an IP address, not a name "
+                                "(peers take only offers that point back at the sender's own IP)")
         self.server = OfferServer(self.servicer, host=host, port=port)
         self.address = cfg.advertise or format_address(host, self.server.port)
         self.servicer.advertise = self.address
@@ -310,21 +341,25 @@ class WallClock:
 
 def run_agent(cfg: AgentConfig, rounds: int, round_s: float = 2.0, start_at: float | None = None,
               linger_s: float = 5.0, out: str | Path | None = None, coordinated: bool = False,
-              on_ready: Any = None, clock: Any = None) -> list[dict[str, Any]]:
+              on_ready: Any = None, clock: Any = None, coordinator_pid: int | None = None) -> list[dict[str, Any]]:
     """Run one agent by itself: a round every ``round_s`` seconds from ``start_at`` (epoch; default now).
 
     With ``coordinated`` the agent only serves, and rounds come as Step calls (``plora swarm net``) until the
-    coordinator stops it. ``linger_s`` keeps serving after the last round so slower peers can still fetch.
+    coordinator stops it, or dies: the agent stops within a second once it is no longer the child of
+    ``coordinator_pid`` (default: its parent at start), so a coordinator killed with SIGKILL leaves no agent behind.
+    ``linger_s`` keeps serving after the last round so slower peers can still fetch.
     ``clock`` (``now()``, ``wait_until(t)``; default :class:`WallClock`) decides when each round starts.
     """
     clock = clock or WallClock()
+    parent = coordinator_pid or os.getppid()
     agent = Agent(cfg)
     records: list[dict[str, Any]] = []
     try:
         if on_ready is not None:
             on_ready(agent)
         if coordinated:
-            agent.server.wait()
+            while os.getppid() == parent:  # an orphan is re-parented (to init or a subreaper): never back to it
+                time.sleep(0.5)
             return records
         t0 = start_at if start_at is not None else clock.now()
         for r in range(rounds):

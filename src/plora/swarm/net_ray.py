@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,9 @@ class AgentHost:
         if policy is not None:
             policy_path = atomic_write_json(self.home / "policy.json", _rewrite(policy, local))
         flags = [",".join(local.get(p, p) for p in arg.split(",")) for arg in flags]
-        self.proc = _spawn_agent(cfg, self.work, i, policy_path, flags, listen=format_address(node, 0))
+        self.token = secrets.token_urlsafe(32)  # the agent takes Step calls from this actor only
+        self.proc = _spawn_agent(cfg, self.work, i, policy_path, flags, listen=format_address(node, 0),
+                                 token=self.token)
         self.address = _wait_ready(self.work, {i: self.proc}, timeout=120.0)[i]
         return self.address, node
 
@@ -86,7 +89,7 @@ class AgentHost:
     def step(self, round_: int, collect: bool, revocations: list[bytes], timeout: float) -> dict[str, Any] | None:
         from plora.swarm.net import _step_one
 
-        return _step_one(self.address, round_, collect, timeout, revocations)
+        return _step_one(self.address, round_, collect, timeout, revocations, self.token)
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
