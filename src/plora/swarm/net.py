@@ -20,6 +20,8 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
 3. agents: each is a separate ``plora agent --coordinated`` process on 127.0.0.1 (port picked by the OS) with its
    own store and its own gate under the sim's policy (the same policy key, so gate verdicts cached on disk by the sim
    or by other agents are reused: see plora.swarm.agent); each learns its neighbours' addresses once all listen.
+   Each takes Step calls only with this run's random token (handed over in a mode 0600 file) and stops by itself
+   once the coordinator is gone, even killed with SIGKILL.
 4. rounds: the coordinator calls Step(r) on every agent at once and waits for all (a barrier); each agent contacts
    one random neighbour, pulls, then pushes. A second Step(collect) gathers what arrived late in the round. An agent
    that dies is reported and the others carry on. The run stops early once no live edge can carry anything (every
