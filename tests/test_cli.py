@@ -116,7 +116,8 @@ def test_files_a_user_names_are_read_bounded(tmp_path: Path) -> None:
 
 def test_seeds_and_ranks_out_of_range_are_refused(tmp_path: Path, legal_plasmid: Path) -> None:
     legal = str(legal_plasmid)
-    assert "seed must be in [0, 2**32)" in one_error_line(plora(*TRAIN_FAST, "--seed", "-1", "--out", "t", cwd=tmp_path))
+    proc = plora(*TRAIN_FAST, "--seed", "-1", "--out", "t", cwd=tmp_path)
+    assert "seed must be in [0, 2**32)" in one_error_line(proc)
     for extra, message in ((["--method", "svd", "--svd-rank", "0"], "--svd-rank must be a positive integer"),
                            (["--method", "dare_ties", "--density", "0.5", "--seed", str(2**64)], "--seed must be")):
         proc = plora("merge", "--plasmids", f"{legal},{legal}", "--out", str(tmp_path / "m"), *extra, cwd=tmp_path)
