@@ -97,7 +97,7 @@ def read_calibration(path: str | Path) -> Calibration:
     from plora.fsio import read_bounded
 
     path = Path(path)
-    raw = read_bounded(path, MAX_CALIBRATION_BYTES, "a calibration file", CalibrationError)
+    raw = read_bounded(path, MAX_CALIBRATION_BYTES, "calibration file", CalibrationError)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:

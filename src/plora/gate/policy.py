@@ -179,7 +179,7 @@ def read_targets_file(path: str | os.PathLike[str]) -> list[str]:
 
     path = Path(path)
     try:
-        text = read_bounded(path, MAX_POLICY_BYTES, "an allowed targets file", PolicyError).decode("utf-8")
+        text = read_bounded(path, MAX_POLICY_BYTES, "allowed targets file", PolicyError).decode("utf-8")
     except UnicodeDecodeError as err:
         raise PolicyError(f"{path}: cannot read allowed targets file ({err})") from None
     targets = [line.split("#", 1)[0].strip() for line in text.splitlines()]
@@ -207,7 +207,7 @@ def load_policy(
         from plora.fsio import read_bounded
 
         try:
-            raw = read_bounded(policy_file, MAX_POLICY_BYTES, "a policy file (JSON)", PolicyError).decode("utf-8")
+            raw = read_bounded(policy_file, MAX_POLICY_BYTES, "policy file", PolicyError).decode("utf-8")
         except UnicodeDecodeError as err:
             raise PolicyError(f"{policy_file}: cannot read policy file ({err})") from None
         try:

@@ -148,7 +148,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / ADAPTER_CONFIG_NAME
     if not path.exists():
         raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)")
-    data = read_bounded(path, _MAX_CONFIG, "an adapter config (JSON)", LoaderError)
+    data = read_bounded(path, _MAX_CONFIG, "adapter config", LoaderError)
     return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
 
 

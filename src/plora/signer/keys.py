@@ -143,7 +143,7 @@ def _read_key_file(path: Path) -> bytes:
 
     if not path.exists() and not path.is_symlink():
         raise SignatureError(f"{path}: key file not found")
-    return read_bounded(path, _MAX_KEY_FILE, "a PEM key", SignatureError)
+    return read_bounded(path, _MAX_KEY_FILE, "PEM key file", SignatureError)
 
 
 def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
@@ -236,7 +236,7 @@ def _looks_public(path: Path) -> bool:
     from plora.fsio import read_bounded
 
     try:
-        head = read_bounded(path, _MAX_KEY_FILE, "a PEM key")[:64]
+        head = read_bounded(path, _MAX_KEY_FILE, "PEM key file")[:64]
     except OSError:
         return False
     return head.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----")

@@ -194,7 +194,7 @@ class PlasmidPool:
         from plora.fsio import read_bounded
 
         try:
-            labels = json.loads(read_bounded(root / "labels.json", 16 << 20, "the pool's labels (JSON)"))
+            labels = json.loads(read_bounded(root / "labels.json", 16 << 20, "pool labels file"))
         except OSError as err:
             raise PloraError(str(err)) from None
         except ValueError as err:
