@@ -344,11 +344,12 @@ def receive_bulk(host: str, port: int, token: bytes, size: int, path: Path, limi
                     while n < len(buf) and received + n < size:
                         # every recv is bounded by the time left: a peer dribbling a byte at a time cannot stretch
                         # the transfer past its deadline (a plain socket timeout restarts with every byte)
-                        sock.settimeout(time_left())
+                        wait = time_left()
+                        sock.settimeout(wait)
                         try:
                             k = sock.recv_into(view[n:], min(len(buf) - n, size - received - n))
                         except TimeoutError:
-                            if sock.gettimeout() < STALL_S:  # it was the deadline, not a stall: no gRPC retry
+                            if wait < STALL_S:  # it was the deadline, not a stall: no gRPC retry
                                 received += n
                                 raise past_deadline() from None
                             raise
