@@ -4,6 +4,7 @@ signs, verifies, passes the gate and loads back into PEFT; folders that cannot b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -131,8 +132,18 @@ def test_an_adapter_made_on_another_base_is_refused(
         (lambda d: _edit_config(d, peft_type="IA3"), "only LoRA"),
         (lambda d: (d / "adapter_config.json").write_text("{nope"), "not valid JSON"),
         (lambda d: (d / "plora.yml").write_text("x: 1"), "a plasmid already"),
+        (lambda d: _replace(d / "adapter_config.json", os.mkfifo), "adapter_config.json: not a regular file"),
+        (lambda d: _replace(d / "adapter_config.json", lambda p: p.symlink_to("/dev/zero")), "not a regular file"),
+        (lambda d: _replace(d / "adapter_config.json", Path.mkdir), "adapter_config.json: not a regular file"),
+        (lambda d: _replace(d / "adapter_model.safetensors", os.mkfifo), "safetensors: not a regular file"),
+        (lambda d: _replace(d / "adapter_model.safetensors", lambda p: p.symlink_to("/dev/zero")), "not a regular"),
+        (lambda d: _replace(d / "adapter_model.safetensors", Path.mkdir), "safetensors: not a regular file"),
+        (lambda d: _poison(d, float("nan")), "NaN or Inf in base_model.model."),
+        (lambda d: _poison(d, float("inf")), "NaN or Inf in base_model.model."),
     ],
-    ids=["no-tensors", "pickle", "rank", "regex-targets", "unused-target", "dora", "not-lora", "bad-json", "plasmid"],
+    ids=["no-tensors", "pickle", "rank", "regex-targets", "unused-target", "dora", "not-lora", "bad-json", "plasmid",
+         "config-fifo", "config-dev-zero", "config-dir", "tensors-fifo", "tensors-dev-zero", "tensors-dir",
+         "nan", "inf"],
 )
 def test_folders_a_plasmid_cannot_describe_are_refused(
     peft_adapter: Path, tmp_path: Path, breakage: Callable[[Path], Any], message: str
@@ -141,6 +152,7 @@ def test_folders_a_plasmid_cannot_describe_are_refused(
     breakage(src)
     code, text = import_cli(src, "--out", tmp_path / "out")
     assert code == 2 and message in text, text
+    assert len(text.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -154,6 +166,40 @@ def test_import_never_overwrites_without_force(peft_adapter: Path, tmp_path: Pat
     assert not (out / "keep.txt").exists() and (out / "plora.yml").exists()
     code, text = import_cli(peft_adapter, "--out", peft_adapter)
     assert code == 2 and "PEFT folder itself" in text
+
+
+def test_import_never_replaces_the_working_directory_or_the_source(
+    peft_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "w"
+    src = Path(shutil.copytree(peft_adapter, work / "peft"))
+    (work / "work").mkdir()
+    (work / "work" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work / "work")
+    for out in (work / "work", Path(".")):
+        code, text = import_cli(src, "--out", out, "--force")
+        assert code == 2 and "working directory" in text, text
+    monkeypatch.chdir(tmp_path)
+    code, text = import_cli(src, "--out", work, "--force")  # the source's parent
+    assert code == 2 and "overlaps the source" in text, text
+    assert (work / "work" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in peft_adapter.iterdir())
+
+
+def _replace(path: Path, make: Callable[[Path], Any]) -> None:
+    path.unlink()
+    make(path)
+
+
+def _poison(folder: Path, value: float) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].copy()
+    tensors[first].flat[0] = value
+    save_file(tensors, str(path))
 
 
 def _edit_config(folder: Path, **changes: Any) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from plora.errors import ManifestError, ModelError, PloraError
-from plora.fsio import staging_dir
+from plora.fsio import read_bounded, staging_dir
 from plora.hashing import sha256_bytes, sha256_file
 from plora.manifest import (
     ADAPTER_CONFIG_NAME,
@@ -50,6 +50,7 @@ from plora.manifest import (
     now_utc,
     write_manifest,
 )
+from plora.outputs import check_output_dir
 from plora.plasmid import parse_lora_key
 from plora.strictjson import loads_strict
 
@@ -71,14 +72,9 @@ class ImportResult:
 
 def _read_config(src: Path) -> tuple[bytes, dict[str, Any]]:
     path = src / ADAPTER_CONFIG_NAME
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise AdapterImportError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise AdapterImportError(
-            f"{src}: no {ADAPTER_CONFIG_NAME} (expected a folder written by PEFT save_pretrained)"
-        ) from None
+    if not path.exists() and not path.is_symlink():
+        raise AdapterImportError(f"{src}: no {ADAPTER_CONFIG_NAME} (expected a folder written by PEFT save_pretrained)")
+    raw = read_bounded(path, MAX_CONFIG_BYTES, "a PEFT adapter_config.json", AdapterImportError)
     try:
         cfg = loads_strict(raw, unique_keys=False)
     except ValueError as err:
@@ -126,6 +122,24 @@ def _factor_shapes(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     if not factors:
         raise AdapterImportError(f"{path}: no LoRA factors")
     return factors
+
+
+def _check_finite(path: Path) -> None:
+    """Every factor finite: a NaN or Inf adapter would poison any model it is merged into (the gate refuses it too)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    nonfinite = []
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            for key in sorted(fh.keys()):  # noqa: SIM118 - safe_open is not a Mapping
+                if not np.isfinite(fh.get_tensor(key)).all():
+                    nonfinite.append(key)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types on bad data
+        raise AdapterImportError(f"{path}: not readable safetensors ({type(err).__name__}: {err})") from None
+    if nonfinite:
+        more = f" and {len(nonfinite) - 3} more" if len(nonfinite) > 3 else ""
+        raise AdapterImportError(f"{path}: NaN or Inf in {', '.join(nonfinite[:3])}{more}")
 
 
 def _rank(factors: dict[str, dict[str, tuple[int, int]]]) -> int:
@@ -215,12 +229,16 @@ def import_peft(
     if (src / MANIFEST_NAME).exists():
         raise AdapterImportError(f"{src} is a plasmid already (it has {MANIFEST_NAME})")
     artifact = src / ARTIFACT_NAME
-    if not artifact.is_file():
+    if artifact.exists() or artifact.is_symlink():
+        if not artifact.is_file():
+            raise AdapterImportError(f"{artifact}: not a regular file (expected the adapter's safetensors)")
+    else:
         pickled = [n for n in PICKLE_NAMES if (src / n).exists()]
         hint = f" ({pickled[0]} is pickle, never accepted: save with safe_serialization=True)" if pickled else ""
         raise AdapterImportError(f"{src}: no {ARTIFACT_NAME}{hint}")
     if out.exists() and out.resolve() == src.resolve():
         raise AdapterImportError(f"--out {out} is the PEFT folder itself; choose another folder")
+    check_output_dir(out, force=overwrite, sources=[src])
     if out.exists() and not overwrite:
         raise AdapterImportError(f"{out} already exists; choose another --out or pass --force")
     config_raw, cfg = _read_config(src)
@@ -233,6 +251,7 @@ def import_peft(
         raise AdapterImportError(f"target_modules must be a list of module names, found {targets!r}")
     factors = _factor_shapes(artifact)
     r = _rank(factors)
+    _check_finite(artifact)
     if cfg.get("r") != r:
         raise AdapterImportError(f"the tensors have rank {r}, adapter_config says r={cfg.get('r')!r}")
     modules = sorted(factors)
