@@ -320,3 +320,82 @@ def test_value_add_cells_give_the_same_records_in_worker_processes(tmp_path):
                                                                           "cell|arithmetic|r4|attention|s42"]
     assert [measured(r) for r in inline] == [measured(r) for r in workers]
     assert (tmp_path / "workers" / "value_add.jsonl").read_text().count("\n") == 2
+
+
+def _value_add_cli(capsys, *args: str) -> tuple[int, str]:
+    from plora.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["value-add", "--domains", "arithmetic", "--ranks", "4", "--schemes", "attention", "--seeds", "41",
+              "--samples", "8", "--dev-size", "8", "--calibration-size", "8", "--epochs", "1", *args])  # fmt: skip
+    return int(exit_.value.code), capsys.readouterr().err
+
+
+def _no_cells(monkeypatch):
+    from plora.experiments import cells
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cell was measured before the bad option was refused")
+
+    monkeypatch.setattr(cells, "CellRunner", no_model)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--results-dir", "afile"], "--results-dir afile exists and is not a folder"),
+        (["--results-dir", "/dev/null"], "--results-dir /dev/null exists and is not a folder"),
+        (["--results-dir", "/proc/x"], "--results-dir /proc/x: cannot write there"),
+        (["--work-dir", "afile"], "--work-dir afile exists and is not a folder"),
+        (["--results-dir", "res"], "value_add.md there is not a regular file"),
+        (["--seeds", "-1"], "seeds must be in [0, 2**32), got [-1]"),
+        (["--ranks", "99999"], "ranks must be in [1, 1024], got [99999]"),
+    ],
+)
+def test_value_add_refuses_bad_outputs_and_options_before_any_cell(tmp_path, monkeypatch, capsys, options, message):
+    monkeypatch.chdir(tmp_path)
+    _no_cells(monkeypatch)
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "res" / "value_add.md").mkdir(parents=True)
+    code, err = _value_add_cli(capsys, *options)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def _fifo(path: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_fifo, "value_add.jsonl there is not a regular file"),
+        (lambda p: p.mkdir(), "value_add.jsonl there is not a regular file"),
+        (lambda p: p.write_bytes(b"\xff\xfe\x00junk\n"), "not UTF-8 text"),
+        (lambda p: p.write_text('{"key": "a"}\n[1, 2]\n'), "value_add.jsonl line 2: not a value-add record"),
+        (lambda p: p.write_text('{"key": "a"}\n{nope\n{"key": "b"}\n'), "value_add.jsonl line 2: not JSON"),
+    ],
+    ids=["fifo", "folder", "binary", "not-an-object", "bad-line"],
+)
+def test_value_add_refuses_records_it_cannot_resume_from(tmp_path, monkeypatch, capsys, make, message):
+    monkeypatch.chdir(tmp_path)
+    _no_cells(monkeypatch)
+    (tmp_path / "res").mkdir()
+    make(tmp_path / "res" / "value_add.jsonl")
+    code, err = _value_add_cli(capsys, "--results-dir", "res")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_torn_last_record_is_redone_not_refused(tmp_path):
+    from plora.errors import PloraError
+    from plora.experiments.value_add import _read_records
+
+    path = tmp_path / "value_add.jsonl"
+    path.write_text('{"key": "a", "fingerprint": "f"}\n{"key": "b", "finger')  # a run killed mid-write
+    assert [r["key"] for r in _read_records(path)] == ["a"]
+    fifo = tmp_path / "fifo.jsonl"
+    _fifo(fifo)
+    with pytest.raises(PloraError, match="fifo.jsonl: not a regular file"):  # never blocks on the open
+        _read_records(fifo)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plora.errors import PloraError
-from plora.fsio import atomic_write_text
+from plora.fsio import atomic_write_text, read_bounded
 
 if TYPE_CHECKING:
     from plora.executor import ExecutorConfig
@@ -46,6 +46,8 @@ ACCEPTANCE_METRICS = ("nll", "nll_calibrated")
 GUARD_NLL_MARGIN = 0.05  # nats/token
 GUARD_EM_MARGIN = 0.02  # absolute exact-match rate
 PLASMID_DIR = "value_add_plasmids"
+RESULT_FILES = ("value_add.jsonl", "value_add.md", "value_add_forest.png")
+MAX_RECORDS_BYTES = 256 << 20  # a record is ~20 KB: ten thousand cells
 # The training budget a base needs for its plasmids to carry their facts into the held-out wording (README, "The
 # value-add experiment"): (epochs, learning rate). plora-tiny (1.35M parameters) carries facts only once it has
 # nearly memorised them; measured, seed 41, 128 items: 1-10 epochs left arithmetic and science within 0.1 nats of
@@ -113,6 +115,8 @@ class ValueAddConfig:
 
     def validate(self) -> None:
         from plora.data import DOMAINS
+        from plora.manifest import MAX_RANK
+        from plora.outputs import OutputError, check_report_dir
         from plora.training.config import TARGET_SETS
 
         if not (self.domains and self.ranks and self.schemes and self.seeds):
@@ -125,7 +129,8 @@ class ValueAddConfig:
                 raise PloraError(f"unknown scheme {s!r} (expected {', '.join(TARGET_SETS)})")
         checks = [
             (len(set(self.domains)) == len(self.domains), "domains repeat"),
-            (all(r >= 1 for r in self.ranks), f"ranks must be >= 1, got {self.ranks}"),
+            (all(1 <= r <= MAX_RANK for r in self.ranks), f"ranks must be in [1, {MAX_RANK}], got {self.ranks}"),
+            (all(0 <= s < 2**32 for s in self.seeds), f"seeds must be in [0, 2**32), got {self.seeds}"),
             (self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
             (self.dev_size >= 1, f"dev size must be >= 1, got {self.dev_size}"),
             (self.calibration_size >= 1, f"calibration size must be >= 1, got {self.calibration_size}"),
@@ -139,6 +144,12 @@ class ValueAddConfig:
         for ok, message in checks:
             if not ok:
                 raise PloraError(message)
+        check_report_dir(self.results_dir, flag="--results-dir")
+        for name in RESULT_FILES:
+            path = self.results_dir / name
+            if (path.exists() or path.is_symlink()) and not path.is_file():
+                raise OutputError(f"--results-dir {self.results_dir}: {name} there is not a regular file")
+        check_report_dir(self.plasmid_dir(), flag="--work-dir" if self.work_dir is not None else "--results-dir")
 
     def fingerprint(self, base_name: str, base_digest: str, data_digests: dict[str, str]) -> str:
         """What makes two records comparable: the base, the data, the effective sizes and the training budget.
@@ -171,16 +182,32 @@ class ValueAddOutcome:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    """The records of an earlier run; a line that is not one is refused by number (move the file, or --no-resume),
+    except a torn last line, whose cell is simply redone."""
+    if not path.exists() and not path.is_symlink():
         return []
+    raw = read_bounded(path, MAX_RECORDS_BYTES, "value-add records (JSON lines)", PloraError)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PloraError(f"{path}: not UTF-8 text (byte {err.start}); move it away or pass --no-resume") from None
+    lines = text.splitlines()
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted run: that cell is simply redone
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # torn by an interrupted write: that cell is redone
+            raise PloraError(f"{path} line {number}: not JSON; move it away or pass --no-resume") from None
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            raise PloraError(
+                f"{path} line {number}: not a value-add record (a JSON object with a key); "
+                "move it away or pass --no-resume"
+            )
+        records.append(record)
     return records
 
 
@@ -301,10 +328,10 @@ def run_value_add(
 
     cfg.validate()
     jsonl = cfg.results_dir / "value_add.jsonl"
+    previous = _read_records(jsonl) if cfg.resume else []
     base_name = canonical_name(cfg.base_model)
     digests = {d: domain_digest(d) for d in cfg.domains}
     fingerprint = cfg.fingerprint(base_name, base_digest(base_name), digests)
-    previous = _read_records(jsonl) if cfg.resume else []
     done = {r["key"]: r for r in previous if r.get("fingerprint") == fingerprint}
     cells = [(d, r, s, seed) for d in cfg.domains for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds]
     mono = [(r, s, seed) for r in cfg.ranks for s in cfg.schemes for seed in cfg.seeds] if cfg.monolithic else []
