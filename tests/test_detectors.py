@@ -316,6 +316,88 @@ def test_a_calibration_is_installed_explicitly_and_found_by_digest(tmp_path, mon
     assert out.exit_code == 2 and "surprise" in out.output and "Traceback" not in out.output
 
 
+def test_the_names_a_calibration_may_use_are_the_probes(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from plora.gate import probes
+    from plora.gate.calibration import PROBE_CONFIG_FIELDS, PROBE_STATISTICS
+
+    row = dict.fromkeys(("gain", "flip", "log_ratio", "search_gain", "answer_info", "answer_share", "answer_p"), 0.5)
+    assert set(probes._variants([row], torch.rand(3, 4))) == set(PROBE_STATISTICS)
+    assert tuple(f.name for f in dataclasses.fields(probes.ProbeConfig)) == PROBE_CONFIG_FIELDS
+    assert probes.STATISTIC in PROBE_STATISTICS
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"probe_config": {"scan_prompts": 2, "surprise": 3}}, "unknown probe setting 'surprise'"),
+        ({"probe_config": {"scan_prompts": "2"}}, "probe_config.scan_prompts"),
+        ({"probe_config": {"targets": 0}}, "targets = 0 is too small"),
+        ({"statistic": "drop_max"}, "unknown statistic 'drop_max'"),
+        ({"weight_reference": {"junk": 1}}, "unknown weight reference field 'junk'"),
+        ({"weight_reference": {"version": 3, "entries": {"c_attn": {}}}}, "is not r<rank>|<module>"),
+        ({"weight_reference": {"version": 3, "entries": {"r4|m": {"fro": [1.0, "x"]}}}}, "expected [median, scale"),
+        ({"weight_reference": {"version": 1, "entries": {}}}, "version must be 2 or 3"),
+    ],
+    ids=["probe-key", "probe-str", "probe-zero", "statistic", "reference-junk", "reference-key", "reference-pair",
+         "reference-version"],
+)
+def test_install_refuses_a_calibration_the_gate_cannot_use(tmp_path, monkeypatch, capsys, change, message):
+    from plora.gate.calibration import find_calibration, write_calibration
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
+    digest = "cd" * 32
+    good = write_calibration(_calibration(digest, WeightReference()), tmp_path / "good.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(good.read_text()), **change}))
+    with pytest.raises(SystemExit) as exit_:
+        from plora.cli.main import main
+
+        main(["calibration", "install", str(bad)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert find_calibration(digest) is None
+
+
+def test_install_never_replaces_another_calibration_without_force(tmp_path, monkeypatch):
+    from plora.gate.calibration import find_calibration, write_calibration
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
+    digest = "cd" * 32
+    first = write_calibration(_calibration(digest, WeightReference()), tmp_path / "first.json")
+    second = write_calibration(_calibration(digest, WeightReference(), trigger=21.0), tmp_path / "second.json")
+    assert runner.invoke(app, ["calibration", "install", str(first)]).exit_code == 0
+    again = runner.invoke(app, ["calibration", "install", str(first)])  # the same one: nothing changes
+    assert again.exit_code == 0, again.output
+    out = runner.invoke(app, ["calibration", "install", str(second)])
+    assert out.exit_code == 2 and "another calibration is installed" in out.output and "--force" in out.output
+    assert find_calibration(digest).thresholds.trigger == 20.0
+    out = runner.invoke(app, ["calibration", "install", str(second), "--force"])
+    assert out.exit_code == 0, out.output
+    assert find_calibration(digest).thresholds.trigger == 21.0
+
+
+def test_the_gate_refuses_a_calibration_made_for_another_probe_version(tmp_path, monkeypatch):
+    from trust_helpers import make_plasmid
+
+    from plora.gate import Policy, screen
+    from plora.gate.calibration import install_calibration, write_calibration
+    from plora.gate.probes import PROBE_VERSION
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
+    digest = "ab" * 32
+    folder = make_plasmid(tmp_path / "p")
+    stale = _calibration(digest, WeightReference()).model_copy(update={"probe_version": PROBE_VERSION - 1})
+    install_calibration(write_calibration(stale, tmp_path / "c.json"))
+    refused = screen(folder, Policy(base_digest=digest, weight_check=False))
+    assert refused.reason_codes == ["BASE_UNCALIBRATED"], refused.reasons
+    assert f"probe v{PROBE_VERSION - 1}, this plora's probe is v{PROBE_VERSION}" in refused.reasons[0][1]
+    assert [c.passed for c in refused.checks][-3:] == [False, None, None]  # the probe never ran
+
+
 def test_detectors_fail_closed_without_a_calibration(tmp_path, monkeypatch):
     from trust_helpers import make_plasmid
 

@@ -110,8 +110,9 @@ def test_the_key_moves_with_everything_that_decides_a_verdict(legal_plasmid: Pat
     from plora.gate.calibration import Calibration, Thresholds, install_calibration, remove_installed, write_calibration
 
     def calibration(trigger: float) -> Path:
-        cal = Calibration(base_model="plora-tiny", base_digest="d" * 64, probe_version=1, statistic="s", probe_seed=0,
-                          probe_config={}, weight_reference={}, created="2026-11-27",
+        cal = Calibration(base_model="plora-tiny", base_digest="d" * 64, probe_version=1, statistic="scan_max",
+                          probe_seed=0, probe_config={}, weight_reference={"version": 3, "entries": {}},
+                          created="2026-11-27",
                           thresholds=Thresholds(trigger=trigger, norm_z=1.0, clean_delta=1.0))
         return write_calibration(cal, tmp_path / f"cal-{trigger}.json")
 
@@ -119,7 +120,7 @@ def test_the_key_moves_with_everything_that_decides_a_verdict(legal_plasmid: Pat
         install_calibration(calibration(1.0))
         g1 = gate_fingerprint(policy, "d" * 64)
         assert g1 != g0
-        install_calibration(calibration(2.0))  # recalibrated: another digest
+        install_calibration(calibration(2.0), force=True)  # recalibrated: another digest
         assert gate_fingerprint(policy, "d" * 64) not in (g0, g1)
     finally:
         remove_installed("d" * 64)

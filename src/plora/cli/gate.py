@@ -168,13 +168,14 @@ calibration_app = _calibration_app()
 def calibration_install(
     path: Path = typer.Argument(..., help="a calibration.json written by plora gate-eval"),
     into_package: bool = typer.Option(False, "--into-package", help="ship it in plora/assets (developers)"),
+    force: bool = typer.Option(False, "--force", help="replace another calibration installed for the base"),
 ) -> None:
     """Make a calibration effective for its base on this machine (PLORA_HOME/gate/calibrations/)."""
     with user_errors():
         from plora.gate.calibration import install_calibration, read_calibration
 
         cal = read_calibration(path)
-        where = install_calibration(path, into_package=into_package)
+        where = install_calibration(path, into_package=into_package, force=force)
     typer.echo(f"installed calibration {cal.digest()[:16]} for {cal.base_model} ({cal.base_digest[:16]}...) "
                f"at {where}")
 

@@ -30,13 +30,20 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from plora.errors import PloraError, first_validation_error
 
 CALIBRATION_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "gate" / "calibrations"
 _DIGEST = r"^[0-9a-f]{64}$"
+# What a calibration may name, kept here so that reading one needs no torch: the statistics are the variants
+# ``plora.gate.probes._variants`` reports, the config keys the fields of ``plora.gate.probes.ProbeConfig``
+# (tests/test_detectors.py checks both against the probe itself).
+PROBE_STATISTICS = ("scan_max", "scan_top5", "verify_gain", "verify_flip", "verify_log_ratio", "search_gain",
+                    "answer_info", "answer_info_share", "answer_p_gain")
+PROBE_CONFIG_FIELDS = ("scan_prompts", "verify_prompts", "candidates", "targets", "extend_pool", "keep_pairs",
+                       "nll_items_per_domain")
 
 
 class CalibrationError(PloraError):
@@ -63,13 +70,39 @@ class Calibration(BaseModel):
     probe_version: int
     statistic: str = Field(min_length=1)
     probe_seed: int
-    probe_config: dict[str, int]
+    probe_config: dict[str, StrictInt]
     thresholds: Thresholds
     weight_reference: dict[str, Any]
     cohort: dict[str, Any] = Field(default_factory=dict)
     created: str
     commit: str = ""
     notes: str = ""
+
+    @field_validator("statistic")
+    @classmethod
+    def _known_statistic(cls, v: str) -> str:
+        if v not in PROBE_STATISTICS:
+            raise ValueError(f"unknown statistic {v!r} (the probe reports {', '.join(PROBE_STATISTICS)})")
+        return v
+
+    @field_validator("probe_config")
+    @classmethod
+    def _probe_fields(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(v) - set(PROBE_CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown probe setting {unknown[0]!r} (expected {', '.join(PROBE_CONFIG_FIELDS)})")
+        low = [k for k, n in v.items() if n < (0 if k == "candidates" else 1)]
+        if low:
+            raise ValueError(f"probe setting {low[0]} = {v[low[0]]} is too small")
+        return v
+
+    @field_validator("weight_reference")
+    @classmethod
+    def _reference(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from plora.gate.reference import check_reference_json
+
+        check_reference_json(v)
+        return v
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
@@ -130,12 +163,36 @@ def write_calibration(cal: Calibration, path: str | Path) -> Path:
     return atomic_write_text(Path(path), json.dumps(cal.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
 
 
-def install_calibration(path: str | Path, *, into_package: bool = False) -> Path:
+def install_calibration(path: str | Path, *, into_package: bool = False, force: bool = False) -> Path:
     """Validate ``path`` and install it for its base: under PLORA_HOME (this machine), or into the package's shipped
-    calibrations (for a developer preparing a release)."""
+    calibrations (for a developer preparing a release). Another calibration already there for that base is replaced
+    only with ``force``; the same one again changes nothing."""
     cal = read_calibration(path)
     folder = SHIPPED_DIR if into_package else installed_dir()
-    return write_calibration(cal, folder / f"{cal.base_digest}.json")
+    target = folder / f"{cal.base_digest}.json"
+    if target.exists() or target.is_symlink():
+        try:
+            same = read_calibration(target).digest() == cal.digest()
+        except CalibrationError:
+            same = False
+        if same:
+            return target
+        if not force:
+            raise CalibrationError(
+                f"{target}: another calibration is installed for base {cal.base_model} ({cal.base_digest[:16]}...); "
+                "pass --force to replace it"
+            )
+    return write_calibration(cal, target)
+
+
+def stale_probe(cal: Calibration) -> str | None:
+    """Why ``cal``'s trigger threshold does not apply to this plora's probe (None when it does). Imports torch."""
+    from plora.gate.probes import PROBE_VERSION
+
+    if cal.probe_version != PROBE_VERSION:
+        return (f"it was measured with probe v{cal.probe_version}, this plora's probe is v{PROBE_VERSION}: "
+                f"make a new one with plora gate-eval --base-model {cal.base_model}, then plora calibration install")
+    return None
 
 
 def remove_installed(base_digest: str) -> bool:

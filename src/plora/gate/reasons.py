@@ -104,7 +104,8 @@ DESCRIPTION: dict[Reason, str] = {
     Reason.SIGNATURE_INVALID: "a signature by a trusted key does not verify, or the envelope signs another manifest",
     Reason.SIGNER_UNTRUSTED: "a signature by a key outside the keyring (fails only if the quorum is not met)",
     Reason.QUORUM_NOT_MET: "fewer distinct trusted signers than the quorum (a repeated signer counts once)",
-    Reason.BASE_UNCALIBRATED: "no gate calibration for the base's weights digest (policy uncalibrated_base=refuse)",
+    Reason.BASE_UNCALIBRATED: "no usable gate calibration for the base's weights digest (none: policy "
+                              "uncalibrated_base=refuse; unreadable; or, probes on, made for another probe version)",
     Reason.SHAPE_UNCALIBRATED: "the base's calibration has no clean weight reference for this plasmid's shape",
     Reason.WEIGHT_ANOMALY: "max robust z of weight statistics above tau_norm_z (or the detector failed: fail closed)",
     Reason.TRIGGER_SUSPECT: "behavioural trigger score above tau_trigger (or the probe failed: fail closed)",

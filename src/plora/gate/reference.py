@@ -81,6 +81,31 @@ class WeightReference:
         return cls(entries, {k: int(v) for k, v in obj.get("counts", {}).items()}, source=source)
 
 
+def check_reference_json(obj: Mapping[str, Any]) -> None:
+    """ValueError naming the first thing in ``obj`` that is not a weight reference as :meth:`WeightReference.to_json`
+    writes it (a version 2 or 3 object; per ``r{rank}|{module}`` or ``*|{module}`` key, per statistic, a finite
+    median and a finite scale >= 0; counts >= 1)."""
+    if set(obj) - {"version", "entries", "counts"}:
+        raise ValueError(f"unknown weight reference field {sorted(set(obj) - {'version', 'entries', 'counts'})[0]!r}")
+    if obj.get("version") not in (2, REFERENCE_VERSION) or isinstance(obj.get("version"), bool):
+        raise ValueError(f"weight reference version must be 2 or {REFERENCE_VERSION}, found {obj.get('version')!r}")
+    entries, counts = obj.get("entries"), obj.get("counts", {})
+    if not isinstance(entries, dict) or not isinstance(counts, dict):
+        raise ValueError("weight reference entries and counts must be objects")
+    for key, stats in entries.items():
+        rank, _, module = key.partition("|")
+        if not module or not (rank == "*" or (rank[:1] == "r" and rank[1:].isdigit())) or not isinstance(stats, dict):
+            raise ValueError(f"weight reference entry {key!r} is not r<rank>|<module> or *|<module> with statistics")
+        for name, pair in stats.items():
+            ok = isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x) for x in pair)
+            if not ok or pair[1] < 0:
+                raise ValueError(f"weight reference {key} {name}: expected [median, scale >= 0], found {pair!r}")
+    for key, n in counts.items():
+        if key not in entries or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"weight reference count {key!r}: {n!r} (expected a count >= 1 of an entry)")
+
+
 def robust_location_scale(values: Iterable[float]) -> tuple[float, float]:
     """(median, 1.4826 * MAD), the scale floored at MIN_RELATIVE_SCALE * |median| (and 1e-12)."""
     x = np.asarray(list(values), dtype=np.float64)

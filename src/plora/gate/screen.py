@@ -297,6 +297,12 @@ class _Screen:
         cal = self.calibration
         d.update(calibration=cal.digest()[:16], statistic=cal.statistic, created=cal.created,
                  thresholds=self._thresholds())
+        if self.policy.probes:
+            from plora.gate.calibration import stale_probe
+
+            stale = stale_probe(cal)
+            if stale:
+                return [(Reason.BASE_UNCALIBRATED, f"the calibration for this base cannot be used: {stale}")]
         return []
 
     def _thresholds(self) -> dict[str, float]:
