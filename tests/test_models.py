@@ -95,6 +95,21 @@ def test_missing_folder_and_offline_hub_id_give_one_line_errors(monkeypatch):
     assert isinstance(result.exception, ModelError)
 
 
+@pytest.mark.parametrize("name", ["adapter_config.json", "plora.yml"])
+def test_a_folder_holding_an_adapter_is_no_base_model(tmp_path, capsys, name):
+    from plora.cli.main import main
+
+    folder = tmp_path / "legal"
+    folder.mkdir()
+    (folder / name).write_text(json.dumps({"base_model_name_or_path": "someone/not-cached"}))
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_:
+        main(["base", "info", "--base-model", str(folder)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"holds an adapter ({name}), not a base model" in err and err.count("\n") == 1
+    assert time.perf_counter() - start < 5  # refused at once: no hub look-up
+
+
 def test_option_beats_env_beats_default(monkeypatch):
     assert canonical_name(None) == "plora-tiny"
     monkeypatch.setenv("PLORA_BASE_MODEL", "smollm2-135m")

@@ -69,6 +69,9 @@ def canonical_name(name: str | None) -> str:
         return chosen.lower()
     path = Path(chosen).expanduser()
     if path.is_dir():
+        adapter = [n for n in ("plora.yml", "adapter_config.json") if (path / n).exists()]
+        if adapter:  # transformers would follow its base_model_name_or_path, to the hub if need be
+            raise ModelError(f"{chosen} holds an adapter ({adapter[0]}), not a base model; name its base instead")
         return str(path.resolve())
     if path.exists():
         raise ModelError(f"not a model folder: {chosen} (expected a folder with config.json and weights)")
