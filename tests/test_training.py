@@ -177,23 +177,32 @@ def test_monolithic_shim_trains_one_plasmid_on_the_union(tmp_path: Path) -> None
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    runs = {
-        "domain": ["--domain", "nosuch"],
-        "base": ["--domain", "legal", "--base-model", "/no/such/dir"],
+    bad_id = "x" * 129
+    runs = {  # key: (arguments, what the one line says); each is refused before the base loads
+        "domain": (["--domain", "nosuch"], "unknown domain"),
+        "base": (["--domain", "legal", "--base-model", "/no/such/dir"], "/no/such/dir"),
+        "batch": (["--domain", "legal", "--batch-size", "1000000000"], "batch size must be in [1, 4096]"),
+        "length": (["--domain", "legal", "--max-length", "100000"], "max length must be <= 256 (the base's positions)"),
+        "epochs": (["--domain", "legal", "--epochs", "inf"], "epochs must be a finite number, got inf"),
+        "lr": (["--domain", "legal", "--lr", "inf"], "learning rate must be a finite number"),
+        "alpha": (["--domain", "legal", "--alpha", "inf"], "alpha must be a finite number"),
+        "rank": (["--domain", "legal", "--rank", "100000"], "rank must be in [1, 1024], got 100000"),
+        "id": (["--domain", "legal", "--id", bad_id], "must be 1-128 characters"),
     }
     procs = {
         key: subprocess.Popen(
-            [sys.executable, "-m", "plora", "train", *bad, "--samples", "4", "--out", str(tmp_path / key)],
+            [sys.executable, "-m", "plora", "train", "--samples", "4", "--dev-size", "0", "--out", str(tmp_path / key),
+             *bad],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for key, bad in runs.items()
+        for key, (bad, _) in runs.items()
     }
     for key, proc in procs.items():
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode != 0
+        assert proc.returncode == 2, (key, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert ("unknown domain" if key == "domain" else "/no/such/dir") in lines[0]
+        assert runs[key][1] in lines[0], (key, err)
         assert not (tmp_path / key).exists()

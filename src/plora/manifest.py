@@ -47,6 +47,7 @@ SIGNATURE_FILES = (SIGNATURE_NAME, OMS_SIGNATURE_NAME)
 # about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
 UNTRUSTED_MAX_BYTES = 32 * 1024
 MAX_RANK = 1024  # the largest LoRA rank a plasmid's manifest describes
+MAX_ALPHA = 65536
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits")]
 Identifier = Annotated[
@@ -79,7 +80,7 @@ class BaseModelRef(_Strict):
 
 class LoraSpec(_Strict):
     r: int = Field(ge=1, le=MAX_RANK, description="LoRA rank")
-    alpha: float = Field(gt=0, le=65536, description="LoRA alpha; the update is scaled by alpha / r")
+    alpha: float = Field(gt=0, le=MAX_ALPHA, description="LoRA alpha; the update is scaled by alpha / r")
     dropout: float = Field(ge=0.0, lt=1.0, default=0.0)
     target_set: TargetSet = Field(description="named target set used at training time")
     targets: tuple[str, ...] = Field(min_length=1, strict=False, description="module name suffixes, e.g. c_attn")

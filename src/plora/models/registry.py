@@ -168,6 +168,38 @@ def require_base(name: str | None) -> str:
     return cname
 
 
+def max_positions(name: str | None) -> int | None:
+    """The longest input (tokens) the base takes, from its config.json without loading weights; None where that
+    file is not on disk yet (a hub id not cached, smollm2-135m before its first conversion)."""
+    cname = canonical_name(name)
+    if cname == TINY:
+        config = tiny_folder() / "config.json"
+    elif cname == SMOLLM2:
+        from plora.models.gguf import cached_folder
+
+        config = cached_folder() / "config.json"
+    elif Path(cname).is_dir():
+        config = Path(cname) / "config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(cname, "config.json")
+        except Exception:  # noqa: BLE001 - an id the hub would refuse is simply not cached
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    positions = values.get("n_positions", values.get("max_position_embeddings"))
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
 def _load_error(cname: str, err: Exception) -> ModelError:
     detail = " ".join(str(err).split())[:200]
     if Path(cname).is_dir():

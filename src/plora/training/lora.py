@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from plora.errors import DataError
+from plora.errors import DataError, PloraError
 from plora.training.batching import collate, encode_examples, pad_id, token_losses
 from plora.training.config import TrainConfig, domain_label
 
@@ -263,6 +263,10 @@ def train_and_write(
 
         model = copy.deepcopy(base.model)  # PEFT wraps the model in place: the caller's stays as it was
     tok = base.tokenizer
+    # validate() reads the base's config.json where it is on disk; a hub base, or a base passed in, is checked here
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and cfg.max_length > positions:
+        raise PloraError(f"max length must be <= {positions} (the base's positions), got {cfg.max_length}")
     set_threads()
     targets = sorted(target_modules(model, cfg.targets))
     items, poisoned = (train, [])
