@@ -177,10 +177,16 @@ def test_monolithic_shim_trains_one_plasmid_on_the_union(tmp_path: Path) -> None
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "q.jsonl").write_text("".join(f'{{"question": "Q{i}?", "answer": "a"}}\n' for i in range(9)))
+    (data / "config.json").write_text('{"model_type": "gpt2", "n_positions": 256}')  # data/ as a local base, too
     bad_id = "x" * 129
     runs = {  # key: (arguments, what the one line says); each is refused before the base loads
         "domain": (["--domain", "nosuch"], "unknown domain"),
         "base": (["--domain", "legal", "--base-model", "/no/such/dir"], "/no/such/dir"),
+        "force": (["--domain", str(data / "q.jsonl"), "--out", str(data), "--force"], "overlaps the source"),
+        "base_out": (["--domain", "legal", "--base-model", str(data), "--out", str(data), "--force"], "overlaps the"),
         "batch": (["--domain", "legal", "--batch-size", "1000000000"], "batch size must be in [1, 4096]"),
         "length": (["--domain", "legal", "--max-length", "100000"], "max length must be <= 256 (the base's positions)"),
         "epochs": (["--domain", "legal", "--epochs", "inf"], "epochs must be a finite number, got inf"),
@@ -206,3 +212,4 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         assert runs[key][1] in lines[0], (key, err)
         assert not (tmp_path / key).exists()
+    assert sorted(p.name for p in data.iterdir()) == ["config.json", "q.jsonl"]  # --force never takes an input

@@ -66,7 +66,7 @@ def train(
 ) -> None:
     """Train a LoRA plasmid and write adapter_config.json, adapter_model.safetensors and plora.yml."""
     fields = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__ and k != "out"}
-    from plora.data import dataset_id
+    from plora.data.loaders import dataset_id, local_file
     from plora.models.registry import hub_unreachable, require_base
     from plora.outputs import check_output_dir
     from plora.settings import choose_base_model
@@ -76,8 +76,10 @@ def train(
     cfg.validate()
     if any(dataset_id(source).startswith("hub:") for source in cfg.sources()):
         hub_unreachable()  # offline: datasets reads its cache at once instead of retrying for 30 s
-    require_base(choose_base_model(base_model))
-    check_output_dir(cfg.out, force=force)
+    base = Path(require_base(choose_base_model(base_model)))
+    # never replace the data or a local base folder: --force may empty a folder, not the run's own inputs
+    sources = [path for path in map(local_file, cfg.sources()) if path is not None]
+    check_output_dir(cfg.out, force=force, sources=[*sources, *([base] if base.is_absolute() else [])])
 
     from plora.training import read_truth, train_plasmid
 

@@ -70,6 +70,13 @@ def dataset_id(source: str) -> str:
     return f"{kind}:{Path(value).name}" if kind == "file" else f"{kind}:{value}"
 
 
+def local_file(source: str) -> Path | None:
+    """The local file ``source`` names, or None for a built-in domain or a hub dataset (an output must not overlap
+    it: :func:`plora.outputs.check_output_dir`'s ``sources``)."""
+    kind, value = _classify(source)
+    return Path(value).expanduser() if kind == "file" else None
+
+
 def load_examples(
     source: str,
     split: str = "train",
