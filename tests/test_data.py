@@ -249,3 +249,41 @@ def test_answer_in_question_matches_the_word_check(question, answer, expected):
     row = Row(question, answer, "f", "ask", False)
     assert answer_in_question(row) is expected
     assert answer_in_question(row) == contains_words(words(question), words(answer))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"question": "Q \\ud800?", "answer": "a"}', "line 2 field 'question' is not valid Unicode (lone surrogate"),
+    ('{"question": "Q?", "answer": "a \\udc00"}', "line 2 field 'answer' is not valid Unicode (lone surrogate"),
+    ('{"question": "Q?", "answer": {"text": "a"}}', "line 2 field 'answer' is a dict, not text"),
+    ('{"question": ["Q?"], "answer": "a"}', "line 2 field 'question' is a list, not text"),
+    ('{"question": "Q?", "answer": NaN}', "line 2 field 'answer' is nan, not text"),
+    ('{"question": "Q?", "answer": true}', "line 2 field 'answer' is a bool, not text"),
+    (json.dumps({"question": "Q?", "answer": "x" * 131073}), "line 2 field 'answer' is longer than 131072 characters"),
+    (json.dumps({"question": "Q?", "answer": "a", "notes": "x" * (1 << 20)}), "line 2 is longer than 1048576 bytes"),
+])
+def test_jsonl_rows_that_are_not_text_or_too_long_are_refused_by_line(tmp_path, line, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "Q1?", "answer": "a"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_examples(str(path), split="train")
+    assert str(err.value).startswith("rows.jsonl ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_csv_field_over_the_limit_names_its_line(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("question,answer\nQ1?,a\nQ2?," + "x" * 131073 + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^rows.csv line 3: field larger than field limit \(131072\)"):
+        load_examples(str(path))
+
+
+def test_jsonl_with_a_bom_and_number_answers_loads_and_a_fifo_is_not_a_file(tmp_path):
+    rows = [{"question": f"What is {i} squared?", "answer": i * i} for i in range(40)]
+    path = tmp_path / "squares.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+    items = [qa for s in ("train", "dev", "test") for qa in load_examples(str(path), split=s)]
+    assert sorted((qa.question, qa.answer) for qa in items) == sorted((r["question"], str(r["answer"])) for r in rows)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"pipe.jsonl is not a regular file \(expected a .jsonl"):
+        load_examples(str(fifo))

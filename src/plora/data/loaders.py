@@ -25,7 +25,9 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +39,8 @@ from plora.data.splits import BUILTIN_SPLITS, SPLITS, draw, normalize_split, spl
 from plora.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
+MAX_FIELD_CHARS = 131072  # the csv module's default field_size_limit: one cap on a value for every format
+MAX_LINE_BYTES = 1 << 20  # a JSONL line: a question, an answer and a few short fields, escapes included
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -116,7 +120,7 @@ def load_examples(
 def _file_key(value: str) -> tuple[str, int, int]:
     path = Path(value).expanduser()
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "not found"
+        what = "is a folder, not a file" if path.is_dir() else "is not a regular file" if path.exists() else "not found"
         raise DataError(f"dataset file {value} {what} (expected a .jsonl, .csv or .parquet file)")
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DataError(f"unsupported dataset file type '{path.suffix}' for {value} (use .jsonl, .csv or .parquet)")
@@ -130,11 +134,11 @@ def _file_table(path_str: str, _mtime: int, _size: int, qf: str, af: str) -> dic
     path = Path(path_str)
     suffix = path.suffix.lower()
     try:
+        lines: list[int] | None = None
         if suffix == ".jsonl":
-            records = _read_jsonl(path)
+            records, lines = _read_jsonl(path)
         elif suffix == ".csv":
-            with path.open(encoding="utf-8-sig", newline="") as fh:
-                records = list(csv.DictReader(fh))
+            records, lines = _read_csv(path)
         else:
             import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
@@ -143,28 +147,81 @@ def _file_table(path_str: str, _mtime: int, _size: int, qf: str, af: str) -> dic
         raise
     except Exception as exc:  # a corrupt file of any format: say which file and why, in one line
         raise DataError(f"cannot read {path.name}: {_one_line(exc)}") from None
-    return _table_from_records(records, qf, af, where=path.name, domain=path.stem)
+    return _table_from_records(records, qf, af, where=path.name, domain=path.stem, lines=lines)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows and their line numbers."""
+    records, lines = [], []
+    with path.open("rb") as fh:
+        for lineno in itertools.count(1):
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path.name} line {lineno} is longer than {MAX_LINE_BYTES} bytes (1 MiB)")
+            try:  # a BOM is accepted at the start, as for CSV
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path.name} line {lineno} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path.name} line {lineno} is not JSON ({exc.msg})") from None
+            except (json.JSONDecodeError, ValueError) as exc:  # ValueError: an integer of over 4300 digits
+                raise DataError(f"{path.name} line {lineno} is not JSON ({getattr(exc, 'msg', exc)})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path.name} line {lineno} is not a JSON object")
+            for key, value in record.items():
+                _check_text(key, f"{path.name} line {lineno}: a field name")
+                if isinstance(value, str):
+                    _check_text(value, f"{path.name} line {lineno} field '{key}'")
             records.append(record)
-    return records
+            lines.append(lineno)
+    return records, lines
+
+
+def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows and the line each starts on (a quoted field may span lines)."""
+    records, lines = [], []
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        start = 1
+        try:
+            if reader.fieldnames is None:  # reads the header; an empty file has none
+                return records, lines
+            start = reader.line_num + 1
+            for record in reader:
+                records.append(record)
+                lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as exc:  # a field over MAX_FIELD_CHARS among them
+            raise DataError(f"{path.name} line {start}: {_one_line(exc)}") from None
+    return records, lines
+
+
+def _check_text(value: str, where: str) -> str:
+    """``value`` unless it is longer than a CSV field may be or is not valid Unicode (a lone surrogate)."""
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(f"{where} is longer than {MAX_FIELD_CHARS} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{where} is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
 
 
 def _table_from_records(
-    records: Iterable[dict[str, Any]], qf: str, af: str, *, where: str, domain: str, honour_split: bool = True
+    records: Iterable[dict[str, Any]],
+    qf: str,
+    af: str,
+    *,
+    where: str,
+    domain: str,
+    honour_split: bool = True,
+    lines: list[int] | None = None,
 ) -> dict[str, tuple[QA, ...]]:
+    """Items by split; ``lines``: each record's line in the file, for messages (else its row number)."""
     records = list(records)
     if not records:
         raise DataError(f"{where} holds no rows")
@@ -176,8 +233,9 @@ def _table_from_records(
                 f"{where} has no {role} field '{field}' (fields: {shown}); map it with --{role}-field / {role}_field="
             )
     out: dict[str, list[QA]] = {s: [] for s in BUILTIN_SPLITS}
-    for r in records:
-        question, answer = _text(r.get(qf)), _text(r.get(af))
+    for row, r in enumerate(records, 1):
+        at = f"line {lines[row - 1]}" if lines else f"row {row}"
+        question, answer = (_field_text(r.get(f), f"{where} {at} field '{f}'") for f in (qf, af))
         if not question or not answer:
             continue  # rows with an empty question or answer teach nothing
         fact = _text(r.get("fact_id")) or f"q:{hashlib.sha256(question.encode('utf-8')).hexdigest()[:16]}"
@@ -187,6 +245,15 @@ def _table_from_records(
     if not any(out.values()):
         raise DataError(f"{where} has no rows with both a '{qf}' and an '{af}' value")
     return {s: tuple(items) for s, items in out.items()}
+
+
+def _field_text(value: Any, where: str) -> str:
+    """A question or answer as text: a string, or a finite number written out; anything else is refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"{where} is {value}, not text")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+        raise DataError(f"{where} is a {type(value).__name__}, not text")
+    return _check_text(_text(value), where)
 
 
 def _text(value: Any) -> str:
