@@ -213,3 +213,10 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert runs[key][1] in lines[0], (key, err)
         assert not (tmp_path / key).exists()
     assert sorted(p.name for p in data.iterdir()) == ["config.json", "q.jsonl"]  # --force never takes an input
+
+
+@pytest.mark.parametrize(("source", "label"), [("data/good.JSONL", "good"), ("faq.Csv", "faq"), ("legal", "legal")])
+def test_the_manifest_domain_drops_the_file_suffix_in_any_case(source: str, label: str) -> None:
+    from plora.training.config import domain_label
+
+    assert domain_label(source) == label

@@ -140,6 +140,7 @@ def domain_label(source: str) -> str:
         return source
     stem = Path(source.split(":", 1)[-1].rstrip("/")).name
     for suffix in (".jsonl", ".json", ".csv", ".parquet"):
-        stem = stem.removesuffix(suffix)
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
     label = re.sub(r"[^A-Za-z0-9_.+-]", "-", stem).lstrip("._+-")[:64]
     return label or "custom"
