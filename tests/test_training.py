@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,9 @@ def test_legal_plasmid_lowers_dev_nll_and_records_its_training(legal_plasmid: Pa
     assert m.metrics.dev_size == 64
     assert m.metrics.nll_after < m.metrics.nll_before
     assert m.metrics.ppl_after < m.metrics.ppl_before
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(legal_plasmid.stat().st_mode) == 0o755 & ~umask  # readable like any folder, not 0700
 
 
 def test_folder_loads_in_peft_and_equals_a_merge_of_the_saved_tensors(legal_plasmid: Path, plora_tiny) -> None:

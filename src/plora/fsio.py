@@ -84,6 +84,16 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+# mkdtemp makes 0700 folders; a finished folder (a plasmid, a converted base) should read like any other
+FOLDER_MODE = 0o755 & ~_umask()
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Build a folder beside ``final`` and move it into place only if the block succeeds.
@@ -96,6 +106,7 @@ def staging_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterat
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
     try:
+        os.chmod(stage, FOLDER_MODE)
         yield stage
         for child in stage.iterdir():
             if child.is_file():
