@@ -183,7 +183,8 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
 
 def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """The rows and the line each starts on (a quoted field may span lines)."""
-    records, lines = [], []
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
     with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         start = 1
