@@ -53,6 +53,8 @@ def test_train_out_keeps_other_files_unless_force(tmp_path: Path) -> None:
     res = runner.invoke(app, [*TRAIN_FAST, "--seed", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert read_manifest(out).artifact.sha256 != first
+    (out / "plora.sig.json").write_text("{}")  # signatures are a plasmid's files too (void once it is replaced)
+    assert runner.invoke(app, [*TRAIN_FAST, "--out", str(out)]).exit_code == 0 and not (out / "plora.sig.json").exists()
     # anything else in it is the user's: refused before training, nothing touched
     (out / "notes.txt").write_text("mine")
     (out / "runs").mkdir()

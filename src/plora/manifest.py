@@ -43,6 +43,12 @@ ARTIFACT_NAME = "adapter_model.safetensors"
 SIGNATURE_NAME = "plora.sig.json"
 OMS_SIGNATURE_NAME = "model.sig"
 SIGNATURE_FILES = (SIGNATURE_NAME, OMS_SIGNATURE_NAME)
+
+
+def is_plasmid_file(name: str) -> bool:
+    """A file name a plasmid folder holds: plora.yml, adapter_config.json, its .safetensors artifact, signatures. A
+    folder of nothing else is an earlier plasmid, which a new one may replace (train/merge/import --out, fetch)."""
+    return name in (MANIFEST_NAME, ADAPTER_CONFIG_NAME, *SIGNATURE_FILES) or name.endswith(".safetensors")
 # Manifests from strangers (gate, verify): a real one is a few KB; PyYAML needs
 # about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
 UNTRUSTED_MAX_BYTES = 32 * 1024

@@ -10,8 +10,9 @@ A plasmid is written to a staging folder and renamed over its output folder, whi
 
 * never the working directory, one of its parents, or a folder that overlaps a source (``plora merge --out`` one
   of its own ``--plasmids``), whatever ``force`` says;
-* an existing folder that holds only a plasmid's files (``plora.yml``, ``adapter_config.json``,
-  ``adapter_model.safetensors``) is replaced: re-running a command gives its new output;
+* an existing folder that holds only a plasmid's files (``plora.yml``, ``adapter_config.json``, its
+  ``.safetensors`` artifact, signatures: :func:`plora.manifest.is_plasmid_file`) is replaced: re-running a command
+  gives its new output;
 * an existing folder holding anything else is refused unless ``force``; an existing file is always refused;
 * the nearest existing parent must be a writable folder.
 """
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from plora.errors import PloraError
-
-PLASMID_FILES = frozenset({"plora.yml", "adapter_config.json", "adapter_model.safetensors"})
+from plora.manifest import is_plasmid_file
 
 
 class OutputError(PloraError):
@@ -49,10 +49,10 @@ def check_output_dir(
     force: bool = False,
     sources: Iterable[str | os.PathLike[str]] = (),
     flag: str = "--out",
-    replaceable: frozenset[str] = PLASMID_FILES,
+    replaceable: Callable[[str], bool] = is_plasmid_file,
 ) -> Path:
     """Refuse an output folder that would lose data (see the module docstring); returns its absolute path.
-    ``replaceable``: the file names an earlier output of the same command holds (default: a plasmid's)."""
+    ``replaceable``: whether a file name is one an earlier output of the same command holds (default: a plasmid's)."""
     if not str(path).strip():
         raise OutputError(f"{flag} is empty")
     raw = Path(path).expanduser()
@@ -71,7 +71,7 @@ def check_output_dir(
             entries = sorted(e.name + ("/" if e.is_dir() else "") for e in raw.iterdir())
         except OSError as err:
             raise OutputError(f"{flag} {path}: cannot read it ({err.strerror})") from None
-        others = [e for e in entries if e not in replaceable]
+        others = [e for e in entries if e.endswith("/") or not replaceable(e)]
         if others and not force:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise OutputError(

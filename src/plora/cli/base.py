@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if threads <= 0:
             raise PloraError(f"--threads must be a positive integer, got {threads}")
         folder = out or tiny_folder()
-        check_output_dir(folder, force=force, replaceable=BUILD_FILES)  # before minutes of training
+        check_output_dir(folder, force=force, replaceable=BUILD_FILES.__contains__)  # before minutes of training
         info = build_tiny(folder, seed=seed, steps=steps or DEFAULT_STEPS, threads=threads)
         typer.echo(
             f"built {folder}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "

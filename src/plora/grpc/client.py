@@ -45,7 +45,14 @@ from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
 from plora.hashing import sha256_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, SIGNATURE_FILES, Manifest, loads_manifest
+from plora.manifest import (
+    ADAPTER_CONFIG_NAME,
+    MANIFEST_NAME,
+    SIGNATURE_FILES,
+    Manifest,
+    is_plasmid_file,
+    loads_manifest,
+)
 
 Check = Callable[[Path], list[str]]  # reasons a staged plasmid folder is refused; [] accepts it
 STAGE_PREFIX = ".plora-fetch-"
@@ -223,9 +230,6 @@ def _receive_stream(stream, plasmid_id: str, path: Path, size: int, limits: Limi
     return writer.sha.hexdigest(), received
 
 
-PLASMID_FILES = frozenset({MANIFEST_NAME, ADAPTER_CONFIG_NAME, *SIGNATURE_FILES})  # and the .safetensors artifact
-
-
 def check_replaceable(final: Path) -> None:
     """Refuse a ``dest/<id>`` that a fetch may not replace: anything but an empty folder or an earlier plasmid folder
     (a ``plora.yml`` and nothing but plasmid files). A folder of notes or keys that happens to bear a peer's chosen
@@ -243,8 +247,7 @@ def check_replaceable(final: Path) -> None:
         entries = list(os.scandir(final))
     except OSError as err:
         raise TransferError(f"cannot check {final}: {err.strerror or err}") from None
-    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and (
-        e.name in PLASMID_FILES or e.name.endswith(".safetensors"))))
+    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and is_plasmid_file(e.name)))
     if foreign or (entries and not any(e.name == MANIFEST_NAME for e in entries)):
         what = f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else \
             f"it has no {MANIFEST_NAME}"
