@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -167,8 +168,9 @@ class PlasmidIndex:
 
 
 def peer_ip(context: grpc.ServicerContext) -> str:
-    """The caller's IP address (``ipv4:1.2.3.4:5`` -> ``1.2.3.4``), or the raw peer string for other transports."""
-    peer = context.peer() or ""
+    """The caller's IP address (``ipv4:1.2.3.4:5`` -> ``1.2.3.4``; gRPC percent-encodes an IPv6 one,
+    ``ipv6:%5B::1%5D:5`` -> ``::1``), or the raw peer string for other transports."""
+    peer = urllib.parse.unquote(context.peer() or "")
     if peer.startswith(("ipv4:", "ipv6:")):
         return peer.split(":", 1)[1].rsplit(":", 1)[0].strip("[]")
     return peer

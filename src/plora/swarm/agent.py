@@ -37,7 +37,6 @@ import os
 import random
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,10 +112,9 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An IP literal (an IPv4-mapped IPv6 address as its IPv4 one), or None for anything else (a name). gRPC gives
-    an IPv6 caller percent-encoded (``%5B::1%5D``)."""
+    """An IP literal (an IPv4-mapped IPv6 address as its IPv4 one), or None for anything else (a name)."""
     try:
-        ip = ipaddress.ip_address(urllib.parse.unquote(text).strip("[]"))
+        ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
     return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
