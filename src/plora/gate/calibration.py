@@ -25,8 +25,11 @@ every cached verdict, so a recalibration never reuses a verdict made under the o
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -185,10 +188,29 @@ def install_calibration(path: str | Path, *, into_package: bool = False, force: 
     return write_calibration(cal, target)
 
 
-def stale_probe(cal: Calibration) -> str | None:
-    """Why ``cal``'s trigger threshold does not apply to this plora's probe (None when it does). Imports torch."""
-    from plora.gate.probes import PROBE_VERSION
+def probe_constants() -> dict[str, Any]:
+    """PROBE_VERSION and STATISTIC of plora.gate.probes, read from its source when it is not imported yet: the
+    probes import torch, and an agent that never screens must not pay for it."""
+    loaded = sys.modules.get("plora.gate.probes")
+    if loaded is not None:
+        return {"PROBE_VERSION": loaded.PROBE_VERSION, "STATISTIC": loaded.STATISTIC}
+    spec = importlib.util.find_spec("plora.gate.probes")
+    if spec is None or spec.origin is None:
+        raise ImportError("plora.gate.probes not found")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in {"PROBE_VERSION", "STATISTIC"}:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+    if set(out) != {"PROBE_VERSION", "STATISTIC"}:
+        raise ImportError(f"{spec.origin}: PROBE_VERSION or STATISTIC is not a plain constant")
+    return out
 
+
+def stale_probe(cal: Calibration) -> str | None:
+    """Why ``cal``'s trigger threshold does not apply to this plora's probe (None when it does)."""
+    PROBE_VERSION = probe_constants()["PROBE_VERSION"]  # noqa: N806 - the probe's constant, read without torch
     if cal.probe_version != PROBE_VERSION:
         return (f"it was measured with probe v{cal.probe_version}, this plora's probe is v{PROBE_VERSION}: "
                 f"make a new one with plora gate-eval --base-model {cal.base_model}, then plora calibration install")

@@ -32,14 +32,11 @@ Within a process, screens run one at a time because they share one loaded base m
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib.util
 import json
 import numbers
 import os
 import stat
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -83,33 +80,13 @@ def _sha256_file(path: Path) -> str:
     return sha256_file(path)
 
 
-def _probe_constants() -> dict[str, Any]:
-    """PROBE_VERSION and STATISTIC of plora.gate.probes, read from its source when it is not imported yet: the
-    probes import torch, and an agent that never screens must not pay for it."""
-    loaded = sys.modules.get("plora.gate.probes")
-    if loaded is not None:
-        return {"PROBE_VERSION": loaded.PROBE_VERSION, "STATISTIC": loaded.STATISTIC}
-    spec = importlib.util.find_spec("plora.gate.probes")
-    if spec is None or spec.origin is None:
-        raise ImportError("plora.gate.probes not found")
-    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    out: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in {"PROBE_VERSION", "STATISTIC"}:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-    if set(out) != {"PROBE_VERSION", "STATISTIC"}:
-        raise ImportError(f"{spec.origin}: PROBE_VERSION or STATISTIC is not a plain constant")
-    return out
-
-
 def gate_fingerprint(policy: Any, base_digest: str) -> str:
     """SHA-256 of everything of the gate's own that decides a verdict besides the policy's fields and the plasmid:
     the gate's rules version, the probe's version and default statistic, and the digest of the calibration the gate
     uses for ``base_digest``
     (:func:`plora.gate.calibration.find_calibration`; "uncalibrated" when none). A recalibration, installed or
     shipped, changes the digest, so no verdict made under the old one is reused."""
-    from plora.gate.calibration import CalibrationError, find_calibration
+    from plora.gate.calibration import CalibrationError, find_calibration, probe_constants
 
     try:
         cal = find_calibration(base_digest)
@@ -118,7 +95,7 @@ def gate_fingerprint(policy: Any, base_digest: str) -> str:
         calibration = f"unusable: {err}"
     from plora.gate.reasons import RULES_VERSION
 
-    body = {"base_digest": base_digest, "probes": _probe_constants(), "calibration": calibration,
+    body = {"base_digest": base_digest, "probes": probe_constants(), "calibration": calibration,
             "rules": RULES_VERSION}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
