@@ -283,6 +283,47 @@ class _BulkDribbler(pb2_grpc.PlasmidExchangeServicer):
         self.stop.wait(60)
 
 
+class _Staller(_BulkDribbler):
+    """A bulk socket silent after the token, and a gRPC stream (the fallback) silent after its header."""
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(32)
+                self.stop.wait(60)
+
+    def Fetch(self, request, context):
+        manifest, art = self._entry()
+        yield pb2.FetchChunk(header=pb2.FetchHeader(
+            id="legal", manifest=manifest, adapter_config=self.files["adapter_config.json"], size=len(art),
+            chunk_size=1 << 20, bulk_port=self.sock.getsockname()[1] if request.bulk else 0, bulk_token=b"x" * 32))
+        self.stop.wait(60)
+
+
+def test_a_stalled_bulk_socket_and_its_grpc_fallback_share_one_deadline(root, tmp_path, monkeypatch):
+    monkeypatch.setattr("plora.grpc.bulk.STALL_S", 2.0)
+    evil = _Staller(root / "legal")
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    pb2_grpc.add_PlasmidExchangeServicer_to_server(evil, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    limits = replace(Limits(), fetch_timeout_s=4.0)
+    deadline = limits.fetch_deadline((root / "legal" / "adapter_model.safetensors").stat().st_size)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TransferError):
+            fetch(f"127.0.0.1:{port}", "legal", tmp_path / "d", limits=limits)
+        elapsed = time.monotonic() - t0
+        # the stall is noticed after 2 s; the fallback gets the time left, not a new deadline (that took ~6 s)
+        assert 2.0 < elapsed < deadline + 1.0, (elapsed, deadline)
+        assert os.listdir(tmp_path / "d") == []
+    finally:
+        evil.stop.set()
+        evil.sock.close()
+        srv.stop(0)
+
+
 def test_a_dribbling_bulk_socket_cannot_hold_a_fetch_past_its_deadline(root, tmp_path):
     evil = _BulkDribbler(root / "legal")
     srv = grpc.server(futures.ThreadPoolExecutor(4))

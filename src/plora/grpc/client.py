@@ -326,12 +326,14 @@ class _Busy(Exception):
 
 
 def _fetch_once(channel: grpc.Channel, address: str, plasmid_id: str, stage: Path, limits: Limits,
-                expect_sha256: str | None, result: FetchResult, timeout: float, bulk: bool) -> None:
+                expect_sha256: str | None, result: FetchResult, deadline: float, bulk: bool) -> None:
+    timeout = deadline - time.monotonic()
+    if timeout <= 0:
+        raise TransferError(f"fetch of {plasmid_id} from {address} past its deadline")
     stream = pb2_grpc.PlasmidExchangeStub(channel).Fetch(
         pb2.FetchRequest(id=plasmid_id, sha256=expect_sha256 or "", bulk=bulk), timeout=timeout)
     try:
-        _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0],
-                 time.monotonic() + timeout)
+        _receive(stream, plasmid_id, stage, limits, expect_sha256, result, parse_address(address)[0], deadline)
     except grpc.RpcError as err:
         if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise _Busy(str(_rpc_error(address, err))) from None
@@ -349,7 +351,8 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     Content problems (hash, size, failed checks) give ``accepted=False`` with reasons; transport and protocol
     failures (unreachable, unknown id, broken stream, deadline) raise TransferError. Either way the staging
     folder is gone when this returns. A busy server (RESOURCE_EXHAUSTED) is retried for ``limits.busy_wait_s``;
-    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why).
+    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why), within the
+    same deadline (``limits.fetch_deadline``): a stalled bulk socket cannot double it.
     """
     check_id(plasmid_id)
     dest = Path(dest)
@@ -371,9 +374,10 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
         timeout = limits.fetch_deadline(min(size_hint, limits.max_artifact_bytes))
         bulk = limits.bulk and tls is None
         busy_until, pause = time.monotonic() + limits.busy_wait_s, 0.05
+        deadline = time.monotonic() + timeout  # one deadline for the transfer, the gRPC fallback included
         while True:
             try:
-                _fetch_once(channel, address, plasmid_id, stage, limits, expect_sha256, result, timeout, bulk)
+                _fetch_once(channel, address, plasmid_id, stage, limits, expect_sha256, result, deadline, bulk)
                 break
             except BulkError as err:
                 if not bulk:
@@ -383,6 +387,7 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
                 if time.monotonic() + pause > busy_until:
                     raise TransferError(str(busy)) from None
                 time.sleep(pause)
+                deadline += pause  # nothing was transferred while the server was busy
                 pause = min(1.0, 2 * pause)
         result.receive_s = time.perf_counter() - t0
         if not result.reasons:
