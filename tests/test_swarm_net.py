@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_grpc import cheap_policy, craft
 
+from plora.fsio import process_temp_dir
 from plora.grpc.client import STAGE_PREFIX
 from plora.hashing import sha256_file
 from plora.manifest import read_manifest
@@ -418,6 +419,24 @@ def test_coordinated_agents_exit_when_their_coordinator_is_killed(tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, "agents outlived their coordinator"
+
+
+def test_a_killed_runs_work_folder_is_removed_by_the_next_run(tmp_path):
+    """`plora swarm net` keeps its agents' stores in ``plora-swarm-net-<pid>-*``: SIGKILL leaves it; the next run
+    removes the folders of dead processes (never a live run's, never other folders)."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name in (f"plora-swarm-net-{dead.pid}-ab12", f"plora-swarm-net-{os.getppid()}-cd34", "plora-swarm-netx",
+                 f"plora-fetch-{dead.pid}-ef56"):
+        (tmp_path / name / "a0" / "store").mkdir(parents=True)
+    work = process_temp_dir("plora-swarm-net-", tmp_path)
+    assert work.name.startswith(f"plora-swarm-net-{os.getpid()}-") and work.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [work.name, f"plora-swarm-net-{os.getppid()}-cd34", "plora-swarm-netx", f"plora-fetch-{dead.pid}-ef56"])
 
 
 def _running(pid: int) -> bool:

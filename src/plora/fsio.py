@@ -94,6 +94,38 @@ def _umask() -> int:
 FOLDER_MODE = 0o755 & ~_umask()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(parent: str | os.PathLike[str], prefix: str) -> int:
+    """Remove the folders ``parent/<prefix><pid>-*`` whose process has died (killed before it could clean up)."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for child in Path(parent).iterdir():
+            if child.name.startswith(prefix) and child.is_dir() and not child.is_symlink():
+                pid = child.name[len(prefix):].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed += 1
+    return removed
+
+
+def process_temp_dir(prefix: str, parent: str | os.PathLike[str] | None = None) -> Path:
+    """A new folder ``<prefix><pid>-XXXX`` in ``parent`` (default: the system's temp folder), after removing the
+    folders of that prefix left by dead processes: a run killed with SIGKILL leaves nothing behind for long."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    remove_orphans(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Build a folder beside ``final`` and move it into place only if the block succeeds.

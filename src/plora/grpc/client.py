@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
+from plora.fsio import process_temp_dir, remove_orphans
 from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
@@ -128,27 +128,9 @@ def get_revocations(channel: grpc.Channel, ids: Sequence[str], limits: Limits = 
     return list(reply.envelopes)[: len(wanted)]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_stages(parent: Path) -> int:
     """Remove staging folders left by processes that died mid-fetch (their pid is in the name)."""
-    removed = 0
-    with contextlib.suppress(OSError):
-        for child in parent.iterdir():
-            if child.name.startswith(STAGE_PREFIX) and child.is_dir():
-                pid = child.name[len(STAGE_PREFIX):].split("-", 1)[0]
-                if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                    shutil.rmtree(child, ignore_errors=True)
-                    removed += 1
-    return removed
+    return remove_orphans(parent, STAGE_PREFIX)
 
 
 def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256: str | None,
@@ -314,7 +296,7 @@ def prepare_dest(dest: Path, quarantine: Path | None = None) -> Path:
 
 def _make_stage(parent: Path) -> Path:
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=parent))
+        stage = process_temp_dir(STAGE_PREFIX, parent)
     except OSError as err:
         raise TransferError(f"cannot stage a fetch in {parent}: {err.strerror or err}") from None
     os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the installed plasmid folder should read like any other

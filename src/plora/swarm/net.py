@@ -41,7 +41,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from plora.errors import PloraError
-from plora.fsio import atomic_write_json, atomic_write_text
+from plora.fsio import atomic_write_json, atomic_write_text, process_temp_dir
 from plora.swarm.config import NetConfig
 from plora.swarm.net_recall import NetRecall
 
@@ -213,7 +212,7 @@ def run_swarm_net(cfg: NetConfig, on_round: Any = None) -> dict[str, Any]:
     check_memory(cfg)
     setup = _setup(cfg)
     token = secrets.token_urlsafe(32)  # this run's: only this coordinator can drive its agents' rounds
-    work = Path(cfg.work_dir) if cfg.work_dir else Path(tempfile.mkdtemp(prefix="plora-swarm-net-"))
+    work = Path(cfg.work_dir) if cfg.work_dir else process_temp_dir("plora-swarm-net-")
     work.mkdir(parents=True, exist_ok=True)
     policy_path = atomic_write_json(work / "policy.json", setup.policy_json) if setup.policy_json else None
     _seed_stores(work, setup.seeded)

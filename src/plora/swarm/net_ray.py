@@ -33,7 +33,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,14 +55,14 @@ class AgentHost:
         files: FileTree,
         flags: list[str],
     ) -> tuple[str, str]:
-        from plora.fsio import atomic_write_json
+        from plora.fsio import atomic_write_json, process_temp_dir
         from plora.grpc.server import format_address
         from plora.swarm.net import _spawn_agent, _wait_ready
 
         cfg = NetConfig(**cfg_json)
         node = _node_address()
         self.keep = cfg.work_dir is not None
-        self.work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="plora-ray-agent-"))
+        self.work = Path(cfg.work_dir) if cfg.work_dir else process_temp_dir("plora-ray-agent-")
         self.home = self.work / f"a{i}"
         store = self.home / "store" / plasmid[0]
         shutil.rmtree(self.home / "store", ignore_errors=True)
