@@ -287,10 +287,16 @@ def test_scores_are_blind_to_the_manifests_words(legal_plasmid, plora_tiny, tmp_
 # ------------------------------------------------------------------------------------------- calibration files
 
 
-def _calibration(digest: str, reference: WeightReference, trigger: float = 20.0):
-    from plora.gate.calibration import Calibration, Thresholds
+# a weight reference with one shape (an installed calibration needs at least one; the gate tests choose theirs)
+ONE_SHAPE = WeightReference(entries={"r4|attn.c_proj": {"fro": (1.0, 0.1)}}, counts={"r4|attn.c_proj": 3})
 
-    return Calibration(base_model="plora-tiny", base_digest=digest, probe_version=5, statistic="answer_info_share",
+
+def _calibration(digest: str, reference: WeightReference = ONE_SHAPE, trigger: float = 20.0):
+    from plora.gate.calibration import Calibration, Thresholds
+    from plora.gate.probes import PROBE_VERSION
+
+    return Calibration(base_model="plora-tiny", base_digest=digest, probe_version=PROBE_VERSION,
+                       statistic="answer_info_share",
                        probe_seed=0, probe_config={"scan_prompts": 2}, weight_reference=reference.to_json(),
                        thresholds=Thresholds(trigger=trigger, norm_z=8.0, clean_delta=1.0), created="2026-11-27")
 
@@ -301,14 +307,14 @@ def test_a_calibration_is_installed_explicitly_and_found_by_digest(tmp_path, mon
     monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     digest = "cd" * 32
     assert find_calibration(digest) is None
-    path = write_calibration(_calibration(digest, WeightReference()), tmp_path / "results" / "calibration.json")
+    path = write_calibration(_calibration(digest), tmp_path / "results" / "calibration.json")
     assert find_calibration(digest) is None  # writing it somewhere installs nothing
     out = runner.invoke(app, ["calibration", "install", str(path)])
     assert out.exit_code == 0, out.output
     found = find_calibration(digest)
-    assert found is not None and found.digest() == _calibration(digest, WeightReference()).digest()
+    assert found is not None and found.digest() == _calibration(digest).digest()
     assert find_calibration("ef" * 32) is None  # never another base's
-    changed = _calibration(digest, WeightReference(), trigger=21.0)
+    changed = _calibration(digest, trigger=21.0)
     assert changed.digest() != found.digest()  # a recalibration has another digest (it keys cached verdicts)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**json.loads(path.read_text()), "surprise": 1}))
@@ -341,16 +347,18 @@ def test_the_names_a_calibration_may_use_are_the_probes(tmp_path):
         ({"weight_reference": {"version": 3, "entries": {"c_attn": {}}}}, "is not r<rank>|<module>"),
         ({"weight_reference": {"version": 3, "entries": {"r4|m": {"fro": [1.0, "x"]}}}}, "expected [median, scale"),
         ({"weight_reference": {"version": 1, "entries": {}}}, "version must be 2 or 3"),
+        ({"weight_reference": {"version": 3, "entries": {}}}, "its weight reference is empty"),
+        ({"probe_version": 1}, "it was measured with probe v1"),
     ],
     ids=["probe-key", "probe-str", "probe-zero", "statistic", "reference-junk", "reference-key", "reference-pair",
-         "reference-version"],
+         "reference-version", "reference-empty", "probe-version"],
 )
 def test_install_refuses_a_calibration_the_gate_cannot_use(tmp_path, monkeypatch, capsys, change, message):
     from plora.gate.calibration import find_calibration, write_calibration
 
     monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     digest = "cd" * 32
-    good = write_calibration(_calibration(digest, WeightReference()), tmp_path / "good.json")
+    good = write_calibration(_calibration(digest), tmp_path / "good.json")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**json.loads(good.read_text()), **change}))
     with pytest.raises(SystemExit) as exit_:
@@ -367,8 +375,8 @@ def test_install_never_replaces_another_calibration_without_force(tmp_path, monk
 
     monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     digest = "cd" * 32
-    first = write_calibration(_calibration(digest, WeightReference()), tmp_path / "first.json")
-    second = write_calibration(_calibration(digest, WeightReference(), trigger=21.0), tmp_path / "second.json")
+    first = write_calibration(_calibration(digest), tmp_path / "first.json")
+    second = write_calibration(_calibration(digest, trigger=21.0), tmp_path / "second.json")
     assert runner.invoke(app, ["calibration", "install", str(first)]).exit_code == 0
     again = runner.invoke(app, ["calibration", "install", str(first)])  # the same one: nothing changes
     assert again.exit_code == 0, again.output
@@ -384,14 +392,16 @@ def test_the_gate_refuses_a_calibration_made_for_another_probe_version(tmp_path,
     from trust_helpers import make_plasmid
 
     from plora.gate import Policy, screen
-    from plora.gate.calibration import install_calibration, write_calibration
+    from plora.gate.calibration import CalibrationError, install_calibration, installed_dir, write_calibration
     from plora.gate.probes import PROBE_VERSION
 
     monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     digest = "ab" * 32
     folder = make_plasmid(tmp_path / "p")
-    stale = _calibration(digest, WeightReference()).model_copy(update={"probe_version": PROBE_VERSION - 1})
-    install_calibration(write_calibration(stale, tmp_path / "c.json"))
+    stale = _calibration(digest).model_copy(update={"probe_version": PROBE_VERSION - 1})
+    with pytest.raises(CalibrationError, match="cannot use this calibration: it was measured with probe v"):
+        install_calibration(write_calibration(stale, tmp_path / "c.json"))
+    write_calibration(stale, installed_dir() / f"{digest}.json")  # installed before plora's probe changed
     refused = screen(folder, Policy(base_digest=digest, weight_check=False))
     assert refused.reason_codes == ["BASE_UNCALIBRATED"], refused.reasons
     assert f"probe v{PROBE_VERSION - 1}, this plora's probe is v{PROBE_VERSION}" in refused.reasons[0][1]

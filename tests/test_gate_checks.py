@@ -416,9 +416,10 @@ def test_cli_overrides_reach_the_policy(tmp_path: Path) -> None:
 
 def _install(tmp_path: Path, reference: Any, digest: str = DIGEST, **thresholds: float) -> None:
     from plora.gate.calibration import Calibration, Thresholds, install_calibration, write_calibration
+    from plora.gate.probes import PROBE_VERSION, STATISTIC
 
     taus = {"trigger": 1e9, "norm_z": 8.0, "clean_delta": 1e9, **thresholds}
-    cal = Calibration(base_model="plora-tiny", base_digest=digest, probe_version=6, statistic="answer_info_share",
+    cal = Calibration(base_model="plora-tiny", base_digest=digest, probe_version=PROBE_VERSION, statistic=STATISTIC,
                       probe_seed=0, probe_config={"scan_prompts": 2, "verify_prompts": 6, "targets": 2,
                                                   "extend_pool": 6, "candidates": 128},
                       thresholds=Thresholds(**taus), weight_reference=reference.to_json(), created="2026-11-27")
@@ -455,7 +456,8 @@ def test_probe_thresholds_decide_trigger_and_clean_codes(legal_plasmid: Path, ti
 
     monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
     base = tiny_base
-    _install(tmp_path, WeightReference(), digest=base.digest)  # the calibration's probe config: a cheap scan
+    # the calibration's probe config: a cheap scan (and a weight reference the policy does not use)
+    _install(tmp_path, WeightReference(entries={"r4|x": {"fro": (1.0, 0.1)}}, counts={"r4|x": 3}), digest=base.digest)
     policy = load_policy(weight_check=False)  # digest from the loaded base
     first = screen(legal_plasmid, policy, base=base)
     assert first.accepted, first.reasons

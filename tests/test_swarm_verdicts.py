@@ -110,8 +110,9 @@ def test_the_key_moves_with_everything_that_decides_a_verdict(legal_plasmid: Pat
     from plora.gate.calibration import Calibration, Thresholds, install_calibration, remove_installed, write_calibration
 
     def calibration(trigger: float) -> Path:
-        cal = Calibration(base_model="plora-tiny", base_digest="d" * 64, probe_version=1, statistic="scan_max",
-                          probe_seed=0, probe_config={}, weight_reference={"version": 3, "entries": {}},
+        cal = Calibration(base_model="plora-tiny", base_digest="d" * 64, probe_version=probes.PROBE_VERSION,
+                          statistic=probes.STATISTIC, probe_seed=0, probe_config={},
+                          weight_reference={"version": 3, "entries": {"r4|x": {"fro": [1.0, 0.1]}}},
                           created="2026-11-27",
                           thresholds=Thresholds(trigger=trigger, norm_z=1.0, clean_delta=1.0))
         return write_calibration(cal, tmp_path / f"cal-{trigger}.json")

@@ -171,6 +171,12 @@ def install_calibration(path: str | Path, *, into_package: bool = False, force: 
     calibrations (for a developer preparing a release). Another calibration already there for that base is replaced
     only with ``force``; the same one again changes nothing."""
     cal = read_calibration(path)
+    stale = stale_probe(cal)
+    if stale:
+        raise CalibrationError(f"{path}: the gate cannot use this calibration: {stale}")
+    if not cal.weight_reference.get("entries"):
+        raise CalibrationError(f"{path}: its weight reference is empty: the gate would refuse every plasmid "
+                               "(SHAPE_UNCALIBRATED)")
     folder = SHIPPED_DIR if into_package else installed_dir()
     target = folder / f"{cal.base_digest}.json"
     if target.exists() or target.is_symlink():

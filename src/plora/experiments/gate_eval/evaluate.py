@@ -26,7 +26,7 @@ the gate's own detectors (:mod:`~plora.experiments.gate_eval.scoring`), make eve
 (:mod:`~plora.experiments.gate_eval.protocol`), then apply the resulting calibration unchanged to the held-out part
 and report it per family with Wilson intervals. Outputs, all under ``out`` and nowhere else: ``gate_eval.json`` (the
 report, one row per member), ``gate_eval.md`` (the tables), ``roc.png`` and ``families.png`` (plots) and
-``calibration.json`` (what the gate needs for this base; ``plora gate calibration install`` makes it effective).
+``calibration.json`` (what the gate needs for this base; ``plora calibration install`` makes it effective).
 
 With ``calibration=`` (a file, or the one installed or shipped for the base), nothing is chosen: that calibration
 scores every member, so the whole cohort is held out with respect to it.
