@@ -277,6 +277,17 @@ def test_csv_field_over_the_limit_names_its_line(tmp_path):
         load_examples(str(path))
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_data_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, suffix):
+    from plora.data.loaders import MAX_FILE_BYTES
+
+    path = tmp_path / f"huge{suffix}"
+    with path.open("wb") as fh:  # sparse: no disk used, and nothing would parse it
+        fh.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(DataError, match=rf"huge{suffix} has {MAX_FILE_BYTES + 1} bytes, more than 2 GiB"):
+        load_examples(str(path))
+
+
 def test_jsonl_with_a_bom_and_number_answers_loads_and_a_fifo_is_not_a_file(tmp_path):
     rows = [{"question": f"What is {i} squared?", "answer": i * i} for i in range(40)]
     path = tmp_path / "squares.jsonl"

@@ -41,6 +41,8 @@ from plora.errors import DataError
 FILE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 MAX_FIELD_CHARS = 131072  # the csv module's default field_size_limit: one cap on a value for every format
 MAX_LINE_BYTES = 1 << 20  # a JSONL line: a question, an answer and a few short fields, escapes included
+# a whole file: rows are held as Python objects (5-10x the bytes), so 2 GiB is what this kind of machine can parse
+MAX_FILE_BYTES = 2 << 30
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -125,6 +127,9 @@ def _file_key(value: str) -> tuple[str, int, int]:
     if path.suffix.lower() not in FILE_SUFFIXES:
         raise DataError(f"unsupported dataset file type '{path.suffix}' for {value} (use .jsonl, .csv or .parquet)")
     stat = path.stat()
+    if stat.st_size > MAX_FILE_BYTES:
+        raise DataError(f"dataset file {value} has {stat.st_size} bytes, more than {MAX_FILE_BYTES >> 30} GiB: "
+                        "train on a sample of it (a plasmid uses at most --samples items)")
     # mtime and size in the cache key: an edited file is read again.
     return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
