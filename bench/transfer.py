@@ -129,7 +129,8 @@ def client(addr: str, raw_port: int, size: int, dest: str, chunk: int, repeats: 
            fsync: bool) -> None:
     """Alternate a raw copy and a fetch in ONE process: on a shared VM the speed of both drifts with the load and
     with how awake the process's threads are, so only side-by-side runs compare."""
-    from plora.grpc.client import fetch, signature_check
+    from plora.grpc.checks import signature_check
+    from plora.grpc.client import fetch
     from plora.grpc.limits import Limits
 
     checks = [signature_check([keys])] if keys else []

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from plora.cli.main import app
 from plora.errors import TransferError
-from plora.grpc.client import STAGE_PREFIX, fetch, gate_check, get_inventory, signature_check
+from plora.grpc.checks import gate_check, signature_check
+from plora.grpc.client import STAGE_PREFIX, fetch, get_inventory
 from plora.grpc.limits import Limits
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import serve

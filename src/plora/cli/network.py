@@ -92,6 +92,7 @@ def fetch(
     from plora.errors import TransferError
     from plora.gate.policy import load_policy
     from plora.grpc import client
+    from plora.grpc.checks import Check, gate_check, signature_check
     from plora.grpc.limits import Limits, check_id, parse_address
     from plora.grpc.tls import ClientTLS
 
@@ -101,15 +102,15 @@ def fetch(
         raise TransferError(f"--wait must be a number of seconds, 0 or more, got {wait_s:g}")
     keys = _split(trusted_keys)
     policy = load_policy(policy_file, allowed_targets_file, trusted_keys=keys or None, quorum=quorum)
-    checks: list[client.Check] = []
+    checks: list[Check] = []
     if policy.signatures:
         if not policy.trusted_keys:
             raise TransferError("the policy requires signatures: give --trusted-keys")
-        checks.append(client.signature_check(policy.trusted_keys, policy.quorum))
+        checks.append(signature_check(policy.trusted_keys, policy.quorum))
     if gate:
         from plora.cli.gate import stage_printer
 
-        checks.append(client.gate_check(policy, progress=stage_printer()))
+        checks.append(gate_check(policy, progress=stage_printer()))
     if tls_ca is None and (tls_cert or tls_server_name):
         raise TransferError("--tls-cert/--tls-server-name need --tls-ca")
     tls = ClientTLS(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None

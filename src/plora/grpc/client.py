@@ -1,7 +1,8 @@
 """The fetch client: stream a plasmid into a staging folder, hash while receiving, check, then move it into place.
 
     >>> from plora.grpc.server import serve
-    >>> from plora.grpc.client import fetch, get_inventory, signature_check
+    >>> from plora.grpc.checks import signature_check
+    >>> from plora.grpc.client import fetch, get_inventory
     >>> server = serve("out/", port=0)
     >>> sorted(e.id for e in get_inventory(server.address))
     ['legal', 'medical']
@@ -32,7 +33,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import grpc
 from plora.errors import ManifestError, TransferError
 from plora.fsio import process_temp_dir, remove_orphans
 from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
+from plora.grpc.checks import Check
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.tls import ClientTLS
@@ -54,7 +56,6 @@ from plora.manifest import (
     loads_manifest,
 )
 
-Check = Callable[[Path], list[str]]  # reasons a staged plasmid folder is refused; [] accepts it
 STAGE_PREFIX = ".plora-fetch-"
 _install_lock = threading.Lock()
 
@@ -391,47 +392,3 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
         shutil.rmtree(stage, ignore_errors=True)
         if own:
             channel.close()
-
-
-def format_reason(reason: object) -> str:
-    """``(code, message)`` pairs (plora.signer, plora.gate) as ``CODE: message``; other objects as str()."""
-    if isinstance(reason, tuple) and len(reason) == 2:
-        return f"{reason[0]}: {reason[1]}"
-    code, message = getattr(reason, "code", None), getattr(reason, "message", None)
-    return f"{code}: {message}" if code is not None and message is not None else str(reason)
-
-
-def reason_code(reason: str) -> str:
-    return reason.split(":", 1)[0].strip()
-
-
-def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int = 1) -> Check:
-    """Signatures by at least ``quorum`` distinct trusted keys (plora.signer), from the detached signature files.
-
-    Inside :func:`fetch` the staged artifact and adapter_config were hashed as they were received and matched the
-    manifest, so this checks the signatures over the staged manifest without hashing the artifact a second time.
-    """
-    from plora.signer import Keyring, check_signatures
-
-    keyring = Keyring.load([str(p) for p in trusted_keys])
-
-    def check(folder: Path) -> list[str]:
-        try:
-            manifest = loads_manifest((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ManifestError) as err:
-            return [f"SCHEMA_INVALID: {err}"]
-        verdict = check_signatures(folder, keyring, quorum, manifest=manifest)
-        return [] if verdict.ok else [format_reason(r) for r in verdict.reasons] or ["QUORUM_NOT_MET: not verified"]
-
-    return check
-
-
-def gate_check(policy: object, progress: Callable[..., None] | None = None) -> Check:
-    """The security gate (plora.gate.screen) under ``policy``; ``progress`` sees each stage (see screen)."""
-    from plora.gate import screen
-
-    def check(folder: Path) -> list[str]:
-        verdict = screen(folder, policy, progress=progress)
-        return [] if verdict.accepted else [format_reason(r) for r in verdict.reasons] or ["GATE: rejected"]
-
-    return check

@@ -169,7 +169,7 @@ class RecallStore:
 
     # ------------------------------------------------------------------------------------------- the check
     def check(self, folder: str | os.PathLike[str]) -> list[str]:
-        """A fetch check (:data:`plora.grpc.client.Check`): REVOKED or VERSION_ROLLBACK lines, [] when neither."""
+        """A fetch check (:data:`plora.grpc.checks.Check`): REVOKED or VERSION_ROLLBACK lines, [] when neither."""
         try:
             manifest = read_manifest(folder)
         except Exception as err:  # noqa: BLE001 - the gate names a bad manifest; this check has nothing to add

@@ -45,15 +45,8 @@ import grpc
 
 from plora.errors import TransferError
 from plora.fsio import atomic_write_json
-from plora.grpc.client import (
-    Check,
-    RemoteEntry,
-    fetch,
-    format_reason,
-    open_channel,
-    reason_code,
-    signature_check,
-)
+from plora.grpc.checks import Check, format_reason, reason_code, signature_check
+from plora.grpc.client import RemoteEntry, fetch, open_channel
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip

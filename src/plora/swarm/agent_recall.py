@@ -30,7 +30,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from plora.grpc.client import Check, RemoteEntry, get_revocations
+from plora.grpc.checks import Check
+from plora.grpc.client import RemoteEntry, get_revocations
 from plora.recall.record import MAX_REVOCATION_BYTES, PEER_GRAYLISTED, REVOKED
 from plora.recall.scoring import PeerScores
 from plora.recall.store import RecallStore, listed_signers

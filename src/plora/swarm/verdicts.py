@@ -152,7 +152,7 @@ class VerdictCache:
     """The gate behind the on-disk cache, for one policy (see the module docstring).
 
     ``by`` names who screens in the stored record (``sim``, ``agent``...). ``hits`` and ``screens`` count what this
-    object did. Calling the object is a :data:`plora.grpc.client.Check`.
+    object did. Calling the object is a :data:`plora.grpc.checks.Check`.
     """
 
     def __init__(self, policy: Any, by: str = "plora") -> None:
