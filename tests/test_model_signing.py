@@ -199,3 +199,24 @@ def test_a_revoked_key_is_found_in_model_sig_too(tmp_path: Path, keys: dict[str,
     assert store.receive(env.to_json()).ok
     for folder in (in_bundle, in_envelope):
         assert store.check(folder)[0].startswith("REVOKED: every plasmid signed by key"), folder
+
+
+def test_dropping_model_sigs_key_hint_does_not_escape_a_signer_revocation(tmp_path: Path,
+                                                                           keys: dict[str, Path]) -> None:
+    """The hint is outside what model.sig signs: without it the bundle still verifies (with any trusted EC key), so
+    it must still be linked to its signer."""
+    from plora.recall import RecallStore, issue_revocation
+    from plora.recall.record import signer_target
+
+    folder = make_plasmid(tmp_path / "legal")
+    sign_plasmid(folder, keys["dave"], format="oms")
+    bundle = json.loads((folder / "model.sig").read_text())
+    del bundle["verificationMaterial"]["publicKey"]["hint"]
+    (folder / "model.sig").write_text(json.dumps(bundle))
+    ring = Keyring.load([keys["trusted"]])
+    assert verify_plasmid(folder, ring).ok  # still counts toward the quorum, as dave's
+    store = RecallStore(tmp_path / "recall", revocation_keys=Keyring.load([pub(keys, "alice")]), plasmid_keys=ring)
+    assert store.check(folder) == []
+    env = issue_revocation(signer_target(pub(keys, "dave")), "dave's key leaked", keys["alice"], issuer="ops")
+    assert store.receive(env.to_json()).ok
+    assert store.check(folder)[0].startswith("REVOKED: every plasmid signed by key"), store.check(folder)

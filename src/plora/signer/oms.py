@@ -33,7 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from plora.errors import SignatureError
 from plora.fsio import atomic_write_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, OMS_SIGNATURE_NAME, SIGNATURE_NAME, Manifest
+from plora.manifest import (
+    ADAPTER_CONFIG_NAME,
+    MANIFEST_NAME,
+    OMS_SIGNATURE_NAME,
+    SIGNATURE_NAME,
+    Manifest,
+    read_manifest,
+)
 from plora.signer.dsse import Tally
 from plora.signer.keys import Keyring, PrivateKey, PublicKey, fingerprint, public_pem
 from plora.strictjson import loads_strict
@@ -116,12 +123,23 @@ def _hint(bundle: dict[str, Any]) -> str | None:
 
 def listed_key_fingerprints(folder: str | os.PathLike[str], keyring: Keyring) -> set[str]:
     """Fingerprints of the keys in ``keyring`` that ``folder/model.sig`` names (unverified; empty without a
-    readable bundle): a bundle names its key by a hint, so only a key the reader holds can be linked to it."""
+    readable bundle): a bundle names its key by a hint, so only a key the reader holds can be linked to it.
+
+    The hint is outside what is signed: a bundle without one counts toward a quorum with whichever trusted EC key
+    verifies it (:func:`tally_bundle`), so here it names every held EC key that verifies it (every held EC key
+    when it cannot be checked): dropping the hint never unlinks a bundle from its signer."""
     try:
         hint = _hint(_read_bundle(Path(folder) / OMS_SIGNATURE_NAME))
     except (OSError, ValueError):
         return set()
-    return {fp for fp, key in keyring.keys.items() if hint is not None and key_hint(key) == hint}
+    if hint is not None:
+        return {fp for fp, key in keyring.keys.items() if key_hint(key) == hint}
+    ec_keys = {fp: key for fp, key in keyring.keys.items() if isinstance(key, ec.EllipticCurvePublicKey)}
+    try:
+        manifest = read_manifest(folder)
+        return {fp for fp, key in ec_keys.items() if verify_bundle(Path(folder), key, manifest) is None}
+    except Exception:  # noqa: BLE001 - no manifest, no model_signing: the bundle may be by any of them
+        return set(ec_keys)
 
 
 def _signed_names(bundle: dict[str, Any]) -> set[str]:
