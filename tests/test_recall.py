@@ -198,14 +198,67 @@ def test_receivers_obey_deduplicate_and_refuse_forever_under_any_id(keys, tmp_pa
     m = read_manifest(renamed)
     write_manifest(renamed, m.model_copy(update={"plasmid_id": "totally-new"}))
     assert store.check(renamed)[0].startswith("REVOKED:")
-    assert RecallStore(tmp_path / "recall").ids() == [first.id]  # kept on disk: obeyed after a restart
+    # kept on disk: obeyed after a restart (verified again with the keys of then)
+    assert RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice")).ids() == [first.id]
     moved = store.quarantine(p, first.id)
     assert not p.exists() and (moved / "revoked.json").exists() and moved.parent == tmp_path / "recall" / "quarantine"
     assert json.loads((moved / "revoked.json").read_text())["record"]["reason"] == "backdoor"
     forged_one = issue_revocation(artifact_target(sha256="3" * 64), "x", keys["carol"], issuer="carol")
     refused = store.receive(forged_one.to_json())
-    assert not refused.ok and "QUORUM_NOT_MET" in [c for c, _ in refused.reasons] and store.has(refused.id)
+    assert not refused.ok and "QUORUM_NOT_MET" in [c for c, _ in refused.reasons] and not store.has(refused.id)
+    assert store.receive(forged_one.to_json()).reasons == refused.reasons  # the same bytes: answered from memory
     assert store.ids() == [first.id]
+
+
+def test_a_refused_copy_never_blocks_the_valid_envelope_of_the_same_record(keys, tmp_path):
+    p = plasmid(tmp_path / "store" / "legal")
+    store = RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice"))
+    env = issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops")
+    sig = env.signatures[0]
+    garbled = forged(env, signatures=[{"keyid": sig.keyid, "sig": base64.b64encode(b"x" * 64).decode()}])
+    refused = store.receive(garbled.to_json())
+    assert not refused.ok and refused.id == store.receive(env.to_json()).id  # same record, same id
+    assert store.check(p)[0].startswith("REVOKED:")
+    # 2-of-N: the single-signed stage arrives first and is refused; the cosigned envelope (same id) is obeyed
+    two = RecallStore(tmp_path / "recall2", revocation_keys=trusted(keys, "alice", "bob"), quorum=2)
+    path = tmp_path / "r.json"
+    first = issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops", out=path)
+    assert [c for c, _ in two.receive(first.to_json()).reasons] == ["QUORUM_NOT_MET"]
+    cosigned = cosign_revocation(path, keys["bob"])
+    assert two.receive(cosigned.to_json()).ok and two.check(p)[0].startswith("REVOKED:")
+
+
+def test_saved_revocations_are_verified_again_when_the_store_opens(keys, tmp_path):
+    p = plasmid(tmp_path / "store" / "legal")
+    store = RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice"))
+    rid = store.receive(issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops").to_json()).id
+    assert RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice")).check(p) != []
+    # alice's key removed from the revocation keys, or a quorum raised: her record is no longer obeyed
+    for reopened in (RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "bob")),
+                     RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice", "bob"), quorum=2)):
+        assert reopened.ids() == [] and reopened.check(p) == [] and f"{rid}.json" in reopened.skipped
+    # a file put there by hand: forged, or valid but under another name
+    folder = tmp_path / "recall" / "revocations"
+    carol = issue_revocation(artifact_target(sha256="4" * 64), "x", keys["carol"], issuer="carol")
+    (folder / "whatever.json").write_bytes(carol.to_json())
+    (folder / ("0" * 64 + ".json")).write_bytes((folder / f"{rid}.json").read_bytes())
+    reopened = RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice"))
+    assert reopened.ids() == [rid] and sorted(reopened.skipped) == sorted(["whatever.json", "0" * 64 + ".json"])
+
+
+def test_rollback_marks_of_stores_sharing_a_folder_only_rise(keys, tmp_path):
+    ring = trusted(keys, "alice")
+    a, b = (RecallStore(tmp_path / "recall", plasmid_keys=ring) for _ in range(2))  # two processes, one folder
+    v2 = plasmid(tmp_path / "v2", seed=2, lineage="legal", version=2)
+    v0 = plasmid(tmp_path / "v0", seed=1, lineage="legal", version=0)
+    for p in (v2, v0):
+        sign_plasmid(p, keys["alice"])
+    a.accept(v2)
+    assert b.check(v0) != []  # b sees the mark a wrote
+    b.accept(v0)  # even if its check was skipped: a lower version never lowers the mark on disk
+    assert RecallStore(tmp_path / "recall", plasmid_keys=ring).check(v0)[0].startswith("VERSION_ROLLBACK")
+    (tmp_path / "recall" / "versions.json").write_text(json.dumps({"x/legal": 5, "y/legal": {"version": "7"}}))
+    assert RecallStore(tmp_path / "recall", plasmid_keys=ring).check(v0) == []  # bad entries dropped, no crash
 
 
 def test_a_signer_revocation_names_every_plasmid_that_key_signed(keys, tmp_path):
@@ -296,3 +349,48 @@ def test_hot_unload_restores_the_live_weights_bit_for_bit(legal_plasmid, trojan_
     live.unload("legal")
     assert live.digest() == before
     assert all(torch.equal(v, pristine[k]) for k, v in live.base.model.state_dict().items())
+
+
+def test_an_agent_restarted_after_a_revocation_never_offers_what_it_names(keys, tmp_path):
+    """A revocation is saved before its purge: an agent stopped in between purges at start-up, before serving."""
+    from plora.swarm.agent import Agent, AgentConfig
+
+    p = plasmid(tmp_path / "store" / "legal")
+    other = plasmid(tmp_path / "store" / "medical", seed=3)
+    saved = RecallStore(tmp_path / "store.recall", revocation_keys=trusted(keys, "alice"))
+    assert saved.receive(issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops").to_json()).ok
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "store", name="a", security=False,
+                              revocation_keys=[str(keys["alice"]) + ".pub"]))
+    try:
+        assert sorted(agent.holdings()) == [other.name] and not p.exists()
+        assert [d.name.split("-", 1)[1] for d in (tmp_path / "store.recall" / "quarantine").iterdir()] == ["legal"]
+    finally:
+        agent.stop(0)
+
+
+def test_an_agent_asks_other_peers_for_a_record_one_peer_sent_garbled(keys, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from plora.swarm import agent_recall
+    from plora.swarm.agent_recall import AgentRecall
+
+    p = plasmid(tmp_path / "store" / "legal")
+    env = issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops")
+    garbled = forged(env, signatures=[{"keyid": env.signatures[0].keyid, "sig": base64.b64encode(b"x" * 64).decode()}])
+    served = {"evil": garbled.to_json(), "good": env.to_json()}
+    asked: list[str] = []
+
+    def get_revocations(peer, ids, limits):
+        asked.append(peer)
+        return [served[peer]]
+
+    monkeypatch.setattr(agent_recall, "get_revocations", get_revocations)
+    recall = AgentRecall(tmp_path / "store", None, revocation_keys=[str(keys["alice"]) + ".pub"])
+    index = SimpleNamespace(refresh=lambda: {})
+    rid = RecallStore(tmp_path / "probe", revocation_keys=trusted(keys, "alice")).receive(env.to_json()).id
+    refs = {peer: [SimpleNamespace(id=rid, size=len(data))] for peer, data in served.items()}
+    for _ in range(2):
+        recall.take_revocations("evil", "evil", refs["evil"], 1, None, index)
+    assert asked == ["evil"] and not recall.store.has(rid)  # refused once; the same copy is not asked for again
+    recall.take_revocations("good", "good", refs["good"], 1, None, index)
+    assert asked == ["evil", "good"] and recall.store.has(rid) and recall.store.check(p)[0].startswith("REVOKED")

@@ -23,8 +23,12 @@ Layout of the folder (created on first use)::
     quarantine/<id8>-<plasmid id>/   revoked plasmids taken out of the store, with revoked.json (which record, when)
 
 A revocation is obeyed only if it verifies with the revocation keys and quorum (see
-:mod:`plora.recall.policy`); one that does not is remembered by id for this process and never fetched again. A
-plasmid is revoked when a record names its artifact SHA-256, or a key listed in its ``plora.sig.json``.
+:mod:`plora.recall.policy`). One that does not is refused without keeping its id: a copy with a garbled signature,
+or the single-signed stage of a 2-of-N record, must never block the valid envelope of the same record (same id)
+arriving later; identical refused bytes are answered from a bounded memo. Records kept on disk are verified again
+when the store opens, with the keys and quorum it has now (a key removed from the revocation keys, a raised quorum,
+or a file dropped into the folder by hand is not obeyed), and only under their own id. A plasmid is revoked when a
+record names its artifact SHA-256, or a key its signatures list (``plora.sig.json`` or ``model.sig``).
 
 Rollback protection (TUF's rule, per signer and lineage): a plasmid whose verified signers include a key that already
 had a higher ``version`` of the same ``lineage`` accepted is refused (VERSION_ROLLBACK). A manifest without these
@@ -36,6 +40,7 @@ checked, because an unsigned "version 1000" would otherwise block every later re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,22 +48,33 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from plora.fsio import atomic_write_json, atomic_write_text
+from plora.fsio import atomic_write_json, atomic_write_text, file_lock, read_bounded
 from plora.manifest import OMS_SIGNATURE_NAME, SIGNATURE_NAME, Manifest, read_manifest, release_of
 from plora.recall.record import (
+    MAX_REVOCATION_BYTES,
     REVOKED,
     VERSION_ROLLBACK,
     Revocation,
     RevocationCheck,
-    parse_record,
-    read_revocation,
     verify_revocation,
 )
 from plora.signer.dsse import EnvelopeError, read_envelope
 from plora.signer.keys import Keyring
 
 Reason = tuple[str, str]
+MAX_REFUSED = 4096  # refused envelopes remembered (by their bytes' hash), oldest forgotten first
+MAX_VERSIONS_BYTES = 64 << 20
+
+
+def _higher(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The two sets of rollback marks merged, each key at its higher version."""
+    out = dict(a)
+    for key, mark in b.items():
+        if key not in out or mark["version"] > out[key]["version"]:
+            out[key] = mark
+    return out
 
 
 @dataclass
@@ -99,14 +115,21 @@ class RecallStore:
         self.plasmid_quorum = plasmid_quorum
         self._lock = threading.RLock()
         self._records: dict[str, Revocation] = {}
-        self._refused: dict[str, list[Reason]] = {}
+        self._refused: dict[str, list[Reason]] = {}  # SHA-256 of refused envelope bytes -> why (bounded)
+        self.skipped: dict[str, list[Reason]] = {}  # files under revocations/ not obeyed when the store opened
         (self.folder / "revocations").mkdir(parents=True, exist_ok=True)
         for path in sorted((self.folder / "revocations").glob("*.json")):
-            # our own files, verified when received; a torn or foreign one is skipped, not trusted
+            # verified again with today's keys and quorum; a torn, foreign or misnamed file is skipped, not trusted
             try:
-                self._records[path.stem] = parse_record(read_revocation(path))
-            except Exception:  # noqa: BLE001 - one bad file must not stop the agent
+                data = read_bounded(path, MAX_REVOCATION_BYTES, "a revocation")
+            except OSError as err:
+                self.skipped[path.name] = [("ENVELOPE_INVALID", str(err))]
                 continue
+            check = verify_revocation(data, self.revocation_keys, self.quorum)
+            if not check.ok or check.record is None or check.id != path.stem:
+                self.skipped[path.name] = check.reasons or [("ENVELOPE_INVALID", f"not stored under its id {check.id}")]
+                continue
+            self._records[path.stem] = check.record
         self._versions = self._read_versions()
 
     # ------------------------------------------------------------------------------------------ revocations
@@ -116,8 +139,9 @@ class RecallStore:
             return sorted(self._records)
 
     def has(self, rid: str) -> bool:
+        """Whether revocation ``rid`` is obeyed (a refused envelope of it does not count: a valid one may follow)."""
         with self._lock:
-            return rid in self._records or rid in self._refused
+            return rid in self._records
 
     def envelope(self, rid: str) -> bytes | None:
         """The stored envelope bytes of revocation ``rid`` (None if not held)."""
@@ -132,14 +156,19 @@ class RecallStore:
 
     def receive(self, data: bytes) -> Receipt:
         """Verify one revocation (envelope bytes) and keep it if valid; the same id is never verified twice."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if digest in self._refused:
+                return Receipt(None, False, False, self._refused[digest])
         check: RevocationCheck = verify_revocation(data, self.revocation_keys, self.quorum)
         rid = check.id
         with self._lock:
             if rid is not None and rid in self._records:
                 return Receipt(rid, True, False, [], self._records[rid])
             if not check.ok or check.record is None:
-                if rid is not None:
-                    self._refused[rid] = check.reasons
+                if len(self._refused) >= MAX_REFUSED:
+                    self._refused.pop(next(iter(self._refused)))
+                self._refused[digest] = check.reasons
                 return Receipt(rid, False, False, check.reasons, check.record)
             atomic_write_text(self.folder / "revocations" / f"{rid}.json", data.decode("utf-8"))
             self._records[rid] = check.record
@@ -190,6 +219,7 @@ class RecallStore:
         lineage, version = release_of(manifest)
         out = []
         with self._lock:
+            self._versions = _higher(self._versions, self._read_versions())  # marks other processes wrote
             for signer in self._verified_signers(folder, manifest):
                 best = self._versions.get(f"{signer}/{lineage}")
                 if best is not None and version < best["version"]:
@@ -198,13 +228,17 @@ class RecallStore:
         return out
 
     def accept(self, folder: str | os.PathLike[str]) -> None:
-        """Record an accepted plasmid's version for each of its verified signers (after the whole check chain)."""
+        """Record an accepted plasmid's version for each of its verified signers (after the whole check chain).
+
+        Read, merged and written under a file lock: stores of several processes may share the folder, and a mark
+        only ever rises (a stale copy in one process never lowers what another wrote)."""
         manifest = read_manifest(folder)
         lineage, version = release_of(manifest)
         signers = self._verified_signers(folder, manifest)
         if not signers:
             return
-        with self._lock:
+        with self._lock, file_lock(self.folder / "versions.lock"):
+            self._versions = _higher(self._versions, self._read_versions())
             changed = False
             for signer in signers:
                 key = f"{signer}/{lineage}"
@@ -214,12 +248,16 @@ class RecallStore:
             if changed:
                 atomic_write_json(self.folder / "versions.json", self._versions)
 
-    def _read_versions(self) -> dict[str, dict[str, object]]:
+    def _read_versions(self) -> dict[str, dict[str, Any]]:
+        """The marks on disk; an entry that is not ``{"version": int >= 0, "sha256": str}`` is dropped."""
         try:
-            data = json.loads((self.folder / "versions.json").read_text(encoding="utf-8"))
+            data = json.loads(read_bounded(self.folder / "versions.json", MAX_VERSIONS_BYTES, "rollback marks"))
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: {"version": v["version"], "sha256": str(v.get("sha256", ""))} for k, v in data.items()
+                if isinstance(k, str) and isinstance(v, dict) and type(v.get("version")) is int and v["version"] >= 0}
 
     # ---------------------------------------------------------------------------------------- quarantine
     def quarantine(self, folder: str | os.PathLike[str], rid: str) -> Path:

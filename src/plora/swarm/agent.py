@@ -175,6 +175,7 @@ class Agent:
         )
         self.checks = self.recall.checks() + build_checks(cfg)  # REVOKED / VERSION_ROLLBACK before the gate
         self.index = PlasmidIndex(self.root, self.limits)
+        self.recall.purge_held(self.index)  # before anything is served or loaded
         self.recall.start_live(self.index.refresh())
         self.servicer = AgentServicer(self, self.index, self.limits)
         self.servicer.revocations = self.recall.store if cfg.obey_revocations else None

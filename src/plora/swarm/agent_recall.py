@@ -9,7 +9,8 @@ Used by :class:`plora.swarm.agent.Agent`; every step below runs in the agent's o
 
 * **Revocations ahead of plasmids.** A contact starts with the peer's inventory, which lists the revocation ids it
   obeys; the agent fetches the ones it lacks (``GetRevocations``), verifies each against its revocation keys and
-  quorum (:class:`plora.recall.store.RecallStore`; a record that fails is refused and remembered), and applies each new
+  quorum (:class:`plora.recall.store.RecallStore`; a copy that fails is refused, and not asked of that peer again
+  until its copy changes), and applies each new
   one at once: every plasmid it names is taken out of the live model (:class:`plora.recall.live.LiveModel`,
   ``plora.loader.remove``, weights checked bit for bit), moved from the store into quarantine (one rename: it is
   no longer offered), and refused forever, under any id (the recall check runs first in every fetch: REVOKED).
@@ -34,7 +35,7 @@ from plora.grpc.checks import Check
 from plora.grpc.client import RemoteEntry, get_revocations
 from plora.recall.record import MAX_REVOCATION_BYTES, PEER_GRAYLISTED, REVOKED
 from plora.recall.scoring import PeerScores
-from plora.recall.store import RecallStore, listed_signers
+from plora.recall.store import MAX_REFUSED, RecallStore, Receipt, listed_signers
 
 
 def recall_dir_for(root: str | os.PathLike[str]) -> Path:
@@ -67,6 +68,7 @@ class AgentRecall:
         self._base_model = policy.base_model if policy is not None else None
         self._want_live = live_model
         self.lock = threading.RLock()  # store and live model: rounds and incoming Offers run in different threads
+        self._refused_copies: dict[tuple[str, str, int], None] = {}  # (peer, revocation id, size) refused
         self.log: list[dict[str, Any]] = []
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -90,22 +92,35 @@ class AgentRecall:
         """Fetch from ``peer`` the revocations it lists that this agent lacks, and apply the valid new ones."""
         if not self.obey:
             return
-        missing = [r.id for r in refs if len(r.id) == 64 and not self.store.has(r.id) and
-                   0 < r.size <= MAX_REVOCATION_BYTES]
-        if not missing:
+        # a peer whose copy of a record was refused is not asked for it again until its copy changes (a cosigned
+        # envelope is longer); other peers still are: a garbled copy never blocks the valid one of the same id
+        sizes = {r.id: r.size for r in refs if len(r.id) == 64 and not self.store.has(r.id) and
+                 0 < r.size <= MAX_REVOCATION_BYTES and (peer, r.id, r.size) not in self._refused_copies}
+        if not sizes:
             return
         try:
-            envelopes = get_revocations(channel, missing, limits)
+            envelopes = get_revocations(channel, list(sizes), limits)
         except Exception as err:  # noqa: BLE001 - a peer that cannot serve them is logged; the contact goes on
             self._log({"round": round_, "kind": "revocation", "peer": peer, "error": str(err)[:300]})
             return
         for data in envelopes:
-            self.apply(data, round_, peer, index)
+            receipt = self.apply(data, round_, peer, index)
+            if receipt is not None and not receipt.ok and receipt.id in sizes:
+                if len(self._refused_copies) >= MAX_REFUSED:
+                    self._refused_copies.pop(next(iter(self._refused_copies)))
+                self._refused_copies[(peer, receipt.id, sizes[receipt.id])] = None
 
-    def apply(self, data: bytes, round_: int, via: str, index: Any) -> None:
+    def purge_held(self, index: Any) -> None:
+        """Purge what the saved revocations name from the store (at start-up, before anything is served or
+        loaded: an agent stopped between keeping a revocation and its purge must not offer the plasmid again)."""
+        if self.obey:
+            for rid in self.store.ids():
+                self._purge(rid, 0, index)
+
+    def apply(self, data: bytes, round_: int, via: str, index: Any) -> Receipt | None:
         """Verify one revocation; a valid new one purges what it names (unload, quarantine) at once."""
         if not self.obey:
-            return
+            return None
         with self.lock:
             receipt = self.store.receive(data)
             self._log({"round": round_, "kind": "revocation", "peer": via, "id": receipt.id, "ok": receipt.ok,
@@ -113,6 +128,7 @@ class AgentRecall:
                        "reasons": [f"{c}: {m}" for c, m in receipt.reasons]})
             if receipt.ok and receipt.new and receipt.id is not None:
                 self._purge(receipt.id, round_, index)
+        return receipt
 
     def _purge(self, rid: str, round_: int, index: Any) -> None:
         entries = index.refresh()
