@@ -358,6 +358,19 @@ def test_sim_revocation_purges_the_accepted_trojan_and_reports_it(tmp_path: Path
     assert again == report  # the same seed gives the same report (records are signed afresh, ids are the same)
 
 
+def test_compared_arms_count_trojan_holders_without_a_revocation_too(tmp_path: Path) -> None:
+    """--compare_peer_scoring without --revoke_at: the arm without scoring keeps no recall state of its own, yet its
+    exposure is what its rounds' trojan prevalence says (it read 0)."""
+    report = run(tmp_path, provider=fixed_pool(trojan_ok=True), agents=200, trojan_rate=0.05,
+                 compare_peer_scoring=True)
+    arms = report["final"]["recall"]["arms"]
+    honest = round(report["rounds"][-1]["recall"]["trojan_holders"] / report["rounds"][-1]["trojan_prevalence"])
+    own = [round(r["trojan_prevalence"] * honest) for r in report["rounds"]]  # the report's run: scoring off
+    assert arms["peer_scoring_off"]["trojan_holding"] == own and sum(own) > 0
+    assert arms["peer_scoring_off"]["trojan_exposure"] == sum(own)
+    assert arms["peer_scoring_on"]["trojan_exposure"] > 0
+
+
 def test_revoke_at_needs_an_accepted_trojan_in_play(tmp_path: Path) -> None:
     from plora.errors import PloraError
 

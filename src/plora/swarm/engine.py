@@ -91,6 +91,7 @@ class EngineInput:
     progress: Callable[[int, dict[str, Any]], None] | None = None
     revocations: RevocationPlan | None = None
     scoring: Scoring | None = None
+    record_recall: bool = False  # a per-round recall entry even with neither revocations nor scoring (compared arms)
 
 
 @dataclass
@@ -292,8 +293,9 @@ def run_engine(inp: EngineInput) -> EngineResult:
         return ~known & everything
 
     quiet = {"purged": 0, "graylisted": 0, "revocation_bytes": 0}
+    record_recall = recall is not None or book is not None or inp.record_recall
     observe(0, {"contacts": 0, "offers": 0, "accepted": 0, "rejected": 0, "bytes": 0},
-            dict(quiet) if recall is not None or book is not None else None)
+            dict(quiet) if record_recall else None)
     pending = recall is not None and recall.last_issue >= 1
     quiescent = not pending and not _can_change(g, held, wanted())
     rnd = 0
@@ -394,7 +396,7 @@ def run_engine(inp: EngineInput) -> EngineResult:
         stats = {"contacts": contacts, "offers": offers, "accepted": n_acc, "rejected": offers - n_acc}
         stats["bytes"] = inv + man_b + art_b + rev_bytes
         extra = None
-        if recall is not None or book is not None:
+        if record_recall:
             extra = {"purged": purged, "graylisted": gray, "revocation_bytes": rev_bytes}
         observe(rnd, stats, extra)
         timings.append(time.perf_counter() - t0)

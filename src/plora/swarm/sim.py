@@ -204,6 +204,7 @@ def run_simulation(
         rounds=cfg.rounds, seed=round_seed, max_fetch=cfg.max_fetch_per_contact, reachable=reach,
         progress=(lambda rnd, row: bar[0].update(bar[1], completed=rnd)) if bar else None,
         revocations=recall_setup.plan, scoring=recall_setup.scoring,
+        record_recall=cfg.compare_peer_scoring,  # both arms report trojan holders per round, scoring on or off
     )
     try:
         result = run_engine(engine_input)
