@@ -395,6 +395,7 @@ def test_revoke_at_needs_an_accepted_trojan_in_play(tmp_path: Path) -> None:
         (["net", "--security", "off", "--policy_file", "{missing}"], "cannot read policy file"),
         (["net", "--work_dir", "{garbage}"], "exists and is not a folder"),
         (["net", "--agents", "10000000"], "GB available: use at most"),
+        (["sweep", "--graph", "ws", "--ws_k", "200", "--agents", "100"], "--ws_k must be even and below the number"),
     ],
 )
 def test_bad_swarm_input_is_one_line_error_before_any_work(tmp_path: Path, args: list[str], expected: str) -> None:

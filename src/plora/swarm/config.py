@@ -170,8 +170,8 @@ class SimConfig(SwarmConfig):
             raise ValueError(
                 f"--sources {self.sources} x {len(self.domains)} domains needs more than {self.agents} agents"
             )
-        if self.graph == "ws" and self.ws_k % 2:
-            raise ValueError(f"--ws_k must be even, got {self.ws_k}")
+        if self.graph == "ws" and (self.ws_k % 2 or self.ws_k >= self.agents):
+            raise ValueError(f"--ws_k must be even and below the number of agents ({self.agents}), got {self.ws_k}")
         if self.gate_tpr is None and (self.gate_fpr is not None or self.gate_plasmids is not None):
             raise ValueError("--gate_fpr and --gate_plasmids belong to the gate model: give --gate_tpr too")
         if self.gate_tpr is not None and not self.security:
