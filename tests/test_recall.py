@@ -228,6 +228,20 @@ def test_a_refused_copy_never_blocks_the_valid_envelope_of_the_same_record(keys,
     assert two.receive(cosigned.to_json()).ok and two.check(p)[0].startswith("REVOKED:")
 
 
+def test_cosigners_working_at_once_lose_no_signature(keys, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from plora.signer import generate_keypair
+
+    cosigners = [generate_keypair("ed25519", tmp_path / "k" / f"c{i}")[0] for i in range(6)]
+    path = tmp_path / "r.json"
+    issue_revocation(artifact_target(sha256="5" * 64), "backdoor", keys["alice"], issuer="ops", out=path)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda k: cosign_revocation(path, k), cosigners))
+    ring = Keyring.load([str(k) + ".pub" for k in cosigners] + [str(keys["alice"]) + ".pub"])
+    assert verify_revocation(path, ring, quorum=7).ok
+
+
 def test_saved_revocations_are_verified_again_when_the_store_opens(keys, tmp_path):
     p = plasmid(tmp_path / "store" / "legal")
     store = RecallStore(tmp_path / "recall", revocation_keys=trusted(keys, "alice"))

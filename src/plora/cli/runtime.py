@@ -36,7 +36,9 @@ def merge(
             values = [float(w) for w in _split(weights)]
         except ValueError:
             raise LoaderError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    manifest = merge_plasmids(folders, values, method=method, out=out, density=density, seed=seed, svd_rank=svd_rank)
+    manifest = merge_plasmids(
+        folders, values, method=method, out=out, density=density, seed=seed, svd_rank=svd_rank, force=force
+    )
     sources = ", ".join(f"{s.plasmid_id} x {s.weight:g}" for s in manifest.merge.sources)
     typer.echo(
         f"merged {sources} ({manifest.merge.method}) -> {out}: plasmid {manifest.plasmid_id}, "

@@ -158,8 +158,13 @@ def merge_plasmids(
     seed: int = 0,
     svd_rank: int | None = None,
     plasmid_id: str | None = None,
+    force: bool = False,
 ) -> Manifest:
-    """Merge plasmids (same base model) with ``weights`` into a new plasmid folder ``out``; returns its manifest."""
+    """Merge plasmids (same base model) with ``weights`` into a new plasmid folder ``out``; returns its manifest.
+
+    An existing ``out`` holding only a plasmid's files is replaced; one holding anything else is refused unless
+    ``force`` (:func:`plora.outputs.check_output_dir`: a source, the working directory or a file is never replaced).
+    """
     from plora.outputs import check_output_dir
     from plora.plasmid import write_plasmid
 
@@ -168,7 +173,7 @@ def merge_plasmids(
     if not 0 <= seed < 2**32:
         raise LoaderError(f"--seed must be in [0, 2**32), got {seed}")
     paths = [f for f in folders if isinstance(f, str | os.PathLike)]
-    check_output_dir(out, sources=paths, force=True)  # never write over (or inside) a source
+    check_output_dir(out, sources=paths, force=force)  # never over a source, nor a user's files unless force
     sources = [read_adapter(f, verify=True) for f in folders]
     _check_sources(sources, weights, method, density)
     # PEFT merges a single adapter linearly whatever was asked
