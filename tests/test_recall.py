@@ -408,3 +408,24 @@ def test_an_agent_asks_other_peers_for_a_record_one_peer_sent_garbled(keys, tmp_
     assert asked == ["evil"] and not recall.store.has(rid)  # refused once; the same copy is not asked for again
     recall.take_revocations("good", "good", refs["good"], 1, None, index)
     assert asked == ["evil", "good"] and recall.store.has(rid) and recall.store.check(p)[0].startswith("REVOKED")
+
+
+def test_a_standalone_agent_obeys_a_revocation_file_from_the_start(keys, tmp_path):
+    from plora.errors import PloraError
+    from plora.swarm.agent import Agent, AgentConfig
+
+    p = plasmid(tmp_path / "store" / "legal")
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    issue_revocation(artifact_target(p), "backdoor", keys["alice"], issuer="ops", out=good)
+    issue_revocation(artifact_target(p), "backdoor", keys["carol"], issuer="carol", out=bad)
+    cfg = AgentConfig(listen="127.0.0.1:0", root=tmp_path / "store", name="a", security=False,
+                      revocation_keys=[str(keys["alice"]) + ".pub"], revocations=[str(bad)])
+    with pytest.raises(PloraError, match=r"--revocation .*bad.json: refused \(SIGNER_UNTRUSTED.*QUORUM_NOT_MET"):
+        Agent(cfg)
+    assert p.exists()
+    cfg.revocations = [str(good)]
+    agent = Agent(cfg)
+    try:
+        assert agent.holdings() == {} and len(agent.recall.store.ids()) == 1  # purged, and listed to peers
+    finally:
+        agent.stop(0)

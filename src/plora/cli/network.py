@@ -163,6 +163,9 @@ def agent(
     revocation_keys: list[str] = typer.Option(
         None, "--revocation-keys", help="keys trusted to sign revocations (default: policy recall, else trusted keys)"
     ),
+    revocations: list[str] = typer.Option(
+        None, "--revocation", help="a revocation file (plora revoke) to obey from the start and pass on (repeatable)"
+    ),
     recall_dir: str = typer.Option(None, "--recall-dir", help="revocations, rollback marks, quarantine (ROOT.recall)"),
     peer_scoring: str = typer.Option(None, "--peer-scoring", metavar="on|off", help="default: the policy's"),
     live_model: bool = typer.Option(False, "--live-model", help="hot-load accepted plasmids into a live model"),
@@ -195,6 +198,7 @@ def agent(
     cfg = AgentConfig(listen=listen, root=root, peers=_split(peers), name=name, seed=seed, security=security == "on",
                       policy_file=policy_file, trusted_keys=_split(keys), max_per_contact=max_per_contact,
                       peers_file=peers_file, advertise=advertise, revocation_keys=_split(revocation_keys),
+                      revocations=list(revocations or []),
                       recall_dir=recall_dir, peer_scoring=None if peer_scoring is None else peer_scoring == "on",
                       live_model=live_model, domain=domain, obey_revocations=obey_revocations == "on",
                       step_token=token)

@@ -74,6 +74,7 @@ class AgentConfig:
     # recall (plora.swarm.agent_recall): revocations, rollback protection, peer scores, the live model
     recall_dir: str | Path | None = None  # default: <root>.recall beside the store
     revocation_keys: list[str] = field(default_factory=list)  # default: policy recall.revocation_keys, else trusted
+    revocations: list[str] = field(default_factory=list)  # revocation files the operator hands this agent at start
     obey_revocations: bool = True  # off only for simulated trojan agents: they ignore revocations
     peer_scoring: bool | None = None  # None: the policy's recall.peer_scoring
     live_model: bool = False  # hot-load accepted plasmids (of ``domain``) into a live model; unload revoked ones
@@ -175,6 +176,7 @@ class Agent:
         )
         self.checks = self.recall.checks() + build_checks(cfg)  # REVOKED / VERSION_ROLLBACK before the gate
         self.index = PlasmidIndex(self.root, self.limits)
+        self.recall.import_revocations(cfg.revocations)
         self.recall.purge_held(self.index)  # before anything is served or loaded
         self.recall.start_live(self.index.refresh())
         self.servicer = AgentServicer(self, self.index, self.limits)

@@ -110,6 +110,26 @@ class AgentRecall:
                     self._refused_copies.pop(next(iter(self._refused_copies)))
                 self._refused_copies[(peer, receipt.id, sizes[receipt.id])] = None
 
+    def import_revocations(self, paths: list[str]) -> None:
+        """Obey the revocation files an operator hands this agent (``plora agent --revocation``); one that does
+        not verify with the revocation keys and quorum is a one-line error, before the agent serves anything."""
+        from plora.errors import PloraError
+        from plora.fsio import read_bounded
+
+        if paths and not self.obey:
+            raise PloraError("--revocation: this agent does not obey revocations")
+        for path in paths:
+            try:
+                data = read_bounded(path, MAX_REVOCATION_BYTES, "a revocation (plora revoke writes one)")
+            except OSError as err:
+                raise PloraError(str(err)) from None
+            receipt = self.store.receive(data)
+            if not receipt.ok:
+                why = "; ".join(f"{c}: {m}" for c, m in receipt.reasons) or "not verified"
+                raise PloraError(f"--revocation {path}: refused ({why})")
+            self._log({"round": 0, "kind": "revocation", "peer": "operator", "id": receipt.id, "ok": True,
+                       "new": receipt.new, "bytes": len(data), "reasons": []})
+
     def purge_held(self, index: Any) -> None:
         """Purge what the saved revocations name from the store (at start-up, before anything is served or
         loaded: an agent stopped between keeping a revocation and its purge must not offer the plasmid again)."""
