@@ -177,11 +177,17 @@ def issue_revocation(target: ArtifactTarget | SignerTarget, reason: str, key: st
 
 
 def cosign_revocation(path: str | os.PathLike[str], key: str | os.PathLike[str]) -> Envelope:
-    """Add ``key``'s signature to the revocation at ``path`` (K-of-N quorum); the record is not changed."""
-    envelope = read_revocation(path)
-    parse_record(envelope)  # refuse to sign something that is not a revocation
-    signed = sign_envelope(REVOCATION_PAYLOAD_TYPE, envelope.payload_bytes, load_private_key(key), envelope)
-    write_envelope(path, signed)
+    """Add ``key``'s signature to the revocation at ``path`` (K-of-N quorum); the record is not changed. Cosigners
+    working at once each re-read the file under a lock, so no signature is lost."""
+    from plora.fsio import file_lock
+
+    private = load_private_key(key)
+    path = Path(path)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        envelope = read_revocation(path)
+        parse_record(envelope)  # refuse to sign something that is not a revocation
+        signed = sign_envelope(REVOCATION_PAYLOAD_TYPE, envelope.payload_bytes, private, envelope)
+        write_envelope(path, signed)
     return signed
 
 
