@@ -362,7 +362,7 @@ def test_step_takes_only_the_coordinators_token(tmp_path):
 
     from plora.grpc.proto import pb2, pb2_grpc
     from plora.swarm.agent import STEP_TOKEN_HEADER
-    from plora.swarm.net import _step_one
+    from plora.swarm.net_agents import step_one
 
     craft(tmp_path / "a", "legal-s0", seed=0)
     coordinated = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "a", name="a", security=False,
@@ -375,8 +375,8 @@ def test_step_takes_only_the_coordinators_token(tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Step(pb2.StepRequest(round=1, collect=True), timeout=30, metadata=metadata)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert _step_one(coordinated.address, 1, True, 30, token="guess") is None
-        record = _step_one(coordinated.address, 1, True, 30, token="s3cret")
+        assert step_one(coordinated.address, 1, True, 30, token="guess") is None
+        record = step_one(coordinated.address, 1, True, 30, token="s3cret")
         assert record["agent"] == "a" and record["holdings"].keys() == {"legal-s0"}
     finally:
         coordinated.stop(0)
@@ -387,11 +387,11 @@ COORDINATOR = """
 import sys, time
 from pathlib import Path
 from plora.swarm.config import NetConfig
-from plora.swarm.net import _spawn_agent, _wait_ready
+from plora.swarm.net_agents import spawn_agent, wait_ready
 work = Path(sys.argv[1])
 cfg = NetConfig(agents=2, security=False, progress=False)
-procs = {i: _spawn_agent(cfg, work, i, None, token="t") for i in range(2)}
-_wait_ready(work, procs, timeout=120)
+procs = {i: spawn_agent(cfg, work, i, None, token="t") for i in range(2)}
+wait_ready(work, procs, timeout=120)
 print(" ".join(str(p.pid) for p in procs.values()), flush=True)
 time.sleep(600)
 """
@@ -453,13 +453,13 @@ def test_ctrl_c_while_an_agent_starts_comes_after_it_is_registered(tmp_path):
     import os
 
     from plora.swarm.config import NetConfig
-    from plora.swarm.net import _interrupts_deferred, _spawn_agent
+    from plora.swarm.net_agents import interrupts_deferred, spawn_agent
 
     procs = {}
     with pytest.raises(KeyboardInterrupt):
-        with _interrupts_deferred():
+        with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)
-            procs[0] = _spawn_agent(NetConfig(agents=2, security=False), tmp_path, 0, None, token="t")
+            procs[0] = spawn_agent(NetConfig(agents=2, security=False), tmp_path, 0, None, token="t")
     try:
         assert 0 in procs and procs[0].poll() is None
     finally:

@@ -57,7 +57,7 @@ class AgentHost:
     ) -> tuple[str, str]:
         from plora.fsio import atomic_write_json, process_temp_dir
         from plora.grpc.server import format_address
-        from plora.swarm.net import _spawn_agent, _wait_ready
+        from plora.swarm.net_agents import spawn_agent, wait_ready
 
         cfg = NetConfig(**cfg_json)
         node = _node_address()
@@ -75,9 +75,9 @@ class AgentHost:
             policy_path = atomic_write_json(self.home / "policy.json", _rewrite(policy, local))
         flags = [",".join(local.get(p, p) for p in arg.split(",")) for arg in flags]
         self.token = secrets.token_urlsafe(32)  # the agent takes Step calls from this actor only
-        self.proc = _spawn_agent(cfg, self.work, i, policy_path, flags, listen=format_address(node, 0),
+        self.proc = spawn_agent(cfg, self.work, i, policy_path, flags, listen=format_address(node, 0),
                                  token=self.token)
-        self.address = _wait_ready(self.work, {i: self.proc}, timeout=120.0)[i]
+        self.address = wait_ready(self.work, {i: self.proc}, timeout=120.0)[i]
         return self.address, node
 
     def peers(self, addresses: list[str]) -> None:
@@ -86,9 +86,9 @@ class AgentHost:
         atomic_write_text(self.home / "peers.txt", "".join(a + "\n" for a in addresses))
 
     def step(self, round_: int, collect: bool, revocations: list[bytes], timeout: float) -> dict[str, Any] | None:
-        from plora.swarm.net import _step_one
+        from plora.swarm.net_agents import step_one
 
-        return _step_one(self.address, round_, collect, timeout, revocations, self.token)
+        return step_one(self.address, round_, collect, timeout, revocations, self.token)
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
