@@ -244,8 +244,9 @@ def test_servers_without_revocations_keep_working(pool, tmp_path):
     """A server from before revocations answers GetRevocations with UNIMPLEMENTED: a new agent takes that as "no
     revocations" and still fetches its plasmids."""
     from plora.grpc.client import get_revocations, open_channel
+    from plora.grpc.index import PlasmidIndex
     from plora.grpc.proto import pb2_grpc
-    from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer
+    from plora.grpc.server import OfferServer, PlasmidServicer
 
     class OldServicer(PlasmidServicer):
         GetRevocations = pb2_grpc.PlasmidExchangeServicer.GetRevocations  # what an older server does

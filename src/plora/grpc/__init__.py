@@ -12,7 +12,8 @@
 | module | what |
 |---|---|
 | ``plasmid.proto``, ``proto`` | the wire format; stubs made by ``stubs`` (``make stubs``) or on import if stale |
-| ``server`` | ``serve(root, port)``: index of plasmid folders under a root, GetInventory, Fetch (header + chunks) |
+| ``index`` | ``PlasmidIndex``: the plasmid folders under a root by id (rescanned per request, symlinks out ignored) |
+| ``server`` | ``serve(root, port)``: GetInventory, Fetch (header + chunks), GetRevocations; fetch slots per peer |
 | ``client`` | ``fetch(addr, id, dest, checks=...)``: staged, hashed while received, checked, renamed into place |
 | ``checks`` | what a fetch checks on the staged folder: ``signature_check``, ``gate_check`` (and their reason lines) |
 | ``bulk`` | the artifact bytes over a token-gated TCP socket beside gRPC (``sendfile``), and the hash/write pipeline |

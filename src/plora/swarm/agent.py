@@ -47,9 +47,10 @@ from plora.errors import TransferError
 from plora.fsio import atomic_write_json
 from plora.grpc.checks import Check, format_reason, reason_code, signature_check
 from plora.grpc.client import RemoteEntry, fetch, open_channel
+from plora.grpc.index import PlasmidIndex
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
-from plora.grpc.server import OfferServer, PlasmidIndex, PlasmidServicer, format_address, peer_ip
+from plora.grpc.server import OfferServer, PlasmidServicer, format_address, peer_ip
 from plora.swarm.agent_recall import AgentRecall
 from plora.swarm.verdicts import VerdictCache
 
