@@ -471,3 +471,26 @@ def test_a_folder_where_a_file_belongs_is_a_loader_error(gpt2_setup, tmp_path):
                 call(*args, **kwargs)
             assert name in str(err.value) and "\n" not in str(err.value)
     assert _snapshot(base) == before and _no_hooks(base) and not (tmp_path / "m").exists()
+
+
+def test_merge_library_keeps_a_users_folder_unless_force(gpt2_setup, tmp_path):
+    from plora.outputs import OutputError
+
+    _, _, _, plasmids, _ = gpt2_setup
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="notes.txt"):
+        merge_plasmids(plasmids[:2], [0.5, 0.5], out=busy)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"] and (busy / "notes.txt").read_text() == "mine"
+    first = merge_plasmids(plasmids[:2], [0.5, 0.5], out=tmp_path / "m")  # a folder holding only a plasmid ...
+    again = merge_plasmids(plasmids[:2], [0.7, 0.3], out=tmp_path / "m")  # ... is replaced without force
+    assert first.artifact.sha256 != again.artifact.sha256 == read_plasmid(tmp_path / "m").manifest.artifact.sha256
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out in (afile, plasmids[1]):  # force never replaces a file or a source
+        with pytest.raises(OutputError):
+            merge_plasmids(plasmids[:2], [0.5, 0.5], out=out, force=True)
+    assert afile.read_text() == "mine"
+    merge_plasmids(plasmids[:2], [0.5, 0.5], out=busy, force=True)
+    assert sorted(p.name for p in busy.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "plora.yml"]
