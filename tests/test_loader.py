@@ -494,3 +494,50 @@ def test_merge_library_keeps_a_users_folder_unless_force(gpt2_setup, tmp_path):
     assert afile.read_text() == "mine"
     merge_plasmids(plasmids[:2], [0.5, 0.5], out=busy, force=True)
     assert sorted(p.name for p in busy.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "plora.yml"]
+
+
+def _rewritten_safetensors(src, dst, edit):
+    """Copy the adapter folder ``src`` to ``dst`` with its safetensors rebuilt by ``edit(entries, body)`` ->
+    (entries as a list of (key, value) pairs, so a key may repeat, body bytes)."""
+    shutil.copytree(src, dst)
+    raw = (dst / "adapter_model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    entries, body = edit(list(json.loads(raw[8 : 8 + n]).items()), raw[8 + n :])
+    text = ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in entries) + "}").encode()
+    text += b" " * (-len(text) % 8)  # keep the data 8-byte aligned, as safetensors writes it
+    (dst / "adapter_model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + body)
+    return dst
+
+
+def test_safetensors_files_safetensors_refuses_are_refused(gpt2_setup, tmp_path):
+    from safetensors.torch import load
+
+    from plora.loader.source import read_adapter
+
+    base, _, raw, _, _ = gpt2_setup
+    a_attn, a_proj = (f"base_model.model.transformer.h.0.attn.{m}.lora_A.weight" for m in ("c_attn", "c_proj"))
+
+    def trailing(entries, body):
+        return entries, body + b"\0" * 16
+
+    def overlapping(entries, body):  # two (4, 64) factors read from the same bytes
+        offsets = dict(entries)[a_attn]["data_offsets"]
+        return [(k, {**v, "data_offsets": offsets} if k == a_proj else v) for k, v in entries], body
+
+    def duplicate(entries, body):
+        return entries + [e for e in entries if e[0] == a_attn], body
+
+    before = _snapshot(base)
+    cases = {"trailing": (trailing, "not fully covered"), "overlap": (overlapping, "without gaps or overlaps")}
+    cases["duplicate"] = (duplicate, "duplicate key")
+    for name, (edit, message) in cases.items():
+        bad = _rewritten_safetensors(raw[0], tmp_path / name, edit)
+        if name != "duplicate":  # safetensors' own rule (its JSON reader keeps one of two equal keys)
+            with pytest.raises(Exception, match="(?i)invalid offset|not fully covered"):
+                load((bad / "adapter_model.safetensors").read_bytes())
+        for call in (read_adapter, lambda f: inject(base, f)):
+            with pytest.raises(LoaderError, match=message) as err:
+                call(bad)
+            assert "adapter_model.safetensors" in str(err.value) and "\n" not in str(err.value)
+    assert _snapshot(base) == before and _no_hooks(base)
+    read_adapter(_rewritten_safetensors(raw[0], tmp_path / "same", lambda e, b: (e, b)))  # the rebuild itself is fine

@@ -30,6 +30,7 @@ import torch
 
 from plora.errors import LoaderError, ManifestError
 from plora.hashing import sha256_bytes
+from plora.loader.tensorfile import load_safetensors
 from plora.manifest import ADAPTER_CONFIG_NAME, ARTIFACT_NAME, MANIFEST_NAME, Manifest, loads_manifest
 from plora.plasmid import Plasmid, artifact_path, config_beyond_plain_lora, init_rewrites_base, parse_lora_key
 
@@ -152,48 +153,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
 
 
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
-
-
-def _load_safetensors(data: np.ndarray, where: str) -> dict[str, torch.Tensor]:
-    """Tensors viewing ``data`` (no copy). The safetensors layout is an 8-byte header size, a JSON header and the
-    raw bytes; numpy views over them cost a third of ``safetensors.torch.load``, which copies each tensor out.
-    Anything unusual (bf16 and other dtypes numpy lacks, unaligned offsets) goes to safetensors itself."""
-    try:
-        n = int.from_bytes(data[:8].tobytes(), "little")
-        header = json.loads(data[8 : 8 + n].tobytes()) if 8 + n <= len(data) else None
-    except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        return _load_with_safetensors(data, where)
-    start = 8 + n
-    body = len(data) - start
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            lo, hi = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            return _load_with_safetensors(data, where)
-        size = dtype.itemsize * math.prod(shape)
-        if not 0 <= lo <= hi <= body or hi - lo != size or (start + lo) % dtype.itemsize or min(shape, default=1) < 0:
-            return _load_with_safetensors(data, where)
-        out[name] = torch.from_numpy(data[start + lo : start + hi].view(dtype).reshape(shape))
-    return out
-
-
-def _load_with_safetensors(data: np.ndarray, where: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    try:
-        return load(data.tobytes())
-    except Exception as err:  # safetensors raises SafetensorError on a bad header or truncation
-        raise LoaderError(f"{where}: not a readable safetensors file ({type(err).__name__}: {err})") from None
-
-
 # Artifact files whose SHA-256 was checked, by stat identity -> digest. Like git's index: a file rewritten, replaced
 # or touched gets a new inode / size / mtime / ctime (ctime cannot be set back from user space) and is hashed again.
 # File times tick coarsely (a few ms), so as git does with "racy" entries, a file changed in the last 2 s is not
@@ -295,7 +254,7 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
         raise LoaderError(f"{path}: cannot read the adapter weights ({err.strerror or err})") from None
     if manifest is not None and verify and len(data) != manifest.artifact.size_bytes:
         raise LoaderError(f"{path}: {len(data)} bytes, the manifest says {manifest.artifact.size_bytes}")
-    pairs = _pairs(_load_safetensors(data, str(path)), str(path))
+    pairs = _pairs(load_safetensors(data, str(path)), str(path))
     if manifest is None:
         return AdapterSource(
             label=folder.name, modules=_scales(config, pairs, str(folder)), folder=folder, config=config
