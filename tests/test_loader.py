@@ -541,3 +541,49 @@ def test_safetensors_files_safetensors_refuses_are_refused(gpt2_setup, tmp_path)
             assert "adapter_model.safetensors" in str(err.value) and "\n" not in str(err.value)
     assert _snapshot(base) == before and _no_hooks(base)
     read_adapter(_rewritten_safetensors(raw[0], tmp_path / "same", lambda e, b: (e, b)))  # the rebuild itself is fine
+
+
+def test_factors_outside_the_declared_targets_or_given_twice_are_refused(gpt2_setup, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from plora.loader.source import read_adapter
+
+    base, digest, _, plasmids, _ = gpt2_setup
+    raw = _peft_adapter(base, tmp_path / "raw", ["c_attn", "c_proj"], seed=21)
+    tensors = load_file(str(raw / "adapter_model.safetensors"))
+    extra = {f"base_model.model.transformer.h.0.mlp.c_fc.lora_{w}.weight": np.ones(s, np.float32) * 0.1
+             for w, s in (("A", (4, 64)), ("B", (256, 4)))}
+    # a plasmid whose manifest (sha fixed) and adapter_config declare c_attn, c_proj but whose file adds c_fc
+    smuggled = _as_plasmid(raw, tmp_path / "smuggled", digest, "smuggled", target_set="custom")
+    config = json.loads((raw / "adapter_config.json").read_text())
+    write_plasmid(smuggled, {**tensors, **extra}, config, **{
+        k: getattr(read_plasmid(smuggled).manifest, k)
+        for k in ("plasmid_id", "domain", "created_at", "base_model", "lora", "training")
+    })
+    b_key = "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"
+    twice = tmp_path / "twice"  # lora_B given as .weight and as .default.weight: which one would PEFT take?
+    shutil.copytree(raw, twice)
+    save_file({**tensors, b_key.replace(".weight", ".default.weight"): tensors[b_key] * 2},
+              str(twice / "adapter_model.safetensors"))
+    regex = tmp_path / "regex"  # a regex target_modules, as PEFT writes it, matched against the whole name
+    shutil.copytree(raw, regex)
+    (regex / "adapter_config.json").write_text(json.dumps({**config, "target_modules": r".*\.attn\.c_attn"}))
+    before = _snapshot(base)
+    cases = [
+        (smuggled, "mlp.c_fc, outside the declared"),
+        (read_plasmid(smuggled), "mlp.c_fc, outside the declared lora.targets"),
+        (twice, "two lora_B tensors"),
+        (regex, r"attn.c_proj.*outside the declared target_modules '\.\*"),
+    ]
+    for bad, message in cases:
+        for call in (read_adapter, lambda p: inject(base, p, mode="merged")):
+            with pytest.raises(LoaderError, match=message) as err:
+                call(bad)
+            assert "\n" not in str(err.value)
+    with pytest.raises(LoaderError, match="mlp.c_fc, outside the declared"):
+        merge_plasmids([plasmids[0], smuggled], [0.5, 0.5], out=tmp_path / "m")
+    assert _snapshot(base) == before and _no_hooks(base) and not (tmp_path / "m").exists()
+    (regex / "adapter_config.json").write_text(json.dumps({**config, "target_modules": r".*\.(c_attn|c_proj)"}))
+    _, want = _peft_logits(base, [regex])
+    with torch.no_grad(), injected(base, regex):
+        assert (base(_ids()).logits - want).abs().max().item() < 1e-5

@@ -51,7 +51,7 @@ from plora.manifest import (
     write_manifest,
 )
 from plora.outputs import check_output_dir
-from plora.plasmid import parse_lora_key
+from plora.plasmid import parse_lora_key, suffix_match
 from plora.strictjson import loads_strict
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -220,7 +220,7 @@ def import_peft(
     overwrite: bool = False,
 ) -> ImportResult:
     """Wrap the PEFT LoRA folder ``src`` into the plasmid ``out`` (see the module docstring)."""
-    from plora.gate.structure import config_disagreements, suffix_match
+    from plora.gate.structure import config_disagreements
     from plora.models import base_digest, canonical_name
 
     src, out = Path(src), Path(out)

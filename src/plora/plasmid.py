@@ -144,6 +144,11 @@ def parse_lora_key(key: str) -> tuple[str, str] | None:
     return (m.group("module"), m.group("which")) if m else None
 
 
+def suffix_match(module: str, suffix: str) -> bool:
+    """Whether a target_modules entry names ``module``, as PEFT matches a list: the name or a dotted suffix of it."""
+    return module == suffix or module.endswith("." + suffix)
+
+
 @dataclass
 class Plasmid:
     folder: Path

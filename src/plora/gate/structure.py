@@ -24,7 +24,7 @@ import numpy as np
 from plora.gate.policy import Policy
 from plora.gate.reasons import Reason
 from plora.manifest import Manifest
-from plora.plasmid import config_beyond_plain_lora, parse_lora_key
+from plora.plasmid import config_beyond_plain_lora, parse_lora_key, suffix_match
 
 LIST_MAX = 5
 ReasonPair = tuple[str, str]
@@ -111,10 +111,6 @@ def check_tensors(
         out.append((Reason.TARGETS_NOT_ALLOWED, f"{clip(bad_targets)} not in allowed targets {list(suffixes)}"))
     d.update(rank=sorted(ranks), modules=len(modules), base_shapes_checked=base_shapes is not None)
     return out
-
-
-def suffix_match(module: str, suffix: str) -> bool:
-    return module == suffix or module.endswith("." + suffix)
 
 
 def config_disagreements(cfg: dict[str, Any], m: Manifest) -> list[str]:

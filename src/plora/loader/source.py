@@ -21,6 +21,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from plora.errors import LoaderError, ManifestError
 from plora.hashing import sha256_bytes
 from plora.loader.tensorfile import load_safetensors
 from plora.manifest import ADAPTER_CONFIG_NAME, ARTIFACT_NAME, MANIFEST_NAME, Manifest, loads_manifest
-from plora.plasmid import Plasmid, artifact_path, config_beyond_plain_lora, init_rewrites_base, parse_lora_key
+from plora.plasmid import (
+    Plasmid,
+    artifact_path,
+    config_beyond_plain_lora,
+    init_rewrites_base,
+    parse_lora_key,
+    suffix_match,
+)
 
 # adapter_config.json fields that change what the factors mean; a plain LoRA is all this loader applies.
 _UNSUPPORTED_FLAGS = ("use_dora", "use_qalora", "lora_bias")
@@ -103,7 +111,10 @@ def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torc
         parsed = parse_lora_key(key)
         if parsed is None:
             raise LoaderError(f"{where}: tensor {key!r} is not a LoRA factor (only lora_A/lora_B on Linear/Conv1D)")
-        found.setdefault(parsed[0], {})[parsed[1]] = value
+        factors = found.setdefault(parsed[0], {})
+        if parsed[1] in factors:
+            raise LoaderError(f"{where}: module {parsed[0]!r} has two lora_{parsed[1]} tensors (one is {key!r})")
+        factors[parsed[1]] = value
     pairs = {}
     for module, ab in found.items():
         if set(ab) != {"A", "B"}:
@@ -118,6 +129,29 @@ def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torc
     if not pairs:
         raise LoaderError(f"{where}: no LoRA factors found")
     return pairs
+
+
+def _check_targets(modules: Iterable[str], declared: Any, where: str, what: str = "target_modules") -> None:
+    """Every module with factors must be one the adapter declares (PEFT's matching: a list entry names the module or a
+    dotted suffix of it, a string is a regex the whole name must match); PEFT would not load the others."""
+    if isinstance(declared, str) and declared == "all-linear":
+        return  # every Linear / Conv1D layer: the injection itself refuses anything else
+    if isinstance(declared, str):
+        try:
+            pattern = re.compile(declared)
+        except re.error as err:
+            raise LoaderError(f"{where}: {what} {declared!r} is not a valid regex ({err})") from None
+        outside = [m for m in modules if not pattern.fullmatch(m)]
+    elif isinstance(declared, list | tuple) and declared and all(isinstance(t, str) for t in declared):
+        outside = [m for m in modules if not any(suffix_match(m, t) for t in declared)]
+    else:
+        raise LoaderError(f"{where}: {what} must be a list of module names or a regex, found {declared!r}")
+    if outside:
+        more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+        raise LoaderError(
+            f"{where}: factors for {', '.join(sorted(outside)[:3])}{more}, outside the declared {what} "
+            f"{list(declared) if not isinstance(declared, str) else declared!r} (PEFT would not load them)"
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -209,6 +243,7 @@ def _from_plasmid_object(p: Plasmid) -> AdapterSource:
     where = str(p.folder)
     tensors = {k: torch.from_numpy(v) for k, v in p.tensors.items()}
     pairs = _pairs(tensors, where)
+    _check_targets(pairs, list(p.manifest.lora.targets), where, "lora.targets")
     return AdapterSource(
         label=p.manifest.plasmid_id,
         modules=_check_manifest_rank(p.manifest, pairs, where),
@@ -255,6 +290,9 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
     if manifest is not None and verify and len(data) != manifest.artifact.size_bytes:
         raise LoaderError(f"{path}: {len(data)} bytes, the manifest says {manifest.artifact.size_bytes}")
     pairs = _pairs(load_safetensors(data, str(path)), str(path))
+    _check_targets(pairs, config.get("target_modules"), str(folder))
+    if manifest is not None:
+        _check_targets(pairs, list(manifest.lora.targets), str(folder), "lora.targets")
     if manifest is None:
         return AdapterSource(
             label=folder.name, modules=_scales(config, pairs, str(folder)), folder=folder, config=config
