@@ -587,3 +587,39 @@ def test_factors_outside_the_declared_targets_or_given_twice_are_refused(gpt2_se
     _, want = _peft_logits(base, [regex])
     with torch.no_grad(), injected(base, regex):
         assert (base(_ids()).logits - want).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lora_alpha": "abc"}, "lora_alpha must be a finite number"),
+        ({"lora_alpha": [1]}, "lora_alpha must be a finite number"),
+        ({"lora_alpha": float("nan")}, "lora_alpha must be a finite number"),
+        ({"r": None}, "r must be a positive integer"),
+        ({"r": 0}, "r must be a positive integer"),
+        ({"r": True}, "r must be a positive integer"),
+        ({"rank_pattern": {"(": 2}}, "rank_pattern key '\\(' is not a valid regex"),
+        ({"rank_pattern": [1]}, "rank_pattern must map module patterns to positive integers"),
+        ({"rank_pattern": {"c_fc": 0}}, "rank_pattern must map module patterns to positive integers"),
+        ({"alpha_pattern": {"c_fc": "x"}}, "alpha_pattern must map module patterns to finite numbers"),
+    ],
+)
+def test_bad_adapter_config_values_are_one_line_errors(gpt2_setup, tmp_path, capsys, change, message):
+    from plora.cli.main import main
+    from plora.loader.source import read_adapter
+
+    base, _, raw, plasmids, _ = gpt2_setup
+    bad = tmp_path / "bad"
+    shutil.copytree(raw[0], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    for call in (read_adapter, lambda f: inject(base, f)):
+        with pytest.raises(LoaderError, match=message):
+            call(bad)
+    assert _no_hooks(base)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["merge", "--plasmids", f"{plasmids[0]},{bad}", "--out", str(tmp_path / "xx")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message.split()[0] in err
+    assert not (tmp_path / "xx").exists()

@@ -97,12 +97,47 @@ def _read_manifest(folder: Path) -> Manifest | None:
     return _parse_manifest(data, str(path))
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: float) -> float:
+def _pattern_regex(key: str) -> str:
     # PEFT's get_pattern_key: the first pattern that matches a dotted suffix of the module name wins.
+    return rf"(.*\.)?({key})$"
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: float) -> float:
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if re.match(_pattern_regex(key), module):
             return float(value)
     return float(default)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_values(config: dict[str, Any], source: str) -> None:
+    """r, lora_alpha and the rank / alpha patterns as PEFT reads them, or a LoaderError saying which is wrong."""
+    if not _is_rank(config.get("r", 8)):
+        raise LoaderError(f"{source}: r must be a positive integer, got {config.get('r')!r}")
+    if not _is_number(config.get("lora_alpha", 8)):
+        raise LoaderError(f"{source}: lora_alpha must be a finite number, got {config.get('lora_alpha')!r}")
+    for name, valid, what in (
+        ("rank_pattern", _is_rank, "positive integers"),
+        ("alpha_pattern", _is_number, "finite numbers"),
+    ):
+        patterns = config.get(name)
+        patterns = {} if patterns is None else patterns
+        if not isinstance(patterns, dict):
+            raise LoaderError(f"{source}: {name} must map module patterns to {what}, got {patterns!r}")
+        for key, value in patterns.items():
+            try:
+                re.compile(_pattern_regex(key))
+            except re.error as err:
+                raise LoaderError(f"{source}: {name} key {key!r} is not a valid regex ({err})") from None
+            if not valid(value):
+                raise LoaderError(f"{source}: {name} must map module patterns to {what}, got {key!r}: {value!r}")
 
 
 def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -174,6 +209,7 @@ def _parse_config(data: bytes, source: str) -> dict[str, Any]:
                           "when PEFT loads the adapter; the plora loader applies plain LoRA only")
     if config.get("exclude_modules"):
         raise LoaderError(f"{source}: exclude_modules is not supported (PEFT would skip factors the file carries)")
+    _check_values(config, source)
     return config
 
 
