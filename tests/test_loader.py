@@ -623,3 +623,20 @@ def test_bad_adapter_config_values_are_one_line_errors(gpt2_setup, tmp_path, cap
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message.split()[0] in err
     assert not (tmp_path / "xx").exists()
+
+
+def test_latency_budget_must_be_a_positive_finite_number(monkeypatch):
+    from plora.errors import PloraError
+    from plora.settings import get_settings
+
+    for raw in ("nan", "inf", "-inf", "0", "-5", "abc"):
+        monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", raw)
+        with pytest.raises(PloraError, match=f"PLORA_LATENCY_BUDGET_MS must be a positive number.*{raw}"):
+            get_settings()
+        with pytest.raises(PloraError, match="PLORA_LATENCY_BUDGET_MS"):
+            check_latency_budget(1e9)  # never passes silently
+    for budget in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(LoaderError, match="budget_ms must be a positive number"):
+            check_latency_budget(1e9, budget_ms=budget)
+    monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", " 0.5 ")
+    assert get_settings().latency_budget_ms == 0.5

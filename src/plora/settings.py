@@ -9,7 +9,7 @@
 |---|---|---|
 | PLORA_BASE_MODEL | base model: ``plora-tiny``, ``smollm2-135m``, a hub id or a local folder | ``plora-tiny`` |
 | PLORA_SAMPLES | global cap on training samples drawn (the smaller of this and ``--samples`` wins) | none |
-| PLORA_LATENCY_BUDGET_MS | inject+remove budget enforced by callers such as the value-add experiment | 250 |
+| PLORA_LATENCY_BUDGET_MS | inject+remove budget (a positive number) enforced by e.g. the value-add experiment | 250 |
 | PLORA_HOME | caches: converted GGUF models, trained pools, verdicts | ``~/.cache/plora`` |
 | PLORA_DEVICE | torch device base models are loaded on: ``cpu``, ``cuda``, ``cuda:N`` | ``cpu`` |
 | RAY_ADDRESS | where ``plora.executor`` runs tasks when ``--ray-address`` is not given (Ray's own variable) | none |
@@ -19,6 +19,7 @@ Values are read on every call, so tests and long-running agents see changes.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def get_settings() -> Settings:
     try:
         budget = float(budget_raw) if budget_raw else DEFAULT_LATENCY_BUDGET_MS
     except ValueError:
-        raise PloraError(f"PLORA_LATENCY_BUDGET_MS must be a number of milliseconds, got {budget_raw!r}") from None
+        budget = math.nan
+    if not (math.isfinite(budget) and budget > 0):  # a NaN budget would never be exceeded
+        raise PloraError(f"PLORA_LATENCY_BUDGET_MS must be a positive number of milliseconds, got {budget_raw!r}")
     home_raw = env.get("PLORA_HOME", "").strip()
     home = Path(home_raw).expanduser() if home_raw else Path.home() / ".cache" / "plora"
     device = env.get("PLORA_DEVICE", "").strip() or "cpu"

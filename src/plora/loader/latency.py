@@ -16,6 +16,7 @@ hot-swap one plasmid.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -75,6 +76,8 @@ def check_latency_budget(ms: float, budget_ms: float | None = None, what: str = 
         from plora.settings import get_settings
 
         budget_ms = get_settings().latency_budget_ms
+    elif not (math.isfinite(budget_ms) and budget_ms > 0):  # a NaN budget would never be exceeded
+        raise LoaderError(f"budget_ms must be a positive number of milliseconds, got {budget_ms}")
     if ms > budget_ms:
         raise LoaderError(
             f"{what} took {ms:.2f} ms, over the latency budget of {budget_ms:g} ms "
