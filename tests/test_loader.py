@@ -640,3 +640,23 @@ def test_latency_budget_must_be_a_positive_finite_number(monkeypatch):
             check_latency_budget(1e9, budget_ms=budget)
     monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", " 0.5 ")
     assert get_settings().latency_budget_ms == 0.5
+
+
+def test_a_single_source_merge_records_and_prints_the_linear_merge_applied(gpt2_setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from plora.cli.main import app
+
+    base, _, _, plasmids, _ = gpt2_setup
+    out = tmp_path / "one"
+    args = ["merge", "--plasmids", str(plasmids[0]), "--method", "ties", "--density", "0.3", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "(linear)" in res.output and "(ties)" not in res.output and "merged linearly" in res.output
+    m = read_plasmid(out).manifest
+    assert m.merge.method == "linear" and m.merge.density is None
+    # what was recorded is what was applied: the same factors as an explicit linear merge
+    linear = merge_plasmids([plasmids[0]], [1.0], method="linear", out=tmp_path / "lin")
+    assert linear.artifact.sha256 == m.artifact.sha256
+    two = merge_plasmids(plasmids[:2], [0.5, 0.5], method="ties", density=0.3, out=tmp_path / "two")
+    assert (two.merge.method, two.merge.density) == ("ties", 0.3)

@@ -40,6 +40,8 @@ def merge(
         folders, values, method=method, out=out, density=density, seed=seed, svd_rank=svd_rank, force=force
     )
     sources = ", ".join(f"{s.plasmid_id} x {s.weight:g}" for s in manifest.merge.sources)
+    if manifest.merge.method != method:
+        typer.echo(f"note: one plasmid is merged linearly (as PEFT does), not with --method {method}")
     typer.echo(
         f"merged {sources} ({manifest.merge.method}) -> {out}: plasmid {manifest.plasmid_id}, "
         f"r={manifest.lora.r}, targets {','.join(manifest.lora.targets)}, sha256 {manifest.artifact.sha256[:16]}"

@@ -18,7 +18,8 @@ base model; tests compare the merged deltas with PEFT's):
   drop with keep-probability ``density``, rescaled): applied to the A and B factors like ``linear``; needs equal ranks.
 
 The merged plasmid has alpha = r (scale 1: the source scales are folded into the factors), the union of the sources'
-targets, and ``manifest.merge`` records the method, density and each source's plasmid_id, artifact SHA-256 and weight.
+targets, and ``manifest.merge`` records the method applied (``linear`` for a single source, as PEFT merges one adapter
+linearly whatever was asked), its density (pruning methods only) and each source's plasmid_id, SHA-256 and weight.
 Random methods draw from ``seed`` (torch's CPU generator, modules in natural name order, A before B: for GPT-2 that is
 PEFT's order too, so a PEFT run after ``torch.manual_seed(seed)`` draws the same masks).
 """
@@ -39,6 +40,7 @@ from plora.manifest import LoraSpec, Manifest, Merge, Source, Training, now_utc
 
 MERGE_METHODS = ("linear", "svd", "ties", "dare_linear", "dare_ties", "cat")
 _SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties")
+_PRUNING = ("ties", "dare_linear", "dare_ties")  # the methods that use density
 
 
 def _natural_key(name: str) -> list[object]:
@@ -144,7 +146,7 @@ def _check_sources(sources: list[AdapterSource], weights: Sequence[float], metho
     if method in _SAME_RANK and len(sources) > 1 and len({s.manifest.lora.r for s in sources}) != 1:
         ranks = ", ".join(f"{s.label}: r={s.manifest.lora.r}" for s in sources)
         raise LoaderError(f"{method} merging needs equal ranks ({ranks}); use method 'cat' or 'svd'")
-    if method in ("ties", "dare_linear", "dare_ties") and (density is None or not 0 < density <= 1):
+    if method in _PRUNING and (density is None or not 0 < density <= 1):
         raise LoaderError(f"{method} merging needs a density in (0, 1], got {density}")
 
 
@@ -230,12 +232,12 @@ def merge_plasmids(
             targets=tuple(targets),
         ),
         training=Training(seed=seed, samples=0, epochs=0, dataset="merge"),
-        merge=Merge(
-            method=method,
+        merge=Merge(  # what was applied: one plasmid is merged linearly whatever method was asked, as PEFT does
+            method=effective,
             sources=tuple(
                 Source(plasmid_id=m.plasmid_id, sha256=m.artifact.sha256, weight=float(w))
                 for m, w in zip(manifests, weights, strict=True)
             ),
-            density=density,
+            density=density if effective in _PRUNING else None,
         ),
     )
