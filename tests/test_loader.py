@@ -660,3 +660,18 @@ def test_a_single_source_merge_records_and_prints_the_linear_merge_applied(gpt2_
     assert linear.artifact.sha256 == m.artifact.sha256
     two = merge_plasmids(plasmids[:2], [0.5, 0.5], method="ties", density=0.3, out=tmp_path / "two")
     assert (two.merge.method, two.merge.density) == ("ties", 0.3)
+
+
+def test_latency_repeats_and_warmup_are_checked_with_one_line_errors(gpt2_setup):
+    import subprocess
+    import sys
+
+    base, _, _, plasmids, _ = gpt2_setup
+    for kwargs, message in (({"warmup": -1, "repeats": 1}, "warmup must be"), ({"repeats": 0}, "repeats must be")):
+        with pytest.raises(LoaderError, match=message):
+            measure_inject_remove(base, plasmids[0], **kwargs)
+    assert measure_inject_remove(base, plasmids[0], warmup=0, repeats=1).repeats == 1
+    bench = Path(__file__).resolve().parents[1] / "bench" / "runtime.py"
+    for flag in ("--repeats", "--threads", "--rank"):
+        done = subprocess.run([sys.executable, str(bench), flag, "0"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr == f"error: {flag} must be at least 1, got 0\n", done.stderr

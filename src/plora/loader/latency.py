@@ -58,8 +58,10 @@ def measure_inject_remove(
     """Time ``repeats`` rounds of inject (file read included when ``plasmid`` is a path) + remove, in ms."""
     from plora.loader.hotload import inject, remove
 
-    if repeats < 1:
-        raise LoaderError(f"repeats must be at least 1, got {repeats}")
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise LoaderError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise LoaderError(f"warmup must be an integer >= 0, got {warmup!r}")
     samples = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
