@@ -675,3 +675,32 @@ def test_latency_repeats_and_warmup_are_checked_with_one_line_errors(gpt2_setup)
     for flag in ("--repeats", "--threads", "--rank"):
         done = subprocess.run([sys.executable, str(bench), flag, "0"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr == f"error: {flag} must be at least 1, got 0\n", done.stderr
+
+
+def test_injections_do_not_share_the_callers_factor_arrays(gpt2_setup):
+    from plora.loader.source import read_adapter
+
+    base, _, _, plasmids, _ = gpt2_setup
+    clean = _snapshot(base)
+    with torch.no_grad():
+        p = read_plasmid(plasmids[2])
+        with injected(base, p, mode="merged"):
+            alone = _snapshot(base)  # p merged alone, as a fresh injection gives it
+        src = read_adapter(plasmids[2])
+        for source, arrays in ((p, list(p.tensors.values())), (src, [t for f in src.modules.values() for t in f[:2]])):
+            h = inject(base, source, mode="side")
+            want = base(_ids()).logits
+            for t in arrays:
+                t *= 3.0  # the caller changes its arrays after the injection
+            assert torch.equal(base(_ids()).logits, want)
+            remove(base, h)
+        p = read_plasmid(plasmids[2])
+        # merged: an out-of-order remove replays p's factors; they must be the ones injected
+        first = inject(base, plasmids[0], mode="merged")
+        h = inject(base, p, mode="merged")
+        for t in p.tensors.values():
+            t *= 3.0
+        remove(base, first)
+        assert _snapshot(base) == alone
+        remove(base, h)
+    assert _snapshot(base) == clean and _no_hooks(base)

@@ -178,8 +178,9 @@ def _layout(
     return module, weight, conv1d
 
 
-def _like(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == w.dtype and t.device == w.device else t.to(device=w.device, dtype=w.dtype)
+def _like(t: torch.Tensor, w: torch.Tensor, copy: bool) -> torch.Tensor:
+    """``t`` in ``w``'s dtype and device; a copy when ``copy`` (factors the caller owns and could change later)."""
+    return t.to(device=w.device, dtype=w.dtype, copy=copy)
 
 
 def _side_hook(a: torch.Tensor, b: torch.Tensor, scale: float):
@@ -236,10 +237,13 @@ def inject(
     src = read_adapter(plasmid, verify=verify)
     _check_base(model, src, check_base, expected_digest if expected_digest is not None else known)
 
+    # An AdapterSource passed in is the caller's: its factors are copied. One read here (from a folder or a Plasmid,
+    # whose arrays read_adapter copies) is private already.
+    owned = plasmid is src
     plan = []  # validate everything before touching anything
     for name, (a, b, scale) in src.modules.items():
         module, w, conv1d = _layout(model, name, a, b, src.label)
-        plan.append((name, module, w, _like(a, w), _like(b, w), scale * weight, conv1d))
+        plan.append((name, module, w, _like(a, w, owned), _like(b, w, owned), scale * weight, conv1d))
 
     handle = InjectionHandle(src.label, mode, weight, tuple(p[0] for p in plan), _model=weakref.ref(model))
     st = _state(model)

@@ -277,7 +277,8 @@ def _scales(
 
 def _from_plasmid_object(p: Plasmid) -> AdapterSource:
     where = str(p.folder)
-    tensors = {k: torch.from_numpy(v) for k, v in p.tensors.items()}
+    # copies: the caller owns p.tensors, and a later change to them must not reach an injected model
+    tensors = {k: torch.from_numpy(np.array(v, order="C")) for k, v in p.tensors.items()}
     pairs = _pairs(tensors, where)
     _check_targets(pairs, list(p.manifest.lora.targets), where, "lora.targets")
     return AdapterSource(
