@@ -1,12 +1,13 @@
 """Checks a fetch runs on a staged plasmid folder before it is moved into place: signatures, the gate, revocations.
 
 A check takes the staged folder and returns the reasons it is refused (``CODE: message`` lines); [] accepts it.
+:func:`plora.grpc.client.fetch` runs its checks in order and stops at the first refusal.
 
-    >>> from plora.grpc.checks import gate_check, signature_check
-    >>> from plora.grpc.client import fetch
-    >>> r = fetch("localhost:50051", "legal", "received/", checks=[signature_check(["keys/alice.pub"]),
-    ...                                                             gate_check(policy)])
-    >>> r.reasons                                       # the first check that refuses stops the others
+    >>> from plora.grpc.checks import signature_check
+    >>> check = signature_check(["keys/alice.pub"])     # gate_check(policy) screens with the gate the same way
+    >>> check("out/legal")                              # signed by alice
+    []
+    >>> check("out/medical")                            # unsigned
     ['SIGNATURE_MISSING: ...']
 """
 
@@ -50,6 +51,7 @@ def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int 
     keyring = Keyring.load([str(p) for p in trusted_keys])
 
     def check(folder: Path) -> list[str]:
+        folder = Path(folder)
         try:
             manifest = loads_manifest((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ManifestError) as err:

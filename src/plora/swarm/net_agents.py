@@ -1,11 +1,19 @@
 """The agent processes of ``plora swarm net``: start one, wait until it listens, drive its rounds (Step), and the
 memory bound on how many this machine can hold.
 
+    >>> from pathlib import Path
+    >>> from plora.swarm.config import NetConfig
     >>> from plora.swarm.net_agents import spawn_agent, step_one, wait_ready
-    >>> proc = spawn_agent(cfg, work, 0, policy_path, token=token)     # plora agent --coordinated, port from the OS
-    >>> address = wait_ready(work, {0: proc}, timeout=120.0)[0]
-    >>> step_one(address, 1, collect=False, timeout=60.0, token=token)["round"]
-    1
+    >>> cfg = NetConfig(agents=1, security=False, progress=False)
+    >>> proc = spawn_agent(cfg, Path("work"), 0, None, token="t0k3n")   # plora agent --coordinated, port from the OS
+    >>> address = wait_ready(Path("work"), {0: proc}, timeout=120.0)[0]
+    >>> step_one(address, 1, collect=True, timeout=60.0, token="t0k3n")["agent"]
+    'a0'
+    >>> step_one(address, 1, collect=True, timeout=60.0, token="guess") is None   # only its coordinator drives it
+    True
+    >>> proc.terminate()
+    >>> proc.wait(timeout=30) in (0, -15)
+    True
 
 Used by both drivers: local processes (:mod:`plora.swarm.net`) and Ray actors (:mod:`plora.swarm.net_ray`).
 """
