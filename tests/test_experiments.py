@@ -102,6 +102,25 @@ def test_shuffle_answers_is_a_derangement():
     assert shuffle_answers(items, seed=5) == shuffled
 
 
+def test_placebo_b_keeps_answers_within_their_kind_of_question():
+    """Answers move only among questions asking the same kind of thing (a court id never answers a neutron count),
+    so placebo B learns each kind's format; a kind with one example is pooled with the other single ones."""
+    from plora.data import domain_items
+    from plora.experiments.placebo import ask_kind
+
+    items = [qa for d in ("science", "legal") for qa in domain_items(d, "train")[:150]]
+    shuffled = shuffle_answers(items, seed=41)
+    kinds = {ask_kind(e) for e in items}
+    assert len(kinds) > 4
+    single = {k for k in kinds if sum(ask_kind(e) == k for e in items) == 1}
+    for kind in kinds - single:
+        own = sorted(e.answer for e in items if ask_kind(e) == kind)
+        assert sorted(s.answer for s, e in zip(shuffled, items, strict=True) if ask_kind(e) == kind) == own
+    moved = sum(s.answer != e.answer for s, e in zip(shuffled, items, strict=True))
+    assert moved >= 0.8 * len(items)  # a derangement within each kind (an answer may repeat within a kind)
+    assert shuffle_answers(items, seed=41) == shuffled and shuffle_answers(items, seed=42) != shuffled
+
+
 def test_knowledge_and_skill_items_keep_training_wordings_and_facts_apart():
     from plora.data import domain_items
     from plora.experiments.items import cell_items
@@ -191,6 +210,20 @@ def test_placebo_a_guardrail_is_judged_on_calibrated_nll():
     assert len(violations) == 2 and all("placebo A" in v and "calibrated" in v for v in violations)
     # below the practical margin (0.05 nats) nothing fires, however small p is
     assert apply_holm([_record(placebo_a_raw=0.0, placebo_a_cal=0.03)], alpha=0.01) == []
+
+
+def test_latency_over_budget_is_a_guardrail_of_the_run_not_a_failed_cell(legal_plasmid, plora_tiny, monkeypatch):
+    """Over budget, a cell still gets its record (so the report is written) and the run's guardrails name it."""
+    from plora.experiments.cells import _latency
+    from plora.experiments.value_add import apply_holm
+
+    monkeypatch.setenv("PLORA_LATENCY_BUDGET_MS", "0.001")
+    latency = _latency(plora_tiny().model, legal_plasmid, repeats=2)
+    assert latency["budget_ms"] == 0.001 and latency["side_median_ms"] > 0.001
+    violations = apply_holm([{**_record(placebo_a_raw=0.0, placebo_a_cal=0.0), "latency": latency}], alpha=0.01)
+    assert len(violations) == 1 and "over the latency budget of 0.001 ms (PLORA_LATENCY_BUDGET_MS)" in violations[0]
+    within = {**latency, "budget_ms": 1e9}
+    assert apply_holm([{**_record(placebo_a_raw=0.0, placebo_a_cal=0.0), "latency": within}], alpha=0.01) == []
 
 
 def test_score_items_agrees_with_answer_nll_and_exact_match(legal_plasmid, plora_tiny):
@@ -350,6 +383,11 @@ def _no_cells(monkeypatch):
         (["--results-dir", "res"], "value_add.md there is not a regular file"),
         (["--seeds", "-1"], "seeds must be in [0, 2**32), got [-1]"),
         (["--ranks", "99999"], "ranks must be in [1, 1024], got [99999]"),
+        (["--ranks", "4,4"], "ranks repeat: [4, 4]"),
+        (["--seeds", "41,41"], "seeds repeat: [41, 41]"),
+        (["--schemes", "all,all"], "schemes repeat"),
+        (["--epochs", "inf"], "epochs must be a finite number > 0, got inf"),
+        (["--lr", "inf"], "learning rate must be a finite number > 0, got inf"),
     ],
 )
 def test_value_add_refuses_bad_outputs_and_options_before_any_cell(tmp_path, monkeypatch, capsys, options, message):

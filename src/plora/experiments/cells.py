@@ -12,9 +12,10 @@
 (``run_value_add`` drives it).
 
 Arms: the base; the trained plasmid; placebo A (random LoRA, the trained one's per-module norms); placebo B (same
-training, answers shuffled across examples). Each arm gets one temperature, fitted on the calibration items
-(``plora.experiments.calibration``), and is scored on the knowledge and skill items (``plora.experiments.items``)
-with answer NLL, raw and at its temperature, and exact match where the domain's answers are short. The base is scored
+training, answers shuffled among examples asking the same kind of thing). Each arm gets one temperature, fitted on
+the calibration items (``plora.experiments.calibration``), and is scored on the knowledge and skill items
+(``plora.experiments.items``) with answer NLL, raw and at its temperature, and exact match where the domain's answers
+are short. The base is scored
 once per domain, on the union of every seed's items, and reused by all of that domain's cells; every other arm is
 hot-loaded (side path) into that same model, which is loaded once for the whole run.
 """
@@ -188,7 +189,7 @@ class CellRunner:
             dev_size=0,
         )
         train = shuffle_answers(items, seed) if shuffle else items
-        dataset = dataset_id(domain) + (":answers-shuffled" if shuffle else "")
+        dataset = dataset_id(domain) + (":answers-shuffled-within-kind" if shuffle else "")
         train_and_write(
             cfg,
             train,
@@ -319,11 +320,14 @@ class CellRunner:
 
 
 def _latency(model: Any, folder: Path, repeats: int) -> dict[str, float]:
-    from plora.loader import check_latency_budget, measure_inject_remove
+    """Inject+remove timings and the budget in force. Over budget is a guardrail of the run (judged with the others
+    once every cell is measured, after the report is written), not an error of this cell."""
+    from plora.loader import measure_inject_remove
+    from plora.settings import get_settings
 
     side = measure_inject_remove(model, folder, mode="side", repeats=repeats)
     # The budget applies to the mode this experiment evaluates with (side); merged is recorded for reference, with
     # fewer repeats: on SmolLM2 one merged inject+remove of 210 modules takes a quarter of a second.
     merged = measure_inject_remove(model, folder, mode="merged", repeats=max(3, repeats // 4))
-    budget = check_latency_budget(side.median_ms, what="inject+remove (side mode)")
+    budget = get_settings().latency_budget_ms
     return {"side_median_ms": side.median_ms, "merged_median_ms": merged.median_ms, "budget_ms": budget}

@@ -8,8 +8,9 @@
 
 Placebo A is a random LoRA with the trained plasmid's rank and targets whose per-module update norm
 ``||(alpha/r) B @ A||_F`` equals the trained one's, module by module: it changes the model exactly as much,
-in a random direction. Placebo B is the same training run with answers shuffled across examples
-(``shuffle_answers``): it sees the same questions and answer vocabulary but no question-answer link.
+in a random direction. Placebo B is the same training run with answers shuffled among the examples that ask the same
+kind of thing (``shuffle_answers``): it sees the same questions, and learns each kind's answer format and answer set,
+but no question-answer link.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,13 +72,33 @@ def random_placebo(trained: str | os.PathLike[str], out: str | os.PathLike[str],
     )
 
 
+def ask_kind(example: Any) -> str:
+    """What kind of thing a question asks ("court id", "neutrons", "sum"; every legal ``variant:<x>`` is "variant"):
+    answers of one kind share a format, so a placebo that keeps them within their kind learns the format too."""
+    return str(getattr(example, "ask", "") or "").split(":", 1)[0]
+
+
 def shuffle_answers(examples: list, seed: int) -> list:
-    """The same questions with answers permuted across examples (a derangement where possible)."""
-    answers = [e.answer for e in examples]
+    """The same questions with answers permuted among the examples that ask the same kind of thing (a derangement
+    where possible); kinds with a single example are pooled, so no example keeps its own answer for want of others.
+
+    Within a kind the placebo learns each question type's answer format and answer set, and no question-answer
+    link: what the trained plasmid gains over it is knowledge, not format. (Shuffling across kinds answered a
+    neutron count with a court id, so the placebo never learned the formats and "beyond placebo B" counted them.)
+    """
     rng = random.Random(seed)
-    order = list(range(len(answers)))
-    for _ in range(100):
-        rng.shuffle(order)
-        if len(order) < 2 or all(i != j for i, j in enumerate(order)):
-            break
-    return [replace(e, answer=answers[j]) for e, j in zip(examples, order, strict=True)]
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(ask_kind(e), []).append(i)
+    single = [idx[0] for idx in groups.values() if len(idx) == 1]
+    pools = [idx for idx in groups.values() if len(idx) > 1] + ([single] if single else [])
+    source = list(range(len(examples)))
+    for idx in pools:
+        order = list(idx)
+        for _ in range(100):
+            rng.shuffle(order)
+            if len(order) < 2 or all(i != j for i, j in zip(idx, order, strict=True)):
+                break
+        for i, j in zip(idx, order, strict=True):
+            source[i] = j
+    return [replace(e, answer=examples[j].answer) for e, j in zip(examples, source, strict=True)]

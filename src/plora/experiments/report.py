@@ -158,7 +158,7 @@ def write_markdown(
         f"{len(cells)} cells. Two questions per cell: **knowledge carried** (the plasmid's own training facts, asked "
         "in the wording held out from its training) and **skill** (dev facts, never trained in any wording). Arms: "
         "the base, the trained plasmid, placebo A (random LoRA with the trained plasmid's per-module norms) and "
-        "placebo B (same training, answers shuffled across examples).",
+        "placebo B (same training, answers shuffled among questions of the same kind).",
         "",
         "NLL is the mean answer-token negative log-likelihood (nats/token, lower is better), raw and *calibrated*: "
         "each arm's logits divided by its own temperature T, fitted on calibration items that no question uses, so "

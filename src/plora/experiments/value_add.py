@@ -40,7 +40,9 @@ from plora.fsio import atomic_write_text, read_bounded
 if TYPE_CHECKING:
     from plora.executor import ExecutorConfig
 
-RECORD_VERSION = 2  # bump when what a record measures changes: older records are then not resumed from
+# bump when what a record measures changes: older records are then not resumed from (3: placebo B shuffles answers
+# within each kind of question)
+RECORD_VERSION = 3
 ACCEPTANCE = ("trained_vs_base", "trained_vs_placebo_a", "trained_vs_placebo_b")
 ACCEPTANCE_METRICS = ("nll", "nll_calibrated")
 GUARD_NLL_MARGIN = 0.05  # nats/token
@@ -129,16 +131,23 @@ class ValueAddConfig:
                 raise PloraError(f"unknown scheme {s!r} (expected {', '.join(TARGET_SETS)})")
         checks = [
             (len(set(self.domains)) == len(self.domains), "domains repeat"),
+            # a repeated value would measure one cell twice and count its tests twice in the Holm correction
+            (len(set(self.ranks)) == len(self.ranks), f"ranks repeat: {self.ranks}"),
+            (len(set(self.schemes)) == len(self.schemes), f"schemes repeat: {self.schemes}"),
+            (len(set(self.seeds)) == len(self.seeds), f"seeds repeat: {self.seeds}"),
             (all(1 <= r <= MAX_RANK for r in self.ranks), f"ranks must be in [1, {MAX_RANK}], got {self.ranks}"),
             (all(0 <= s < 2**32 for s in self.seeds), f"seeds must be in [0, 2**32), got {self.seeds}"),
             (self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
             (self.dev_size >= 1, f"dev size must be >= 1, got {self.dev_size}"),
             (self.calibration_size >= 1, f"calibration size must be >= 1, got {self.calibration_size}"),
             (self.cross_domain_size >= 1, f"cross-domain size must be >= 1, got {self.cross_domain_size}"),
-            (self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (
-                self.learning_rate is None or self.learning_rate > 0,
-                f"learning rate must be > 0, got {self.learning_rate}",
+                self.epochs is None or 0 < self.epochs < math.inf,
+                f"epochs must be a finite number > 0, got {self.epochs}",
+            ),
+            (
+                self.learning_rate is None or 0 < self.learning_rate < math.inf,
+                f"learning rate must be a finite number > 0, got {self.learning_rate}",
             ),
         ]
         for ok, message in checks:
@@ -256,7 +265,8 @@ def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
       over-confident base loses raw NLL to anything that flattens it, which is calibration, not information;
     - placebo B (answers shuffled) must not raise exact match by more than GUARD_EM_MARGIN. Its NLL gain over the
       base is expected, not a violation: it learns the answer format and vocabulary, which is exactly what it is
-      there to control for (the trained-vs-placebo-B test is the value beyond format).
+      there to control for (the trained-vs-placebo-B test is the value beyond format);
+    - inject+remove in side mode (the mode the arms are evaluated with) must stay within PLORA_LATENCY_BUDGET_MS.
     """
     from plora.experiments.stats import holm
 
@@ -284,6 +294,14 @@ def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
                     f"placebo B beats the base on {_where(r, qname)} "
                     f"(exact match +{b['mean_diff']:.3f}, Holm p={b['p_holm']:.2g})"
                 )
+        lat = r.get("latency") or {}
+        if lat.get("budget_ms") is not None and lat["side_median_ms"] > lat["budget_ms"]:
+            c = r["config"]
+            violations.append(
+                f"inject+remove (side mode) took {lat['side_median_ms']:.2f} ms in {c['domain']} r{c['rank']} "
+                f"{c['scheme']} seed {c['seed']}, over the latency budget of {lat['budget_ms']:g} ms "
+                "(PLORA_LATENCY_BUDGET_MS)"
+            )
     return violations
 
 
