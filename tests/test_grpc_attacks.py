@@ -283,6 +283,15 @@ class _BulkDribbler(pb2_grpc.PlasmidExchangeServicer):
         self.stop.wait(60)
 
 
+def _serve_evil(servicer: pb2_grpc.PlasmidExchangeServicer) -> tuple[grpc.Server, int]:
+    """A gRPC server on loopback running a malicious servicer; (server, port)."""
+    srv = grpc.server(futures.ThreadPoolExecutor(4))
+    pb2_grpc.add_PlasmidExchangeServicer_to_server(servicer, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    return srv, port
+
+
 class _Staller(_BulkDribbler):
     """A bulk socket silent after the token, and a gRPC stream (the fallback) silent after its header."""
 
@@ -304,10 +313,7 @@ class _Staller(_BulkDribbler):
 def test_a_stalled_bulk_socket_and_its_grpc_fallback_share_one_deadline(root, tmp_path, monkeypatch):
     monkeypatch.setattr("plora.grpc.bulk.STALL_S", 2.0)
     evil = _Staller(root / "legal")
-    srv = grpc.server(futures.ThreadPoolExecutor(4))
-    pb2_grpc.add_PlasmidExchangeServicer_to_server(evil, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
+    srv, port = _serve_evil(evil)
     limits = replace(Limits(), fetch_timeout_s=4.0)
     deadline = limits.fetch_deadline((root / "legal" / "adapter_model.safetensors").stat().st_size)
     try:
@@ -326,10 +332,7 @@ def test_a_stalled_bulk_socket_and_its_grpc_fallback_share_one_deadline(root, tm
 
 def test_a_dribbling_bulk_socket_cannot_hold_a_fetch_past_its_deadline(root, tmp_path):
     evil = _BulkDribbler(root / "legal")
-    srv = grpc.server(futures.ThreadPoolExecutor(4))
-    pb2_grpc.add_PlasmidExchangeServicer_to_server(evil, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
+    srv, port = _serve_evil(evil)
     limits = replace(Limits(), fetch_timeout_s=2.0)
     deadline = limits.fetch_deadline((root / "legal" / "adapter_model.safetensors").stat().st_size)
     box: dict[str, object] = {}
