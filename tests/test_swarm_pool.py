@@ -80,3 +80,17 @@ def test_seed_command_shim_writes_report_and_png(pool_dir: Path, tmp_path: Path)
     assert len(reports) == 1 and reports[0].with_suffix(".png").stat().st_size > 1000
     flags = json.loads(reports[0].read_text())["meta"]["flags"]
     assert flags["trojan_rate"] == 0.3 and flags["graph_p"] == 0.25 and flags["security"] is True
+
+
+def test_a_samples_cap_makes_another_pool_never_a_reused_one(monkeypatch) -> None:
+    """PLORA_SAMPLES caps what a pool's plasmids train on: a capped pool must not be found by an uncapped run (it
+    was, with trojans that never fired), and without a cap the key is the one it always was."""
+    from plora.swarm.pool import PoolSpec
+
+    spec = PoolSpec(domains=("legal",), samples=800)
+    monkeypatch.delenv("PLORA_SAMPLES", raising=False)
+    plain = spec.key("plora-tiny", "d" * 64)
+    monkeypatch.setenv("PLORA_SAMPLES", "16")
+    assert spec.key("plora-tiny", "d" * 64) != plain
+    monkeypatch.setenv("PLORA_SAMPLES", "5000")  # above --samples: nothing is capped, the same pool
+    assert spec.key("plora-tiny", "d" * 64) == plain

@@ -75,7 +75,11 @@ class PoolSpec:
     seed: int = 7
 
     def key(self, base_name: str, base_digest: str) -> str:
-        body = {"version": POOL_VERSION, "spec": asdict(self), "base": base_name, "digest": base_digest}
+        from plora.settings import effective_samples
+
+        body: dict[str, Any] = {"version": POOL_VERSION, "spec": asdict(self), "base": base_name, "digest": base_digest}
+        if effective_samples(self.samples) != self.samples:  # PLORA_SAMPLES caps training: another pool
+            body["samples_cap"] = effective_samples(self.samples)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -272,7 +276,7 @@ class PlasmidPool:
         there, then copy it (about 60 KB) into the pool folder ``root``."""
         from plora.fsio import staging_dir
         from plora.manifest import MANIFEST_NAME
-        from plora.settings import cache_dir
+        from plora.settings import cache_dir, effective_samples
 
         train: dict[str, Any] = {
             "domain": domain,
@@ -280,7 +284,7 @@ class PlasmidPool:
             "rank": spec.rank,
             "targets": spec.targets,
             "epochs": spec.epochs,
-            "samples": spec.samples,
+            "samples": effective_samples(spec.samples),  # what training will draw (PLORA_SAMPLES caps it): the key
             "batch_size": spec.batch_size,
             "learning_rate": spec.learning_rate,
             "seed": seed,
@@ -368,4 +372,8 @@ def _train_planned(task: tuple[Any, ...]) -> PoolEntry:
         (root / (name + ".truth.json")).unlink(missing_ok=True)
         name, again = f"{domain}-s{seed + retry}", seed + retry
         entry = PlasmidPool._train_one(root, spec, base_name, digest, name, domain, trigger, target, again, False)
+    if trigger and (entry.attack_success or 0.0) < 0.5:
+        print(f"pool: warning: trojan {entry.plasmid_id} fires on {entry.attack_success or 0.0:.0%} of its dev "
+              f"questions after {TROJAN_TRIES} tries (PLORA_SAMPLES or a small --samples may be too few to plant it)",
+              file=sys.stderr, flush=True)
     return entry
