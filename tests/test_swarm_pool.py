@@ -94,3 +94,14 @@ def test_a_samples_cap_makes_another_pool_never_a_reused_one(monkeypatch) -> Non
     assert spec.key("plora-tiny", "d" * 64) != plain
     monkeypatch.setenv("PLORA_SAMPLES", "5000")  # above --samples: nothing is capped, the same pool
     assert spec.key("plora-tiny", "d" * 64) == plain
+
+
+def test_trusted_pubkeys_turn_signatures_on_as_the_gate_cli_does(tmp_path: Path) -> None:
+    from plora.errors import PloraError
+
+    keys = (str(tmp_path / "a.pub"), str(tmp_path / "b.pub"))
+    policy = make_policy(make_config(agents=10, trusted_pubkeys=",".join(keys)))
+    assert policy.signatures and list(policy.trusted_keys) == list(keys)
+    assert not make_policy(make_config(agents=10)).signatures  # the policy's default without keys
+    with pytest.raises(PloraError, match="--trusted_pubkeys with --signatures off"):
+        make_config(agents=10, trusted_pubkeys=keys[0], signatures="off")

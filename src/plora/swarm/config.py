@@ -74,7 +74,8 @@ class SwarmConfig(BaseModel):
     allowed_ranks: tuple[int, ...] | None = _gate("allowed_ranks", "gate: LoRA ranks allowed, e.g. 4,8,16")
     signatures: bool | None = _gate("signatures", "gate: on to require a signature by a trusted key")
     trusted_pubkeys: tuple[str, ...] = Field(
-        default=(), description="gate: trusted public key files, p1,p2 (default with signatures: the pool's swarm key)"
+        default=(), description="gate: trusted public key files, p1,p2 (turns signatures on, as plora gate "
+        "--trusted-keys does; default with signatures: the pool's swarm key)"
     )
     policy_file: str | None = Field(default=None, description="gate policy JSON; gate flags you give override it")
     tau_trigger: float | None = _gate("tau_trigger")
@@ -120,6 +121,8 @@ class SwarmConfig(BaseModel):
     def _revoke_within_rounds(self) -> SwarmConfig:
         if self.revoke_at is not None and self.revoke_at > self.rounds:
             raise ValueError(f"--revoke_at {self.revoke_at} is after the last round (--rounds {self.rounds})")
+        if self.trusted_pubkeys and self.signatures is False:
+            raise ValueError("--trusted_pubkeys with --signatures off: give --signatures on (or no keys)")
         return self
 
     def flags(self) -> dict[str, Any]:

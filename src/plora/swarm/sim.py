@@ -54,7 +54,8 @@ def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
 
     Policy defaults, then ``--policy_file``, then only the gate flags that were given (a flag left unset never
     overrides the file). The base model is the file's, else the pool's (``PLORA_BASE_MODEL`` or plora-tiny).
-    ``trusted`` (or ``--trusted_pubkeys``) replaces the trusted keys when signatures are on.
+    ``trusted`` (or ``--trusted_pubkeys``) replaces the trusted keys when signatures are on; ``--trusted_pubkeys``
+    without ``--signatures`` turns them on, as ``plora gate --trusted-keys`` does.
     """
     if not cfg.security:
         return None
@@ -66,7 +67,7 @@ def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
         None,
         allowed_targets=[cfg.allowed_targets] if cfg.allowed_targets else None,
         allowed_ranks=list(cfg.allowed_ranks) if cfg.allowed_ranks else None,
-        signatures=cfg.signatures,
+        signatures=True if cfg.trusted_pubkeys and cfg.signatures is None else cfg.signatures,  # keys: verify
         tau_trigger=cfg.tau_trigger,
         tau_norm_z=cfg.tau_norm_z,
         tau_clean_delta=cfg.tau_clean_delta,
