@@ -250,6 +250,8 @@ def test_a_skipped_folder_is_logged_once_not_per_request(tmp_path, caplog):
 
 def test_generated_certificates_and_keys_are_git_ignored():
     repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():  # a copy without git (git archive): there is nothing to ignore for
+        pytest.skip("not a git checkout")
     for path in ("certs/server.key", "keys/alice", "received/legal/plora.yml"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0, path
 

@@ -89,11 +89,11 @@ def test_workflow_installs_cpu_torch_with_a_pip_cache_and_timeouts() -> None:
     wf = _workflow()
     assert set(wf[True]) >= {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
     assert wf["env"]["PIP_EXTRA_INDEX_URL"].endswith("/whl/cpu")
-    assert re.search(r"^torch==[\d.]+$", (REPO / "requirements.txt").read_text(), re.M)
+    assert re.search(r"^torch==[\d.]+$", (REPO / "requirements" / "runtime.txt").read_text(), re.M)
     for job in wf["jobs"].values():
         assert job["timeout-minutes"] <= 45 and job["runs-on"].startswith("ubuntu")
         python = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
-        assert python["with"]["cache"] == "pip" and python["with"]["cache-dependency-path"] == "requirements.txt"
+        assert python["with"]["cache"] == "pip" and python["with"]["cache-dependency-path"] == "requirements/*.txt"
     test_step = next(s for s in wf["jobs"]["lint-and-test"]["steps"] if s.get("run") == "make test")
     assert test_step["timeout-minutes"] <= 15
 
