@@ -333,7 +333,7 @@ def format_summary(report: dict[str, Any]) -> str:
         pred = (f.get("theory") or {}).get("mean_field_rounds", {}).get(name)
         lines.append(
             f"  {name:<12} coverage {f['coverage'][name]:.3f} (reachable {'-' if reach is None else f'{reach:.3f}'})"
-            f"  full at round {'never' if full is None else full}  (mean-field prediction {pred})"
+            f"  every reachable agent at round {'never' if full is None else full}  (mean-field prediction {pred})"
         )
     lines.extend(_after_coverage(report))
     lines.append(
