@@ -1,4 +1,5 @@
-"""The executor seam on this machine: results in order, one retry then a report, a dead worker, lazy Ray import.
+"""The executor seam on this machine: results in order, one retry then a report, a dead worker, lazy Ray import, no
+worker outliving a killed driver.
 
 Both backends on Ray are compared in test_swarm_sweep.py (one local Ray for the suite's Ray tests).
 """
@@ -6,8 +7,10 @@ Both backends on Ray are compared in test_swarm_sweep.py (one local Ray for the 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,82 @@ def test_ray_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert backend_of(ExecutorConfig(jobs=4)) == "ray"
     monkeypatch.delenv("RAY_ADDRESS")
     assert backend_of(ExecutorConfig(jobs=4)) == "processes"
+
+
+DRIVER = '''
+import os, sys, time
+from pathlib import Path
+
+
+def hold(folder: str) -> None:
+    Path(folder, str(os.getpid())).touch()  # which worker runs it
+    time.sleep(60)
+
+
+def main() -> None:
+    from plora.executor import ExecutorConfig, run_tasks
+
+    run_tasks(hold, [sys.argv[1]] * 2, ExecutorConfig(jobs=2), progress=False)
+
+
+if __name__ == "__main__":
+    from plora.cli.main import run_standalone
+
+    run_standalone(main, [])
+'''
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (from /proc: the workers and multiprocessing's resource tracker)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_no_worker_outlives_a_killed_driver(sig: str, tmp_path: Path) -> None:
+    script, pids = tmp_path / "driver.py", tmp_path / "pids"
+    script.write_text(DRIVER)
+    pids.mkdir()
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(pids)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    spawned: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2:  # both workers are running a task
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stderr.read() if driver.stderr else ""
+            time.sleep(0.1)
+        workers = {int(p.name) for p in pids.iterdir()}
+        spawned = _children(driver.pid)
+        assert workers <= spawned
+        driver.send_signal(getattr(signal, sig))
+        out, err = driver.communicate(timeout=15)  # nothing left holding its stdout/stderr open
+        deadline = time.monotonic() + 5
+        while any(map(_alive, spawned)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in spawned if _alive(pid)], "orphans left running"
+        if sig == "SIGTERM":
+            assert (driver.returncode, err.strip().splitlines()[-1]) == (143, "error: terminated"), err[-1500:]
+        else:
+            assert driver.returncode == -signal.SIGKILL
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for pid in filter(_alive, spawned):  # on failure: no orphan outlives the test
+            os.kill(pid, signal.SIGKILL)

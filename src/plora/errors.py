@@ -12,6 +12,12 @@ class PloraError(Exception):
     """Base for every error whose message is meant for the user."""
 
 
+class Terminated(BaseException):
+    """SIGTERM while :mod:`plora.executor` runs a worker pool: the workers are stopped as on Ctrl-C, and the CLI
+    prints ``error: terminated`` and exits 143. A BaseException, like KeyboardInterrupt, so ``except Exception``
+    does not swallow it (nor typer, which would turn a KeyboardInterrupt into exit 130)."""
+
+
 class ManifestError(PloraError):
     """A plora.yml that does not parse, or breaks the schema."""
 

@@ -25,7 +25,10 @@ What every backend guarantees, so a caller never depends on which one ran:
   ``on_failure(index, TaskFailure)`` when given, else :class:`TaskError` after every other task has finished;
 - ``on_result(index, result)`` runs in the calling process as each task finishes, so callers keep partial results
   (append a row, write a record) and a rerun can skip what is done;
-- one progress bar over all tasks (stderr), labelled ``label``.
+- one progress bar over all tasks (stderr), labelled ``label``;
+- no worker outlives the driver: a worker process exits within a second once its driver is gone (even after a
+  SIGKILL), and a SIGTERM to the driver shuts the pool down like Ctrl-C (workers stopped, then :class:`Terminated`,
+  which the CLI turns into ``error: terminated`` and exit 143).
 
 On Ray each task asks for ``threads`` CPUs and the cluster decides how many run at once (with ``local``, ``jobs``
 CPUs); every node must have plora installed (same version) and the files the tasks read.
@@ -36,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,7 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plora.errors import PloraError
+from plora.errors import PloraError, Terminated
 
 Backend = Literal["inline", "processes", "ray"]
 ATTEMPTS = 2  # a failed task is run once more, then reported
@@ -172,6 +177,19 @@ def _prepare(init: _Init) -> None:
     _READY.add(key)
 
 
+def _watch_driver(driver: int) -> None:
+    """Worker initialiser: a daemon thread ends this worker once it is no longer the child of ``driver`` (an orphan
+    is re-parented to init or a subreaper, never back), so a driver killed with SIGKILL leaves no worker behind,
+    nor multiprocessing's resource tracker (it exits when the last process holding its pipe is gone)."""
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="plora-watch-driver", daemon=True).start()
+
+
 def _call(fn: Callable[[Any], Any], item: Any, init: _Init) -> Any:
     _prepare(init)
     return fn(item)
@@ -262,35 +280,70 @@ def _run_processes(fn: Callable[[Any], Any], items: list[Any], cfg: ExecutorConf
 
     while todo or alone:
         broken = False
-        with ProcessPoolExecutor(cfg.jobs, mp_context=ctx) as pool:
+        with _sigterm_raises(), ProcessPoolExecutor(
+            cfg.jobs, mp_context=ctx, initializer=_watch_driver, initargs=(os.getpid(),)
+        ) as pool:
             running: dict[Future, int] = {}
             solo = False  # a task from `alone` is running: nothing else starts until it ends
-            while (todo or alone or running) and not broken:
-                while not solo:
-                    if alone and not running:
-                        i, solo = alone.pop(), True
-                    elif todo and not alone and len(running) < cfg.jobs:
-                        i = todo.pop()
-                    else:
-                        break
-                    attempts[i] += 1
-                    running[pool.submit(_call, fn, items[i], init)] = i
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    i = running.pop(fut)
-                    try:
-                        value = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        suspect(i, solo)
-                    except Exception as err:  # noqa: BLE001 - reported per task
-                        retry_or_fail(i, _one_line(err), todo)
-                    else:
-                        done(i, True, value)
-                solo = solo and bool(running)
+            try:
+                while (todo or alone or running) and not broken:
+                    while not solo:
+                        if alone and not running:
+                            i, solo = alone.pop(), True
+                        elif todo and not alone and len(running) < cfg.jobs:
+                            i = todo.pop()
+                        else:
+                            break
+                        attempts[i] += 1
+                        running[pool.submit(_call, fn, items[i], init)] = i
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = running.pop(fut)
+                        try:
+                            value = fut.result()
+                        except BrokenProcessPool:
+                            broken = True
+                            suspect(i, solo)
+                        except Exception as err:  # noqa: BLE001 - reported per task
+                            retry_or_fail(i, _one_line(err), todo)
+                        else:
+                            done(i, True, value)
+                    solo = solo and bool(running)
+            except BaseException:  # Ctrl-C, SIGTERM (Terminated), a raising callback: stop the workers, not wait
+                _stop_workers(pool)
+                raise
             for fut, i in running.items():
                 fut.cancel()
                 suspect(i, False)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the pool runs, SIGTERM raises :class:`Terminated` in the driver, so it shuts down as on Ctrl-C instead of
+    dying with its workers still running. Only from the main thread, and only where SIGTERM still
+    has its default action (a caller's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_workers(pool: Any) -> None:
+    """Cancel what has not started and end the workers now (Python 3.11 has no public call for it), so leaving the
+    ``with`` block does not wait for running tasks."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        with contextlib.suppress(Exception):
+            proc.kill()
 
 
 def _run_ray(fn: Callable[[Any], Any], items: list[Any], cfg: ExecutorConfig, init: _Init, done: Done) -> None:

@@ -16,7 +16,7 @@ import typer
 
 from plora.cli import base, experiments, gate, gate_eval, importer, network, recall, runtime, swarm, train, trust
 from plora.cli.options import plain_app
-from plora.errors import PloraError
+from plora.errors import PloraError, Terminated
 
 app = plain_app(
     name="plora",
@@ -41,12 +41,16 @@ def run_standalone(command: Callable[..., Any], argv: list[str] | None = None, p
 
 def run_app(typer_app: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Run a typer app so that every error is one line on stderr: ``error: ...``, exit 2 for bad input (a
-    PloraError, or a usage error such as a missing or unknown option), 1 for anything unexpected."""
+    PloraError, or a usage error such as a missing or unknown option), 1 for anything unexpected, 130 on Ctrl-C, 143
+    on a SIGTERM that stopped a worker pool."""
     try:
         code = typer_app(args=argv, prog_name=prog_name, standalone_mode=False)
     except PloraError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:  # SIGTERM during a worker pool (plora.executor): workers already stopped
+        print("error: terminated", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
