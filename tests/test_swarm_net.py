@@ -98,6 +98,47 @@ def test_swarm_net_processes_with_a_killed_agent(pool, tmp_path):
     assert not list(work.rglob(f"{STAGE_PREFIX}*"))
 
 
+def test_a_plasmid_received_in_a_round_is_passed_on_from_the_next_round(tmp_path):
+    """Within round r an agent serves what it held when r began, as the sim does: b pulls legal from a in round 0,
+    c pulling from b in the same round gets only b's own plasmid (its inventory and Fetch alike); in round 1, legal."""
+    from plora.errors import TransferError
+    from plora.grpc.client import fetch
+
+    craft(tmp_path / "a", "legal-s0", seed=0)
+    craft(tmp_path / "b", "medical-s1", domain="medical", seed=1)
+    a, b, c = (Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / n, name=n, security=False)) for n in "abc")
+    try:
+        b.cfg.peers, c.cfg.peers = [a.address], [b.address]
+        got = b.step(0)  # pulls legal from a; pushes medical, which a fetches from b: a snapshot plasmid is served
+        assert {(e["via"], e["id"], e["accepted"]) for e in got["events"]} == {("pull", "legal-s0", True)}
+        assert set(a.holdings()) == {"legal-s0", "medical-s1"} and set(b.holdings()) == {"legal-s0", "medical-s1"}
+        got = c.step(0)  # b's round-0 inventory: medical only (legal came to b in round 0)
+        assert [(e["via"], e["id"], e["accepted"]) for e in got["events"]] == [("pull", "medical-s1", True)]
+        with pytest.raises(TransferError, match=r"has no plasmid .legal-s0. \(it offers: medical-s1\)"):  # nor fetched
+            fetch(b.address, "legal-s0", tmp_path / "x")
+        assert [(e["id"], e["accepted"]) for e in c.step(1)["events"]] == [("legal-s0", True)]  # next round: it hops
+        assert set(c.holdings()) == {"legal-s0", "medical-s1"}
+    finally:
+        for agent in (a, b, c):
+            agent.stop(0)
+
+
+def test_the_same_seed_gives_the_same_rounds(pool, tmp_path):
+    """Two `plora swarm net` runs (real agent processes, a round's contacts at once) with one seed: the same per-round
+    accepted counts, offers and coverage, whatever order each round's contacts ran in."""
+    from plora.swarm.net import NetConfig, run_swarm_net
+
+    runs = []
+    for run in ("1", "2"):
+        cfg = NetConfig(agents=5, rounds=4, graph_p=0.6, security=True, trojan_rate=0.2, seed=5,
+                        report_dir=str(tmp_path / run), policy_file=str(cheap_policy(tmp_path / "p.json")),
+                        pool_dir=str(pool), work_dir=str(tmp_path / f"work{run}"), progress=False)
+        rounds = run_swarm_net(cfg)["rounds"]
+        runs.append([(r["round"], r["accepted"], r["offers"], r["coverage"]) for r in rounds])
+    assert runs[0] == runs[1]
+    assert sum(r[1] for r in runs[0]) > 0
+
+
 class SharedClock:
     """A clock the agents share: a round starts when every agent has reached it (no wall-clock guess in the test)."""
 

@@ -46,7 +46,8 @@ def test_ray_actors_give_the_process_drivers_coverage_and_gate_totals(
         "offers",
     ):
         assert onray["final"][key] == procs["final"][key], key
-    assert [r["coverage"] for r in onray["rounds"]] == [r["coverage"] for r in procs["rounds"]]
+    for key in ("coverage", "accepted", "offers"):  # round by round: a round's concurrent contacts are order-free
+        assert [r[key] for r in onray["rounds"]] == [r[key] for r in procs["rounds"]], key
     assert onray["meta"]["flags"] == procs["meta"]["flags"] and onray["meta"]["pool"] == procs["meta"]["pool"]
     extra = onray["meta"]["extra"]
     assert extra["driver"] == "ray" and procs["meta"]["extra"]["driver"] == "processes"

@@ -133,14 +133,26 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
         self.fetches_served = 0
 
     def inventory(self) -> pb2.Inventory:
-        entries = sorted(self.index.refresh().values(), key=lambda e: e.id)[: self.limits.max_inventory_entries]
+        entries = sorted(self.listed().values(), key=lambda e: e.id)[: self.limits.max_inventory_entries]
         refs = []
         if self.revocations is not None:
-            for rid in self.revocations.ids()[: self.limits.max_revocations]:
+            for rid in self.revocation_ids()[: self.limits.max_revocations]:
                 data = self.revocations.envelope(rid)
                 if data is not None:
                     refs.append(pb2.RevocationRef(id=rid, size=len(data)))
         return pb2.Inventory(entries=[e.to_proto() for e in entries], agent=self.advertise, revocations=refs)
+
+    def listed(self) -> dict[str, Entry]:
+        """The plasmids inventories list and Fetch serves: every one held (an agent narrows it to its round's)."""
+        return self.index.refresh()
+
+    def serves(self, entry: Entry) -> bool:
+        """Whether Fetch hands ``entry`` out (an agent: only what it held when the round began)."""
+        return True
+
+    def revocation_ids(self) -> list[str]:
+        """The revocations inventories list: every one held (an agent: those it held when the round began)."""
+        return self.revocations.ids() if self.revocations is not None else []
 
     def GetRevocations(self, request: pb2.RevocationRequest, context: grpc.ServicerContext) -> pb2.RevocationSet:
         """The envelopes of the revocations asked for that this server holds (unknown ids are skipped)."""
@@ -168,6 +180,8 @@ class PlasmidServicer(pb2_grpc.PlasmidExchangeServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if entry is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no plasmid {request.id!r} here")
+        if not self.serves(entry):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{entry.id} arrived here this round: served from the next one")
         if request.sha256 and request.sha256 != entry.manifest.artifact.sha256:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{request.id} here has artifact {entry.manifest.artifact.sha256[:12]}, not the one asked")

@@ -18,7 +18,9 @@ inventory, fetch what this agent lacks, at most ``max_per_contact``), then PUSH 
 inventory; the peer fetches what it lacks from this agent's server). Every fetch, pulled or pushed, goes through
 :func:`plora.grpc.client.fetch`: staged in a hidden folder of the store, hashed while received, signatures checked
 against the agent's keyring, screened by the agent's gate, renamed into ``root/<id>`` only when accepted. A refused
-(id, sha256) is remembered and not fetched again.
+(id, sha256) is remembered and not fetched again. Within round r an agent serves (lists, and lets peers fetch) only
+what it held when the round began (:mod:`plora.swarm.agent_round`): what it receives in round r is passed on from
+round r+1, as in the Swarm Sim v2 engine, whatever order the round's concurrent contacts run in.
 
 Gate verdicts go through the swarm's one verdict cache (:class:`plora.swarm.verdicts.VerdictCache`, shared with Swarm
 Sim v2): one plasmid costs one screen per policy, whoever screens it first (the simulation, or any agent), and an
@@ -47,11 +49,12 @@ from plora.errors import TransferError
 from plora.fsio import atomic_write_json
 from plora.grpc.checks import Check, format_reason, reason_code, signature_check
 from plora.grpc.client import RemoteEntry, fetch, open_channel
-from plora.grpc.index import PlasmidIndex
+from plora.grpc.index import Entry, PlasmidIndex
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidServicer, format_address, peer_ip
 from plora.swarm.agent_recall import AgentRecall
+from plora.swarm.agent_round import RoundSnapshot
 from plora.swarm.verdicts import VerdictCache
 
 STEP_TOKEN_HEADER = "plora-step-token"  # gRPC metadata key of a Step call's token
@@ -120,6 +123,21 @@ class AgentServicer(PlasmidServicer):
         super().__init__(index, limits)
         self.agent = agent
 
+    # a round is served from the agent's snapshot of it (plora.swarm.agent_round)
+    def listed(self) -> dict[str, Entry]:
+        return {i: e for i, e in super().listed().items() if self.serves(e)}
+
+    def serves(self, entry: Entry) -> bool:
+        return self.agent.snapshot.serves(entry.id, entry.manifest.artifact.sha256)
+
+    def revocation_ids(self) -> list[str]:
+        return [rid for rid in super().revocation_ids() if self.agent.snapshot.lists(rid)]
+
+    def GetInventory(self, request: pb2.InventoryRequest, context: grpc.ServicerContext) -> pb2.Inventory:
+        if request.HasField("round"):
+            self.agent.begin_round(int(request.round))
+        return super().GetInventory(request, context)
+
     def Offer(self, request: pb2.OfferRequest, context: grpc.ServicerContext) -> pb2.OfferReply:
         inv = request.inventory
         try:
@@ -135,6 +153,7 @@ class AgentServicer(PlasmidServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"an offer must advertise the caller's own IP address ({sender or 'unknown'}), "
                           f"got {inv.agent[:100]!r}")
+        self.agent.begin_round(int(request.round))  # before anything of this round arrives here
         # the sender's revocations first (they may revoke what it offers), then its plasmids
         self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
                                            int(request.round), self.limits, self.agent.index)
@@ -157,8 +176,12 @@ class AgentServicer(PlasmidServicer):
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "Step needs the token of the coordinator that started "
                                                              "this agent")
+        if not request.collect:
+            self.agent.begin_round(int(request.round))
         for data in request.revocations:  # issued at this agent by the swarm operator: verified like any other
-            self.agent.recall.apply(bytes(data), int(request.round), "operator", self.agent.index)
+            receipt = self.agent.recall.apply(bytes(data), int(request.round), "operator", self.agent.index)
+            if receipt is not None and receipt.ok and receipt.id is not None:
+                self.agent.snapshot.add_revocation(receipt.id)  # issued before its contact: served this round
         record = self.agent.collect(int(request.round)) if request.collect else self.agent.step(int(request.round))
         return pb2.StepReply(json=json.dumps(record))
 
@@ -197,6 +220,12 @@ class Agent:
         self._channels: dict[str, grpc.Channel] = {}
         self.refused: set[tuple[str, str]] = set()
         self._events: list[dict[str, Any]] = []
+        self.snapshot = RoundSnapshot()  # what this agent serves during the current round
+
+    def begin_round(self, round_: int) -> None:
+        """Freeze what this agent serves in ``round_`` at its first sight of that round (no-op afterwards)."""
+        held = self.servicer.revocations  # all held (the servicer's revocation_ids() reads the snapshot: its lock)
+        self.snapshot.begin(round_, lambda: (self.holdings(), held.ids() if held is not None else []))
 
     def peers(self) -> list[str]:
         if self.cfg.peers_file and not self.cfg.peers:
@@ -257,6 +286,7 @@ class Agent:
 
     def step(self, round_: int) -> dict[str, Any]:
         """One gossip round: contact one random peer, pull then push. Never raises for a dead or bad peer."""
+        self.begin_round(round_)
         rng = random.Random(f"{self.cfg.seed}:{self.name}:{round_}")
         peers = self.peers()
         peer = rng.choice(peers) if peers else None
@@ -266,13 +296,13 @@ class Agent:
             stub = pb2_grpc.PlasmidExchangeStub(self._channel(peer))
             inv, relist = None, False
             try:
-                inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                inv = stub.GetInventory(pb2.InventoryRequest(round=round_), timeout=self.limits.inventory_timeout_s)
                 inventory_bytes += inv.ByteSize()
                 # revocations ahead of plasmids: take the peer's first; if it lacks some of ours, push first (it
                 # takes ours from the Offer) and list its inventory again before pulling
                 self.recall.take_revocations(self._channel(peer), peer, list(inv.revocations), round_, self.limits,
                                              self.index)
-                relist = self.recall.obey and not set(self.recall.store.ids()) <= {r.id for r in inv.revocations}
+                relist = self.recall.obey and not set(self.servicer.revocation_ids()) <= {r.id for r in inv.revocations}
                 if not relist:
                     self._pull(peer, inv, round_)
             except grpc.RpcError as err:
@@ -285,7 +315,8 @@ class Agent:
                 errors.append(f"push {peer}: {err.code().name}: {err.details()}")
             if relist:
                 try:
-                    inv = stub.GetInventory(pb2.InventoryRequest(), timeout=self.limits.inventory_timeout_s)
+                    inv = stub.GetInventory(pb2.InventoryRequest(round=round_),
+                                            timeout=self.limits.inventory_timeout_s)
                     inventory_bytes += inv.ByteSize()
                     self._pull(peer, inv, round_)
                 except grpc.RpcError as err:

@@ -23,7 +23,9 @@ What the coordinator does (``plora swarm net``), with the same flags and seed as
    Each takes Step calls only with this run's random token (handed over in a mode 0600 file) and stops by itself
    once the coordinator is gone, even killed with SIGKILL.
 4. rounds: the coordinator calls Step(r) on every agent at once and waits for all (a barrier); each agent contacts
-   one random neighbour, pulls, then pushes. A second Step(collect) gathers what arrived late in the round. An agent
+   one random neighbour, pulls, then pushes, serving only what it held when round r began (plora.swarm.agent_round:
+   what arrives in round r is passed on from r+1, as in the sim), so the contacts' order changes nothing and a seed
+   gives the same rounds on both drivers. A second Step(collect) gathers what arrived late in the round. An agent
    that dies is reported and the others carry on. The run stops early once no live edge can carry anything (every
    agent holds or has refused what its neighbours hold). Then it writes the report with the Swarm Sim v2 schema.
 
