@@ -123,6 +123,29 @@ def test_a_plasmid_received_in_a_round_is_passed_on_from_the_next_round(tmp_path
             agent.stop(0)
 
 
+def test_a_peer_cannot_freeze_what_an_agent_serves_with_a_made_up_round(tmp_path):
+    """GetInventory carries the asking round; a peer may open only the round after the agent's own last one."""
+    from plora.grpc.proto import pb2, pb2_grpc
+
+    craft(tmp_path / "a", "legal-s0", seed=0)
+    a = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "a", name="a", security=False))
+    try:
+        stub = pb2_grpc.PlasmidExchangeStub(a._channel(a.address))
+
+        def ids(round_: int) -> list[str]:
+            return sorted(e.id for e in stub.GetInventory(pb2.InventoryRequest(round=round_), timeout=30).entries)
+
+        assert ids(2**32 - 1) == ["legal-s0"]
+        craft(tmp_path / "a", "medical-s1", domain="medical", seed=1)  # arrives later: served, nothing was frozen
+        assert ids(2**32 - 1) == ["legal-s0", "medical-s1"]
+        a.step(0)
+        assert ids(1) == ["legal-s0", "medical-s1"]  # the next round: a peer may open it (frozen now)
+        craft(tmp_path / "a", "science-s2", domain="science", seed=2)
+        assert ids(1) == ids(2) == ["legal-s0", "medical-s1"]  # round 2 is not the peer's to open
+    finally:
+        a.stop(0)
+
+
 def test_the_same_seed_gives_the_same_rounds(pool, tmp_path):
     """Two `plora swarm net` runs (real agent processes, a round's contacts at once) with one seed: the same per-round
     accepted counts, offers and coverage, whatever order each round's contacts ran in."""

@@ -135,7 +135,7 @@ class AgentServicer(PlasmidServicer):
 
     def GetInventory(self, request: pb2.InventoryRequest, context: grpc.ServicerContext) -> pb2.Inventory:
         if request.HasField("round"):
-            self.agent.begin_round(int(request.round))
+            self.agent.begin_round(int(request.round), by_peer=True)
         return super().GetInventory(request, context)
 
     def Offer(self, request: pb2.OfferRequest, context: grpc.ServicerContext) -> pb2.OfferReply:
@@ -153,7 +153,7 @@ class AgentServicer(PlasmidServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"an offer must advertise the caller's own IP address ({sender or 'unknown'}), "
                           f"got {inv.agent[:100]!r}")
-        self.agent.begin_round(int(request.round))  # before anything of this round arrives here
+        self.agent.begin_round(int(request.round), by_peer=True)  # before anything of this round arrives here
         # the sender's revocations first (they may revoke what it offers), then its plasmids
         self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
                                            int(request.round), self.limits, self.agent.index)
@@ -221,9 +221,14 @@ class Agent:
         self.refused: set[tuple[str, str]] = set()
         self._events: list[dict[str, Any]] = []
         self.snapshot = RoundSnapshot()  # what this agent serves during the current round
+        self._stepped: int | None = None  # the last round this agent stepped itself (Step or its own timer)
 
-    def begin_round(self, round_: int) -> None:
-        """Freeze what this agent serves in ``round_`` at its first sight of that round (no-op afterwards)."""
+    def begin_round(self, round_: int, by_peer: bool = False) -> None:
+        """Freeze what this agent serves in ``round_`` at its first sight of that round (no-op afterwards). A peer
+        (GetInventory, Offer) may only open the round after the last one this agent stepped itself: a round number
+        it makes up (2**32 - 1) must not freeze what the agent serves until its own rounds catch up."""
+        if by_peer and round_ > (self._stepped if self._stepped is not None else 0) + 1:
+            return
         held = self.servicer.revocations  # all held (the servicer's revocation_ids() reads the snapshot: its lock)
         self.snapshot.begin(round_, lambda: (self.holdings(), held.ids() if held is not None else []))
 
@@ -286,6 +291,7 @@ class Agent:
 
     def step(self, round_: int) -> dict[str, Any]:
         """One gossip round: contact one random peer, pull then push. Never raises for a dead or bad peer."""
+        self._stepped = round_ if self._stepped is None else max(self._stepped, round_)
         self.begin_round(round_)
         rng = random.Random(f"{self.cfg.seed}:{self.name}:{round_}")
         peers = self.peers()
