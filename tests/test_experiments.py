@@ -353,6 +353,13 @@ def test_value_add_cells_give_the_same_records_in_worker_processes(tmp_path):
                                                                           "cell|arithmetic|r4|attention|s42"]
     assert [measured(r) for r in inline] == [measured(r) for r in workers]
     assert (tmp_path / "workers" / "value_add.jsonl").read_text().count("\n") == 2
+    # every statistic can be re-derived from the per-item scores written beside the cell's plasmids
+    for rec in inline:
+        scores = np.load(rec["items_file"])
+        for question, block in rec["questions"].items():
+            diff = scores[f"{question}/base/nll"] - scores[f"{question}/trained/nll"]
+            assert len(scores[f"{question}/questions"]) == len(diff) == block["n"]
+            assert diff.mean() == pytest.approx(block["statistics"]["trained_vs_base"]["nll"]["mean_diff"], rel=1e-9)
 
 
 def _value_add_cli(capsys, *args: str) -> tuple[int, str]:

@@ -74,6 +74,27 @@ class Scores:
         return {names[k]: (float(v.mean()) if v.size else None) for k, v in self.values.items()}
 
 
+ITEMS_FILE = "items.npz"  # per cell, beside its plasmids: every arm's per-item scores, to re-derive any statistic
+
+
+def write_item_scores(path: Path, arms: dict[str, dict[str, Scores]], items: dict[str, list[Any]]) -> Path:
+    """Every item's score per question, arm and metric (``<question>/<arm>/<metric>`` float arrays, in the order of
+    ``<question>/questions``), written atomically; read back with ``numpy.load(path)`` (no pickle needed)."""
+    import io
+
+    from plora.fsio import atomic_write_bytes
+
+    arrays: dict[str, np.ndarray] = {}
+    for question, by_arm in arms.items():
+        arrays[f"{question}/questions"] = np.array([qa.question for qa in items[question]], dtype=np.str_)
+        for arm, scores in by_arm.items():
+            for metric, values in scores.values.items():
+                arrays[f"{question}/{arm}/{metric}"] = np.asarray(values, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def paired_statistics(
     arms: dict[str, Scores], comparisons: dict[str, tuple[str, str]], seed: int, n_resamples: int
 ) -> dict[str, dict[str, Any]]:
@@ -239,6 +260,8 @@ class CellRunner:
             q: question_block({a: arms[a][q] for a in ARMS}, COMPARISONS, seed, self.cfg.n_resamples) for q in QUESTIONS
         }
         recall = {"n": len(train), "metrics": {"trained": arms["trained"]["recall"].summary()}}
+        items_file = write_item_scores(stem / ITEMS_FILE, {q: {a: arms[a][q] for a in ARMS} for q in QUESTIONS},
+                                       {"knowledge": knowledge, "skill": base.skill_items})
         return {
             "kind": "cell",
             "key": cell_key("cell", domain, rank, scheme, seed),
@@ -250,6 +273,7 @@ class CellRunner:
             "latency": latency,
             "cross_domain": self._cross_domain(domain, folders["trained"]),
             "plasmids": {name: str(folder) for name, folder in folders.items()},
+            "items_file": str(items_file),
             "seconds": round(time.perf_counter() - t0, 2),
             "seconds_training": round(trained_at - t0, 2),
         }
