@@ -91,7 +91,8 @@ def write_item_scores(path: Path, arms: dict[str, dict[str, Scores]], items: dic
             for metric, values in scores.values.items():
                 arrays[f"{question}/{arm}/{metric}"] = np.asarray(values, dtype=np.float64)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    savez: Any = np.savez_compressed  # its stub types **kwds as if one could be allow_pickle
+    savez(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
