@@ -271,9 +271,10 @@ def write_forest_plot(path: str | os.PathLike[str], records: list[dict[str, Any]
         fontsize=7,
     )
     axes[0].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()  # one legend above the panels: never over a cell's bars
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("Value-add: trained plasmid vs placebos")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
