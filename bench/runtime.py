@@ -12,8 +12,11 @@ them alike, with Python's garbage collector paused as ``timeit`` does:
 * plora merged:  ``inject(model, folder, mode="merged")`` + ``remove`` (backup, fused add, ``copy_`` restore)
 * PEFT load_adapter + delete_adapter on a PeftModel that already holds one adapter
 * PEFT ``PeftModel.from_pretrained`` + ``unload``
-* floor: copy the touched weights out and back (the least an exact merged swap must move), the same plus reading
-  the file, and reading the file alone
+* floor: copy the touched weights out into buffers allocated once before timing, and back (the least an exact merged
+  swap must move, without paying for fresh memory), the same plus reading the file, and reading the file alone
+
+Minor page faults per round (``ru_minflt``) are recorded for every path, and the run checks that the floor is not
+slower than floor + file read (a baseline doing less work must not cost more).
 
 Goals: side >= 20x faster than PEFT's fastest path; merged within 2x of the floor; both exact (logits within 1e-5 of
 PEFT's unmerged forward; weights digest unchanged after all the rounds).
@@ -27,6 +30,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -155,9 +159,14 @@ def bench_model(name: str, repeats: int, rank: int, seed: int) -> dict | None:
         def peft_from_pretrained_unload():
             unloaded[0] = PeftModel.from_pretrained(unloaded[0], str(raw)).unload()
 
+        # Backup buffers are allocated once, outside the timed region: cloning ~100 MB per round would mostly time
+        # the kernel's page faults on fresh memory, not the copy an exact merged swap needs.
+        backups = [torch.empty_like(w) for w in touched]
+
         def floor():
             with torch.no_grad():
-                backups = [w.detach().clone() for w in touched]
+                for w, b in zip(touched, backups, strict=True):
+                    b.copy_(w)
                 for w, b in zip(touched, backups, strict=True):
                     w.copy_(b)
 
@@ -175,22 +184,28 @@ def bench_model(name: str, repeats: int, rank: int, seed: int) -> dict | None:
             "read adapter file only": lambda: load_file(str(plasmid / "adapter_model.safetensors")),
         }
         samples: dict[str, list[float]] = {k: [] for k in paths}
+        faults: dict[str, list[int]] = {k: [] for k in paths}  # minor page faults per round (ru_minflt)
         gc.collect()
         gc.disable()  # as timeit does: a collection landing in one path's round would be charged to that path
         try:
             with torch.no_grad():
                 for i in range(repeats + 3):
                     for label, fn in paths.items():
+                        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                         t = time.perf_counter()
                         fn()
+                        dt = (time.perf_counter() - t) * 1e3
+                        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                         if i >= 3:
-                            samples[label].append((time.perf_counter() - t) * 1e3)
+                            samples[label].append(dt)
+                            faults[label].append(f1 - f0)
         finally:
             gc.enable()
         exact = weights_digest(model) == digest
     med = {k: statistics.median(v) for k, v in samples.items()}
     low = {k: min(v) for k, v in samples.items()}
     p90 = {k: sorted(v)[int(0.9 * len(v))] for k, v in samples.items()}
+    minflt = {k: statistics.median(v) for k, v in faults.items()}
     peft_best = min(med["PEFT load_adapter + delete_adapter"], med["PEFT from_pretrained + unload"])
     side_x = peft_best / med["plora side: inject + remove"]
     merged_vs_floor = med["plora merged: inject + remove"] / med["floor: touched weights copied out + back"]
@@ -207,12 +222,24 @@ def bench_model(name: str, repeats: int, rank: int, seed: int) -> dict | None:
         f"touched weights {touched_mb:.2f} MB"
     )
     print(f"first inject+remove in this process (cold, manifest parsed): {cold_ms:.2f} ms\n")
-    print("| path (every round reads the adapter file) | median ms | min ms | p90 ms | PEFT fastest / this (median) |")
-    print("|---|---:|---:|---:|---:|")
-    for label in paths:
-        print(f"| {label} | {med[label]:.3f} | {low[label]:.3f} | {p90[label]:.3f} | {peft_best / med[label]:.1f}x |")
     print(
-        f"\nside mode vs PEFT's fastest: {side_x:.1f}x faster by medians, {side_x_min:.1f}x by minima "
+        "| path (every round reads the adapter file) | median ms | min ms | p90 ms | minor faults/round (median) "
+        "| PEFT fastest / this (median) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for label in paths:
+        print(
+            f"| {label} | {med[label]:.3f} | {low[label]:.3f} | {p90[label]:.3f} | {minflt[label]:.0f} "
+            f"| {peft_best / med[label]:.1f}x |"
+        )
+    floor_sane = med["floor: touched weights copied out + back"] <= med["floor + reading the adapter file"]
+    print(
+        f"\nsanity: floor {med['floor: touched weights copied out + back']:.3f} ms <= floor + file read "
+        f"{med['floor + reading the adapter file']:.3f} ms: "
+        + ("ok" if floor_sane else "FAILED (the baseline is not measuring what it claims; do not trust its ratios)")
+    )
+    print(
+        f"side mode vs PEFT's fastest: {side_x:.1f}x faster by medians, {side_x_min:.1f}x by minima "
         f"(goal >= 20x: {'met' if side_x >= 20 else 'NOT met'}); merged / floor: {merged_vs_floor:.2f}x "
         f"(goal <= 2x: {'met' if merged_vs_floor <= 2 else 'NOT met'}), merged / (floor + file read): "
         f"{merged_vs_floor_read:.2f}x"
@@ -234,6 +261,8 @@ def bench_model(name: str, repeats: int, rank: int, seed: int) -> dict | None:
         "median_ms": med,
         "min_ms": low,
         "p90_ms": p90,
+        "minor_faults_per_round_median": minflt,
+        "floor_not_above_floor_and_read": floor_sane,
         "side_speedup_vs_peft_fastest": side_x,
         "side_speedup_by_minima": side_x_min,
         "merged_over_floor": merged_vs_floor,
