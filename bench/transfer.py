@@ -12,13 +12,17 @@ before them; the client process alternates one raw copy and one fetch (the same 
 shared VM both drift with load), and its peak RSS growth shows what a fetch holds (neither side may hold the whole
 artifact). The fetch is what ``plora fetch`` does: header over gRPC, bytes into a staging folder with sha256 computed
 while receiving (a second thread), write (+ fsync), size and hash compared with the manifest, the Ed25519 signature
-checked against a keyring, rename into place. The raw copy receives the same bytes over a plain TCP socket into a
-reused buffer (no hashing, no writing): the ceiling of Python on this loopback.
+checked against a keyring, rename into place. Three raw arms receive the same bytes over a plain TCP socket into a
+reused buffer, in the same client process, round-robin with the fetch: "raw" (no hashing, no writing: the ceiling of
+Python on this loopback), "raw + SHA-256" (hashing each chunk as it arrives) and "raw + SHA-256 + write" (also
+writing it to a file in the destination, fsync'd when the row's fetch fsyncs). The last is the least a verified
+fetch must do, in one thread; the fetch is reported against all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -111,18 +115,39 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def raw_copy(port: int, size: int, chunk: int) -> dict:
+RAW_ARMS = ("raw", "raw + SHA-256", "raw + SHA-256 + write")
+
+
+def raw_copy(port: int, size: int, chunk: int, sha: bool = False, write_to: Path | None = None,
+             fsync: bool = False) -> dict:
+    """Receive the bytes into a reused buffer; optionally hash each chunk and write it to ``write_to``."""
     buf = bytearray(chunk)
+    view = memoryview(buf)
+    h = hashlib.sha256() if sha else None
     c0 = cpu_s()
     t0 = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"G")
-        got = 0
-        while n := s.recv_into(buf):
-            got += n
+    fh = open(write_to, "wb", buffering=0) if write_to is not None else None  # noqa: SIM115 - closed below
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"G")
+            got = 0
+            while n := s.recv_into(buf):
+                got += n
+                if h is not None:
+                    h.update(view[:n])
+                if fh is not None:
+                    fh.write(view[:n])
+        if fh is not None and fsync:
+            os.fsync(fh.fileno())
+    finally:
+        if fh is not None:
+            fh.close()
+    seconds = time.perf_counter() - t0
+    if write_to is not None:
+        write_to.unlink()
     if got != size:
         raise SystemExit(f"raw copy got {got} of {size} bytes")
-    return {"seconds": time.perf_counter() - t0, "bytes": got, "cpu_s": cpu_s() - c0}
+    return {"seconds": seconds, "bytes": got, "cpu_s": cpu_s() - c0}
 
 
 def client(addr: str, raw_port: int, size: int, dest: str, chunk: int, repeats: int, keys: str | None, bulk: bool,
@@ -136,10 +161,14 @@ def client(addr: str, raw_port: int, size: int, dest: str, chunk: int, repeats: 
     checks = [signature_check([keys])] if keys else []
     limits = Limits(chunk_bytes=chunk, bulk=bulk, fsync=fsync)
     base = rss_bytes()
-    runs, raws = [], []
+    runs: list[dict] = []
+    raws: dict[str, list[dict]] = {arm: [] for arm in RAW_ARMS}
     for i in range(repeats + 1):  # the first round warms up (imports, connection) and is not counted
         shutil.rmtree(Path(dest) / "bulk", ignore_errors=True)
-        raw = raw_copy(raw_port, size, chunk)
+        raw = {"raw": raw_copy(raw_port, size, chunk),
+               "raw + SHA-256": raw_copy(raw_port, size, chunk, sha=True),
+               "raw + SHA-256 + write": raw_copy(raw_port, size, chunk, sha=True, write_to=Path(dest) / "raw.bin",
+                                                 fsync=fsync)}
         c0 = cpu_s()
         t0 = time.perf_counter()
         r = fetch(addr, "bulk", dest, checks=checks, limits=limits)
@@ -150,7 +179,8 @@ def client(addr: str, raw_port: int, size: int, dest: str, chunk: int, repeats: 
         if i:
             runs.append({"seconds": total, "receive_s": r.receive_s, "check_s": r.check_s, "bytes": r.size,
                          "cpu_s": cpu})
-            raws.append(raw)
+            for arm in RAW_ARMS:
+                raws[arm].append(raw[arm])
     print(json.dumps({"runs": runs, "raw_runs": raws, "peak_growth": peak_rss_bytes() - base,
                       "verified_signature": bool(keys)}))
 
@@ -202,6 +232,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="plora-bench-transfer-"))
     try:
         folder, keys = make_plasmid(work / "root", a.size_mb)
@@ -222,18 +253,24 @@ def main() -> None:
                     "addr": f"127.0.0.1:{gport}", "raw_port": port, "size": size, "dest": str(work / "dest"),
                     "chunk": chunk, "repeats": a.repeats, "keys": str(keys) if keys else None, "bulk": bulk,
                     "fsync": fsync})
-                raw = fetched["raw_runs"]
+                raws = fetched["raw_runs"]
+                fetch_mbps = _mbps(fetched["runs"])
                 rows.append({
                     "chunk_bytes": chunk, "mode": label, "artifact_bytes": size,
-                    "raw_MBps": _mbps(raw), "fetch_MBps": _mbps(fetched["runs"]),
+                    "raw_MBps": _mbps(raws["raw"]), "raw_sha_MBps": _mbps(raws["raw + SHA-256"]),
+                    "raw_sha_write_MBps": _mbps(raws["raw + SHA-256 + write"]), "raw_write_fsync": fsync,
+                    "fetch_MBps": fetch_mbps,
                     "fetch_best_MBps": max(r["bytes"] / r["seconds"] / 1e6 for r in fetched["runs"]),
-                    "client_cpu_ms": {"raw": 1e3 * statistics.median(r["cpu_s"] for r in raw),
+                    "client_cpu_ms": {**{arm: 1e3 * statistics.median(r["cpu_s"] for r in raws[arm])
+                                         for arm in RAW_ARMS},
                                       "fetch": 1e3 * statistics.median(r["cpu_s"] for r in fetched["runs"])},
-                    "ratio": _mbps(fetched["runs"]) / _mbps(raw),
+                    "ratio": fetch_mbps / _mbps(raws["raw"]),
+                    "ratio_vs_raw_sha": fetch_mbps / _mbps(raws["raw + SHA-256"]),
+                    "ratio_vs_raw_sha_write": fetch_mbps / _mbps(raws["raw + SHA-256 + write"]),
                     "disk_write_fsync_MBps": _mbps(disk["runs"]),
                     "verified_signature": fetched["verified_signature"],
                     "peak_MB": {"fetch_client": fetched["peak_growth"] / 1e6},
-                    "raw_runs": raw, "fetch_runs": fetched["runs"],
+                    "raw_runs": raws, "fetch_runs": fetched["runs"],
                 })
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(b"Q")
@@ -245,24 +282,38 @@ def main() -> None:
                     row["peak_MB"]["raw_server"] = raw_srv_mem["peak_growth"] / 1e6
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "load_avg_1m": os.getloadavg()[0]}
+    import grpc
+    from machine_info import cpu_model
+
+    load_end = os.getloadavg()
+    machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+               "python": platform.python_version(), "grpcio": grpc.__version__,
+               "load_avg_start": list(load_start), "load_avg_end": list(load_end)}
     table = Table(title=f"fetch of a {size / 1e6:.1f} MB plasmid over loopback (median of {a.repeats})")
-    for col in ("chunk", "path", "raw copy MB/s", "fetch MB/s", "fetch/raw", "best fetch MB/s",
-                "client CPU ms raw / fetch", "peak MB gRPC server / fetch client", "raw server peak MB"):
+    for col in ("chunk", "path", "raw / +SHA / +SHA+write MB/s", "fetch MB/s",
+                "fetch / raw, / +SHA, / +SHA+write", "best fetch MB/s", "client CPU ms raw / +SHA / +SHA+write / fetch",
+                "peak MB gRPC server / fetch client", "raw server peak MB"):
         table.add_column(col, justify="right")
     for r in rows:
         p = r["peak_MB"]
-        table.add_row(f"{r['chunk_bytes'] // 1024} KiB", r["mode"], f"{r['raw_MBps']:.0f}", f"{r['fetch_MBps']:.0f}",
-                      f"{r['ratio']:.0%}", f"{r['fetch_best_MBps']:.0f}",
-                      f"{r['client_cpu_ms']['raw']:.0f} / {r['client_cpu_ms']['fetch']:.0f}",
+        cpu = r["client_cpu_ms"]
+        table.add_row(f"{r['chunk_bytes'] // 1024} KiB", r["mode"],
+                      f"{r['raw_MBps']:.0f} / {r['raw_sha_MBps']:.0f} / {r['raw_sha_write_MBps']:.0f}",
+                      f"{r['fetch_MBps']:.0f}",
+                      f"{r['ratio']:.0%} / {r['ratio_vs_raw_sha']:.0%} / {r['ratio_vs_raw_sha_write']:.0%}",
+                      f"{r['fetch_best_MBps']:.0f}",
+                      " / ".join(f"{cpu[k]:.0f}" for k in (*RAW_ARMS, "fetch")),
                       f"{p['grpc_server']:.1f} / {p['fetch_client']:.1f}", f"{p['raw_server']:.1f}")
     console = Console(width=180)
     console.print(table)
     console.print(f"disk: write + fsync of the same bytes from memory {_mbps(disk['runs']):.0f} MB/s (the ceiling of "
                   f"a durable fetch); fetch = stream + sha256 while receiving + write + size/hash check"
                   + (" + Ed25519 signature check" if keys else "") + " + rename")
-    console.print(f"machine: {machine['cpus']} cpus, {machine['platform']}, load {machine['load_avg_1m']:.2f}")
+    console.print("raw + SHA-256 + write fsyncs in the fsync rows, not in the page-cache rows; all raw arms "
+                  "single-threaded in the fetch client's process, round-robin with its fetches")
+    console.print(f"machine: {machine['cpu']}, {machine['cpus']} cpus, {machine['platform']}, python "
+                  f"{machine['python']}, grpcio {machine['grpcio']}; load average at start "
+                  + " / ".join(f"{x:.2f}" for x in load_start) + ", at end " + " / ".join(f"{x:.2f}" for x in load_end))
     out = Path(a.out)
     from plora.fsio import atomic_write_json
 
