@@ -15,7 +15,6 @@ plora-tiny <= 5 s, SmolLM2 <= 60 s per plasmid on one core.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import Parser, model_list, positive_int
 from machine_info import cpu_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,10 +87,10 @@ def bench(model: str, given: list[str], n: int, work: Path) -> dict[str, object]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="plora-tiny,smollm2-135m")
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=model_list(), default="plora-tiny,smollm2-135m")
     ap.add_argument("--plasmids", default="", help="comma-separated plasmid folders (one base) instead of training")
-    ap.add_argument("--n", type=int, default=3, help="plasmids trained per base when none are given")
+    ap.add_argument("--n", type=positive_int, default=3, help="plasmids trained per base when none are given")
     ap.add_argument("--out", default="results/probe_bench.json")
     args = ap.parse_args()
     given = [p for p in args.plasmids.split(",") if p]
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.1f} at start")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in [m for m in args.models.split(",") if m]:
+        for model in args.models:
             r = bench(model, given, args.n, Path(tmp))
             results.append(r)
             s = r["summary"]

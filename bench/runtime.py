@@ -24,7 +24,6 @@ PEFT's unmerged forward; weights digest unchanged after all the rounds).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import json
@@ -37,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import Parser, model_list, positive_int
 from machine_info import cpu_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -273,27 +273,28 @@ def bench_model(name: str, repeats: int, rank: int, seed: int) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--models", default="plora-tiny,smollm2-135m", help="comma-separated base names (gpt2-inprocess too)"
+        "--models",
+        type=model_list(("gpt2-inprocess",)),
+        default="plora-tiny,smollm2-135m",
+        help="comma-separated base names (gpt2-inprocess too)",
     )
-    ap.add_argument("--repeats", type=int, default=50, help="timed rounds per path (>= 50 for the reported table)")
-    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument(
+        "--repeats", type=positive_int, default=50, help="timed rounds per path (>= 50 for the reported table)"
+    )
+    ap.add_argument("--rank", type=positive_int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (1: the machine is shared)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
-    for flag, value in (("--repeats", args.repeats), ("--threads", args.threads), ("--rank", args.rank)):
-        if value < 1:
-            print(f"error: {flag} must be at least 1, got {value}", file=sys.stderr)
-            return 2
 
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"# plora runtime bench: machine: {machine()}")
     results = [
-        r for name in args.models.split(",") if (r := bench_model(name.strip(), args.repeats, args.rank, args.seed))
+        r for name in args.models if (r := bench_model(name, args.repeats, args.rank, args.seed))
     ]
     if not results and "gpt2-inprocess" not in args.models:
         print("\nno requested base model could be loaded; falling back to an in-process 256-wide GPT-2")

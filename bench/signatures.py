@@ -17,7 +17,6 @@ Rows (median and 95th percentile of ``--rounds`` timed calls, garbage collector 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -30,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cli_args import Parser, positive_int
 from machine_info import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -71,9 +71,9 @@ def import_ms() -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2000, help="timed calls per measurement")
-    ap.add_argument("--oms-rounds", type=int, default=50, help="timed calls of the model.sig check")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=positive_int, default=2000, help="timed calls per measurement")
+    ap.add_argument("--oms-rounds", type=positive_int, default=50, help="timed calls of the model.sig check")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     from trust_helpers import make_plasmid

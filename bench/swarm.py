@@ -16,7 +16,6 @@ own total. A size that fails or passes ``--timeout`` is reported as such and the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import Parser, positive_float, positive_int_list
 from machine_info import cpu_model
 
 CHILD = r"""
@@ -145,16 +145,20 @@ def machine() -> dict[str, object]:
     }
 
 
+def _sizes(text: str) -> list[int]:
+    return positive_int_list(text, lambda s: int(float(s)))
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6,1e7", help="comma-separated agent counts")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=_sizes, default="1e3,1e4,1e5,1e6,1e7", help="comma-separated agent counts")
     ap.add_argument("--pool", choices=("real", "fixed"), default="real", help="trained pool + real gate, or fixed")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per size before giving up")
+    ap.add_argument("--timeout", type=positive_float, default=900.0, help="seconds per size before giving up")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     ap.add_argument("--recall", action="store_true", help="the revocation scenarios instead (fixed verdicts)")
     ap.add_argument("--today", default=None, help="with --recall: also time the spread with the src/ of this checkout")
     args = ap.parse_args()
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    sizes = args.sizes
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['load_average_1m']} (1 min), "

@@ -13,7 +13,6 @@ The pool is the cached default pool (built on a cold cache first, not timed); ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,17 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import Parser, positive_int, positive_int_csv
 from machine_info import cpu_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--agents", default="100000")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=positive_int_csv, default="100000")
     ap.add_argument("--graph_p", default="0.0001", help="ER edge probability (1e-4 at N = 1e5: mean degree 10)")
     ap.add_argument("--trojan_rate", default="0,0.00001,0.0001,0.001,0.01")
     ap.add_argument("--gate_tpr", default="0.5,0.75,0.875,1")
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes, and Ray's CPUs")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="worker processes, and Ray's CPUs")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     args = ap.parse_args()
 

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import Parser, positive_float, positive_int, positive_int_list
+
 MIB = 1 << 20
 
 
@@ -217,10 +219,11 @@ def _mbps(runs: list[dict]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-mb", type=float, default=50.0)
-    ap.add_argument("--chunk-kib", default="256,1024", help="comma-separated chunk sizes to compare")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mb", type=positive_float, default=50.0)
+    ap.add_argument("--chunk-kib", type=positive_int_list, default="256,1024",
+                    help="comma-separated chunk sizes to compare")
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--out", default="results/transfer.json")
     ap.add_argument("--role", default="main", help=argparse.SUPPRESS)
     ap.add_argument("--args", default="", help=argparse.SUPPRESS)
@@ -243,7 +246,7 @@ def main() -> None:
         modes = [("bulk socket, fsync", True, True), ("bulk socket, page cache", True, False),
                  ("gRPC stream, fsync", False, True), ("gRPC stream, page cache", False, False)]
         disk = _run_role("disk", {"path": str(art), "dest": str(work / "dest"), "repeats": a.repeats})
-        for chunk in [int(c) * 1024 for c in a.chunk_kib.split(",")]:
+        for chunk in [c * 1024 for c in a.chunk_kib]:
             raw_srv = _spawn("--role", "raw-server", "--args", json.dumps({"path": str(art), "chunk": chunk}))
             port = int(raw_srv.stdout.readline())
             g_srv = _spawn("--role", "grpc-server", "--args", json.dumps({"root": str(work / "root"), "chunk": chunk}))
