@@ -3,8 +3,10 @@
     python bench/sweep_backends.py                        # 100 runs at N = 1e5 (5 trojan rates x 4 TPRs x 5 seeds)
     python bench/sweep_backends.py --agents 100000 --jobs 2 --out results/bench_sweep_backends.json
 
-One process, three passes over the same grid, each into a fresh folder (nothing reused): process pool, Ray, process
-pool again (the machine's load drifts; the ratio is Ray over the mean of the two process-pool passes). Ray is started
+One process, an untimed warm-up pass on the process pool (so neither process-pool pass pays for a cold start: first
+imports, page cache, the pool's files), then three timed passes over the same grid, each into a fresh folder (nothing
+reused): process pool, Ray, process pool again (the machine's load drifts; the ratio is Ray over the mean of the two
+timed process-pool passes). Ray is started
 before its pass (``ray.init(num_cpus=jobs)``, timed on its own line), so a pass times what a sweep on a running cluster
 pays: task dispatch, worker start and imports, results back. ``runs`` is run_tasks' wall time; ``sum`` adds up the
 runs' own run_simulation times. The rows of every pass must be identical except their timings, or the bench fails.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -22,6 +25,15 @@ from pathlib import Path
 
 from cli_args import Parser, positive_int, positive_int_csv
 from machine_info import cpu_model
+
+
+def ray_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def main() -> None:
@@ -49,14 +61,25 @@ def main() -> None:
             resume=False,
         )
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} (1 min) at start")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, python {platform.python_version()}, ray {ray_version()}; "
+          f"load {os.getloadavg()[0]:.2f} (1 min) at start")
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         runs = plan_runs(grid(Path(tmp) / "plan"))
         t0 = time.perf_counter()
         prepare_pool(grid(Path(tmp) / "plan"), runs, ExecutorConfig(jobs=args.jobs), progress=True)
         print(f"grid: {len(runs)} runs at N = {args.agents}; pool ready in {time.perf_counter() - t0:.1f} s")
         passes = []
-        for name in ("processes", "ray", "processes"):
+        warmup: dict[str, object] = {}
+        for name in ("warm-up", "processes", "ray", "processes"):
+            if name == "warm-up":  # untimed: the two process-pool passes below then start equally warm
+                executor = ExecutorConfig(jobs=args.jobs)
+                t0 = time.perf_counter()
+                outcome = run_sweep(grid(Path(tmp) / "warm-up"), executor, progress=False)
+                warmup = {"backend": "processes", "runs": len(outcome.rows), "wall_s": time.perf_counter() - t0,
+                          "rows": [{k: v for k, v in r.items() if k != "timings"} for r in outcome.rows]}
+                print(f"   warm-up: {len(outcome.rows)} runs on the process pool in {warmup['wall_s']:.1f} s "
+                      "(not counted)", flush=True)
+                continue
             executor = ExecutorConfig(jobs=args.jobs, ray_address="local" if name == "ray" else None)
             if name == "ray":
                 print(f"ray: local start with {args.jobs} CPUs took {start_local_ray(args.jobs):.1f} s (not counted)")
@@ -80,7 +103,8 @@ def main() -> None:
                 f"{t['run_seconds_sum']:.1f} s), load {load:.2f} before",
                 flush=True,
             )
-    same = all(p["rows"] == passes[0]["rows"] for p in passes)
+    same = all(p["rows"] == passes[0]["rows"] for p in passes) and warmup["rows"] == passes[0]["rows"]
+    warmup.pop("rows")
     proc = (passes[0]["runs_s"] + passes[2]["runs_s"]) / 2
     ratio = passes[1]["runs_s"] / proc
     print(
@@ -97,6 +121,9 @@ def main() -> None:
                 {
                     "cpu": cpu_model(),
                     "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "ray": ray_version(),
+                    "warmup_untimed": warmup,
                     "grid": vars(args),
                     "passes": passes,
                     "ratio": round(ratio, 3),
