@@ -674,7 +674,8 @@ def test_latency_repeats_and_warmup_are_checked_with_one_line_errors(gpt2_setup)
     bench = Path(__file__).resolve().parents[1] / "bench" / "runtime.py"
     for flag in ("--repeats", "--threads", "--rank"):
         done = subprocess.run([sys.executable, str(bench), flag, "0"], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and done.stderr == f"error: {flag} must be at least 1, got 0\n", done.stderr
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and flag in done.stderr, done.stderr
+        assert ">= 1, got 0" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_injections_do_not_share_the_callers_factor_arrays(gpt2_setup):
@@ -704,3 +705,28 @@ def test_injections_do_not_share_the_callers_factor_arrays(gpt2_setup):
         assert _snapshot(base) == alone
         remove(base, h)
     assert _snapshot(base) == clean and _no_hooks(base)
+
+
+def test_merged_swaps_reuse_their_backup_buffers_and_stay_bit_exact(gpt2_setup):
+    """A merged remove keeps the freed backup for the module's next merged inject (fresh pages cost more than the
+    copy); the weights stay bit for bit; release_buffers frees what is kept."""
+    from plora.loader import release_buffers
+    from plora.loader.hotload import _state
+
+    base, _, _, plasmids, _ = gpt2_setup
+    release_buffers(base)
+    before = _snapshot(base)
+    h = inject(base, plasmids[0], mode="merged")
+    st = _state(base)
+    first = {name: stack[-1].backup.data_ptr() for name, stack in st.stacks.items()}
+    remove(base, h)
+    assert _snapshot(base) == before and set(st.spare) == set(first)
+    h = inject(base, plasmids[1], mode="merged", weight=0.5)  # the same modules: their buffers are reused
+    assert {name: stack[-1].backup.data_ptr() for name, stack in st.stacks.items()} == first and not st.spare
+    with_p1 = _snapshot(base)
+    remove(base, h)
+    assert _snapshot(base) == before
+    again = inject(base, plasmids[1], mode="merged", weight=0.5)
+    assert _snapshot(base) == with_p1  # a reused buffer changes nothing in the result
+    remove(base, again)
+    assert release_buffers(base) == len(first) and not st.spare and _snapshot(base) == before

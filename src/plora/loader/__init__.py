@@ -23,6 +23,7 @@ from plora.loader.hotload import (
     inject,
     injected,
     model_digest,
+    release_buffers,
     remove,
     remove_all,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "check_latency_budget",
     "enforce_latency_budget",
     "forget_digest",
+    "release_buffers",
     "inject",
     "injected",
     "measure_inject_remove",
