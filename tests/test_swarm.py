@@ -222,6 +222,11 @@ def test_cli_sim_and_summarise(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     assert len(summary["runs"]) == 2 and {a["security"] for a in summary["aggregates"]} == {True, False}
     assert "coverage_mean" in res.output
+    for _ in range(2):  # the default output lies in the reports folder: a rerun does not read (or list) its own
+        res = runner.invoke(app, ["swarm", "summarise", "--reports", str(tmp_path / "r")])
+        assert res.exit_code == 0, res.output
+        again = json.loads((tmp_path / "r" / "summary_v2.json").read_text())
+        assert again["skipped"] == [] and len(again["runs"]) == 2 and "skipped" not in res.output
 
 
 def test_shim_empty_folder_is_one_line_error(tmp_path: Path) -> None:

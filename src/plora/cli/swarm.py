@@ -65,9 +65,10 @@ def summarise(
     from plora.outputs import check_new_file
     from plora.swarm.summary import format_table, summarise_reports, write_summary
 
-    check_new_file(out or f"{reports}/summary_v2.json")
-    summary = summarise_reports(reports)
-    path = write_summary(summary, out or f"{reports}/summary_v2.json")
+    target = out or f"{reports}/summary_v2.json"
+    check_new_file(target)
+    summary = summarise_reports(reports, exclude=target)
+    path = write_summary(summary, target)
     typer.echo(format_table(summary))
     typer.echo(f"summary: {path}")
 

@@ -15,7 +15,8 @@
     sim-v2       6     0     False ...
 
 Every ``*.json`` under the folder (recursively) whose ``meta.schema`` is the swarm report schema is read; other JSON
-files (a previous summary, gate-eval output) are skipped and listed under ``skipped``. A row per run; aggregates per
+files (another summary, gate-eval output) are skipped and listed under ``skipped``; the summary's own output file
+is not read at all. A row per run; aggregates per
 (engine, security) group: runs, mean final coverage, summed gate counts, and from them the trojan detection rate
 ``rejected_trojan / (rejected_trojan + accepted_trojan)`` and the clean rejection (false-positive) rate
 ``rejected_clean / (rejected_clean + accepted_clean)``, null when there was nothing to count.
@@ -86,13 +87,18 @@ def _recall_columns(recall: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def summarise_reports(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Rows and aggregates for every report under ``folder``; PloraError when there is none."""
+def summarise_reports(folder: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None
+                      ) -> dict[str, Any]:
+    """Rows and aggregates for every report under ``folder``; PloraError when there is none. ``exclude``: a file
+    not read at all (the summary's own output, which a rerun finds in the folder)."""
     root = Path(folder)
     if not root.is_dir():
         raise PloraError(f"--reports {root}: no such folder")
+    own = Path(exclude).resolve() if exclude is not None else None
     rows, skipped = [], []
     for path in sorted(root.rglob("*.json")):
+        if own is not None and path.resolve() == own:
+            continue
         try:
             head = json.loads(path.read_text(encoding="utf-8"))
             is_report = isinstance(head, dict) and isinstance(head.get("meta"), dict)
