@@ -400,6 +400,15 @@ def test_an_offer_may_only_point_back_at_its_sender(tmp_path):
                 stub.Offer(pb2.OfferRequest(inventory=inv, round=1), timeout=30)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, advertised
             assert "caller's own IP address (127.0.0.1)" in err.value.details()
+        # on a shared IP (here loopback) an agent that knows its peers takes only their ports: the decoy's port on
+        # the caller's own IP is refused too
+        agent.cfg.peers = ["127.0.0.1:1", "127.0.0.2:2", "peer-by-name:3"]
+        inv = pb2.Inventory(agent=f"127.0.0.1:{port}", entries=[pb2.InventoryEntry(id="legal", domain="legal",
+                                                                                sha256="a" * 64, size=10)])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Offer(pb2.OfferRequest(inventory=inv, round=1), timeout=30)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "one of this agent's peers there (ports 1)" in err.value.details()
         with pytest.raises(BlockingIOError):
             decoy.accept()  # nobody ever connected to it
         assert agent.collect(1)["events"] == []

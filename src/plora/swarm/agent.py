@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 import random
@@ -55,6 +54,7 @@ from plora.grpc.proto import pb2, pb2_grpc
 from plora.grpc.server import OfferServer, PlasmidServicer, format_address, peer_ip
 from plora.swarm.agent_recall import AgentRecall
 from plora.swarm.agent_round import RoundSnapshot
+from plora.swarm.offer_source import ip_literal, offer_refusal
 from plora.swarm.verdicts import VerdictCache
 
 STEP_TOKEN_HEADER = "plora-step-token"  # gRPC metadata key of a Step call's token
@@ -109,15 +109,6 @@ def build_checks(cfg: AgentConfig) -> list[Check]:
     return checks
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An IP literal (an IPv4-mapped IPv6 address as its IPv4 one), or None for anything else (a name)."""
-    try:
-        ip = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
-
-
 class AgentServicer(PlasmidServicer):
     def __init__(self, agent: Agent, index: PlasmidIndex, limits: Limits) -> None:
         super().__init__(index, limits)
@@ -141,18 +132,14 @@ class AgentServicer(PlasmidServicer):
     def Offer(self, request: pb2.OfferRequest, context: grpc.ServicerContext) -> pb2.OfferReply:
         inv = request.inventory
         try:
-            host, _ = parse_address(inv.agent)
+            # an offer may only point back at its sender: never make this agent connect to a third party
+            refusal = offer_refusal(inv.agent, peer_ip(context), self.agent.peers())
             entries = [RemoteEntry(check_id(e.id), e.domain, e.sha256, e.size, b"")
                        for e in inv.entries[: self.limits.max_inventory_entries]]
         except TransferError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        # an offer may only point back at its sender: never make this agent connect to a third party (a name would
-        # be resolved to wherever its owner likes, so only an IP literal equal to the caller's address is taken)
-        sender = _ip(peer_ip(context))
-        if sender is None or _ip(host) != sender:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"an offer must advertise the caller's own IP address ({sender or 'unknown'}), "
-                          f"got {inv.agent[:100]!r}")
+        if refusal is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         self.agent.begin_round(int(request.round), by_peer=True)  # before anything of this round arrives here
         # the sender's revocations first (they may revoke what it offers), then its plasmids
         self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
@@ -208,7 +195,7 @@ class Agent:
         host, port = parse_address(cfg.listen)
         if not cfg.advertise and host in {"0.0.0.0", "::"}:
             raise TransferError(f"listening on {cfg.listen}: give --advertise IP:PORT, the address peers can reach")
-        if _ip(parse_address(cfg.advertise)[0] if cfg.advertise else host) is None:
+        if ip_literal(parse_address(cfg.advertise)[0] if cfg.advertise else host) is None:
             raise TransferError(f"{cfg.advertise or cfg.listen}: an agent advertises an IP address, not a name "
                                 "(peers take only offers that point back at the sender's own IP)")
         self.server = OfferServer(self.servicer, host=host, port=port)
