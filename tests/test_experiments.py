@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -318,6 +319,11 @@ def test_value_add_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(cells, "CellRunner", no_model)
     second = run_value_add(cfg, progress=False)
     assert second.records == first.records
+    # --alpha re-judges the same records (no cell is redone): below the smallest p 32 paired items can give
+    # (Wilcoxon: 2 / 2**32 exact, about 8e-7 by the normal approximation), no comparison is significant
+    strict = run_value_add(dataclasses.replace(cfg, alpha=1e-12), progress=False)
+    assert not any(q["meets_acceptance"] for r in strict.records for q in r["questions"].values())
+    assert "Holm p < 1e-12" in strict.markdown.read_text()
     # under a PLORA_SAMPLES cap the effective count differs: finished cells are not reused
     monkeypatch.setenv("PLORA_SAMPLES", "16")
     with pytest.raises(AssertionError, match="loaded the model"):

@@ -53,6 +53,7 @@ def value_add(
     monolithic: bool = option(ValueAddConfig, "monolithic", "--monolithic/--no-monolithic"),
     resume: bool = option(ValueAddConfig, "resume", "--resume/--no-resume"),
     guardrails: bool = option(ValueAddConfig, "guardrails", "--guardrails/--no-guardrails"),
+    alpha: float = option(ValueAddConfig, "alpha", "--alpha", min=1e-12, max=0.5),
     jobs: int = option(ExecutorConfig, "jobs"),
     ray_address: str | None = option(ExecutorConfig, "ray_address", "--ray-address", "--ray_address"),
 ) -> None:
@@ -79,6 +80,7 @@ def value_add(
         monolithic=monolithic,
         resume=resume,
         guardrails=guardrails,
+        alpha=alpha,
     )
     outcome = run_value_add(cfg, executor=make_config(ExecutorConfig, jobs=jobs, ray_address=ray_address))
     console = Console()

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from plora.experiments.stats import significant
 from plora.fsio import atomic_write_bytes, atomic_write_text
 
 QUESTION_TITLES = {
@@ -76,18 +77,14 @@ def _cell_table(records: list[dict[str, Any]], question: str) -> list[str]:
     return lines
 
 
-def _significant(s: dict[str, Any] | None) -> bool:
-    return s is not None and s["mean_diff"] > 0 and s["p_holm"] < 0.01 and s["ci_low"] > 0
-
-
-def _verdict(records: list[dict[str, Any]], question: str) -> str:
+def _verdict(records: list[dict[str, Any]], question: str, alpha: float) -> str:
     n = len(records)
     beats = {
         name: sum(
             1
             for r in records
             if all(
-                _significant(r["questions"][question]["statistics"].get(name, {}).get(m))
+                significant(r["questions"][question]["statistics"].get(name, {}).get(m), alpha)
                 for m in ("nll", "nll_calibrated")
             )
         )
@@ -97,7 +94,7 @@ def _verdict(records: list[dict[str, Any]], question: str) -> str:
     return (
         f"The trained plasmid beats the base in {beats['trained_vs_base']}/{n} cells, placebo A in "
         f"{beats['trained_vs_placebo_a']}/{n}, placebo B in {beats['trained_vs_placebo_b']}/{n}, all three in "
-        f"**{k}/{n}** (answer NLL raw and calibrated, Holm p < 0.01, CI excluding 0)."
+        f"**{k}/{n}** (answer NLL raw and calibrated, Holm p < {alpha:g}, CI excluding 0)."
     )
 
 
@@ -166,13 +163,13 @@ def write_markdown(
         "candidate, positive = the trained plasmid is better) with its paired-bootstrap 95% CI and the "
         "Holm-corrected Wilcoxon signed-rank p over every test of the run (raw NLL, calibrated NLL and exact match, "
         "both questions). **Bold** rows meet the acceptance criteria: better than the base and both placebos on raw "
-        "AND calibrated NLL, Holm p < 0.01, CI excluding 0.",
+        f"AND calibrated NLL, Holm p < {cfg.alpha:g}, CI excluding 0.",
         "",
         "Guardrails (the run exits 2 if one fails): placebo A must not lower the calibrated NLL by more than 0.05 "
-        "nats/token, and placebo B must not raise exact match by more than 0.02, each judged with Holm p < 0.01 and a "
-        "CI above 0, on either question. Placebo A's raw-NLL effect is reported, not judged (flattening an "
-        "over-confident base lowers raw NLL); placebo B lowering NLL is expected (it learns the answer format), so "
-        "'Δ vs placebo B' is the value beyond format.",
+        "nats/token, and placebo B must not raise exact match by more than 0.02, each judged with "
+        f"Holm p < {cfg.alpha:g} and a CI above 0, on either question. Placebo A's raw-NLL effect is reported, not "
+        "judged (flattening an over-confident base lowers raw NLL); placebo B lowering NLL is expected (it learns the "
+        "answer format), so 'Δ vs placebo B' is the value beyond format.",
         "",
         "## Summary (means over each domain's cells)",
         "",
@@ -184,7 +181,7 @@ def write_markdown(
     for domain, recs in by_domain.items():
         lines += [f"## {domain}", ""]
         for question in ("knowledge", "skill"):
-            lines += [f"### {QUESTION_TITLES[question]}", "", _verdict(recs, question), ""]
+            lines += [f"### {QUESTION_TITLES[question]}", "", _verdict(recs, question, cfg.alpha), ""]
             lines += _cell_table(recs, question) + [""]
             if question == "knowledge":
                 recall = [r["recall"]["metrics"]["trained"] for r in recs if "recall" in r]

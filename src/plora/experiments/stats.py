@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -102,6 +103,12 @@ def paired_comparison(
         cohen_dz=float(dz),
         rank_biserial=_rank_biserial(d),
     )
+
+
+def significant(s: dict[str, Any] | None, alpha: float, margin: float = 0.0) -> bool:
+    """A paired comparison (:func:`paired_test`'s fields plus ``p_holm``) that favours the candidate: mean above
+    ``margin``, Holm p under ``alpha`` and the CI's lower end above 0."""
+    return s is not None and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> np.ndarray:

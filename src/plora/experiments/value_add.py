@@ -246,10 +246,6 @@ def _tests(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _significant(s: dict[str, Any] | None, alpha: float, margin: float = 0.0) -> bool:
-    return s is not None and s["mean_diff"] > margin and s["p_holm"] < alpha and s["ci_low"] > 0
-
-
 def _where(r: dict[str, Any], question: str) -> str:
     c = r["config"]
     return f"{c['domain']} r{c['rank']} {c['scheme']} seed {c['seed']} ({question})"
@@ -268,7 +264,7 @@ def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
       there to control for (the trained-vs-placebo-B test is the value beyond format);
     - inject+remove in side mode (the mode the arms are evaluated with) must stay within PLORA_LATENCY_BUDGET_MS.
     """
-    from plora.experiments.stats import holm
+    from plora.experiments.stats import holm, significant
 
     tests = _tests(records)
     for s, p in zip(tests, holm([s["p_value"] for s in tests]) if tests else [], strict=True):
@@ -278,18 +274,18 @@ def apply_holm(records: list[dict[str, Any]], alpha: float) -> list[str]:
         for qname, q in r["questions"].items():
             stats = q["statistics"]
             q["meets_acceptance"] = r["kind"] == "cell" and all(
-                _significant(stats.get(name, {}).get(metric), alpha)
+                significant(stats.get(name, {}).get(metric), alpha)
                 for name in ACCEPTANCE
                 for metric in ACCEPTANCE_METRICS
             )
             a = stats.get("placebo_a_vs_base", {}).get("nll_calibrated")
-            if _significant(a, alpha, GUARD_NLL_MARGIN):
+            if significant(a, alpha, GUARD_NLL_MARGIN):
                 violations.append(
                     f"placebo A beats the base on {_where(r, qname)} "
                     f"(calibrated NLL -{a['mean_diff']:.3f}, Holm p={a['p_holm']:.2g})"
                 )
             b = stats.get("placebo_b_vs_base", {}).get("em")
-            if _significant(b, alpha, GUARD_EM_MARGIN):
+            if significant(b, alpha, GUARD_EM_MARGIN):
                 violations.append(
                     f"placebo B beats the base on {_where(r, qname)} "
                     f"(exact match +{b['mean_diff']:.3f}, Holm p={b['p_holm']:.2g})"
