@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PLORA := $(BIN)/plora
 
-.PHONY: setup test lint readme-commands stubs base train-legal sign-legal offer fetch bench gate-eval value-add swarm clean
+.PHONY: setup test lint readme-commands stubs base train-legal sign-legal offer fetch bench bench-quick gate-eval value-add swarm clean
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -54,13 +54,26 @@ value-add:
 swarm:
 	$(BIN)/python -m swarm_v2 --agents 6 --rounds 5 --graph_p 0.25 --security on --trojan_rate 0.3
 
+BENCH_OUT ?= results/bench
+
 bench:
-	$(BIN)/python bench/runtime.py
-	$(BIN)/python bench/transfer.py
-	$(BIN)/python bench/swarm.py
-	$(BIN)/python bench/signatures.py
-	$(BIN)/python bench/probe.py
-	$(BIN)/python bench/sweep_backends.py
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/runtime.py --out $(BENCH_OUT)/runtime.json
+	$(BIN)/python bench/transfer.py --out $(BENCH_OUT)/transfer.json
+	$(BIN)/python bench/swarm.py --out $(BENCH_OUT)/swarm.json
+	$(BIN)/python bench/signatures.py --out $(BENCH_OUT)/signatures.json
+	$(BIN)/python bench/probe.py --out $(BENCH_OUT)/probe.json
+	$(BIN)/python bench/sweep_backends.py --out $(BENCH_OUT)/sweep_backends.json
+
+# the same six scripts at small sizes: a smoke run of the benches (minutes), not the README's numbers
+bench-quick:
+	mkdir -p $(BENCH_OUT)/quick
+	$(BIN)/python bench/runtime.py --models plora-tiny --repeats 5 --out $(BENCH_OUT)/quick/runtime.json
+	$(BIN)/python bench/transfer.py --size-mb 5 --repeats 1 --out $(BENCH_OUT)/quick/transfer.json
+	$(BIN)/python bench/swarm.py --sizes 1e3 --pool fixed --out $(BENCH_OUT)/quick/swarm.json
+	$(BIN)/python bench/signatures.py --rounds 50 --oms-rounds 5 --out $(BENCH_OUT)/quick/signatures.json
+	$(BIN)/python bench/probe.py --models plora-tiny --n 1 --out $(BENCH_OUT)/quick/probe.json
+	$(BIN)/python bench/sweep_backends.py --agents 2000 --graph_p 0.005 --trojan_rate 0,0.01 --gate_tpr 0.5,1 --seeds 0 --out $(BENCH_OUT)/quick/sweep_backends.json
 
 clean:
 	rm -rf out received results .pytest_cache
