@@ -41,13 +41,10 @@ policy leaves unset come from the calibration; a policy value overrides it.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,53 +53,16 @@ import numpy as np
 from plora.errors import PloraError
 from plora.gate.policy import Policy
 from plora.gate.reasons import STAGES, Reason
-from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_module_shapes
+from plora.gate.result import CheckRecord, GateResult, ReasonPair
+from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_file_shapes
 from plora.hashing import sha256_bytes
 from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, UNTRUSTED_MAX_BYTES, Manifest, read_manifest
 from plora.plasmid import Plasmid, unsafe_files
 from plora.strictjson import loads_strict
 
+__all__ = ["MAX_CONFIG_BYTES", "CheckRecord", "GateResult", "ReasonPair", "screen"]
+
 MAX_CONFIG_BYTES = 1 << 20
-
-ReasonPair = tuple[str, str]
-
-
-@dataclass
-class CheckRecord:
-    name: str
-    passed: bool | None  # None: the stage did not run
-    seconds: float
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GateResult:
-    folder: str
-    accepted: bool
-    reasons: list[ReasonPair]
-    checks: list[CheckRecord]
-    scores: dict[str, float | None]
-    seconds: float
-
-    @property
-    def reason_codes(self) -> list[str]:
-        return [c for c, _ in self.reasons]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["reasons"] = [{"code": c, "message": m} for c, m in self.reasons]
-        return out
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 class _Screen:
@@ -230,7 +190,7 @@ class _Screen:
     def tensors_check(self, d: dict[str, Any]) -> list[ReasonPair]:
         shapes, source = base_module_shapes(self.base), "the loaded base"
         if shapes is None:
-            shapes, source = _config_shapes(self.policy.base_model), "the base's config.json"
+            shapes, source = config_file_shapes(self.policy.base_model), "the base's config.json"
         d["base_shapes_from"] = source if shapes is not None else None
         return check_tensors(self.tensors, self._m(), self.policy, shapes, d)
 
@@ -375,25 +335,6 @@ class _Screen:
 
     def _plasmid(self) -> Plasmid:
         return Plasmid(folder=self.folder, manifest=self._m(), tensors=self.tensors)
-
-
-@functools.lru_cache(maxsize=16)
-def _config_shapes(base_model: str) -> dict[str, tuple[int, int]] | None:
-    """Layer shapes from the base's config.json when it is on disk already (plora-tiny or a local folder)."""
-    folder = Path(base_model)
-    if not folder.is_dir():
-        if base_model != "plora-tiny":
-            return None  # other named bases may need a download or a conversion: not in a cheap stage
-        try:
-            from plora.models import tiny_folder
-        except ImportError:
-            return None
-        folder = tiny_folder()
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config_module_shapes(config) if isinstance(config, dict) else None
 
 
 def _plain(details: Any) -> dict[str, Any]:

@@ -17,6 +17,9 @@ the safetensors keys, then compared with what ``plora.yml`` and ``adapter_config
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,3 +180,22 @@ def config_module_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]] |
     except (KeyError, TypeError, ValueError):
         return None
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def config_file_shapes(base_model: str) -> dict[str, tuple[int, int]] | None:
+    """Layer shapes from the base's config.json when it is on disk already (plora-tiny or a local folder)."""
+    folder = Path(base_model)
+    if not folder.is_dir():
+        if base_model != "plora-tiny":
+            return None  # other named bases may need a download or a conversion: not in a cheap stage
+        try:
+            from plora.models import tiny_folder
+        except ImportError:
+            return None
+        folder = tiny_folder()
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config_module_shapes(config) if isinstance(config, dict) else None
