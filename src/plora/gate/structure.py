@@ -26,11 +26,11 @@ import numpy as np
 
 from plora.gate.policy import Policy
 from plora.gate.reasons import Reason
+from plora.gate.result import ReasonPair
 from plora.manifest import Manifest
 from plora.plasmid import config_beyond_plain_lora, parse_lora_key, suffix_match
 
 LIST_MAX = 5
-ReasonPair = tuple[str, str]
 
 
 def clip(items: list[str]) -> str:
