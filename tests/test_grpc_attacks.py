@@ -24,6 +24,7 @@ import pytest
 from test_grpc import craft, leftovers
 
 from plora.errors import TransferError
+from plora.grpc.checks import signature_check
 from plora.grpc.client import fetch, get_inventory
 from plora.grpc.limits import Limits
 from plora.grpc.proto import pb2, pb2_grpc
@@ -355,5 +356,55 @@ def test_a_dribbling_bulk_socket_cannot_hold_a_fetch_past_its_deadline(root, tmp
         assert os.listdir(tmp_path / "d") == []
     finally:
         evil.stop.set()
+        evil.sock.close()
+        srv.stop(0)
+
+
+class _SwitchingHeaders(pb2_grpc.PlasmidExchangeServicer):
+    """A malicious offer server: its bulk attempt names another artifact file and sends the server's own bytes for it,
+    then breaks the socket; the gRPC fallback sends the genuine signed plasmid."""
+
+    def __init__(self, folder: Path, planted: str) -> None:
+        self.files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        self.planted = planted
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.recv(32)
+                conn.sendall(b"PLANTED!" * 64)  # fewer bytes than announced: the client falls back to gRPC
+
+    def Fetch(self, request, context):
+        art = self.files["adapter_model.safetensors"]
+        manifest = self.files["plora.yml"]
+        if request.bulk:
+            manifest = manifest.replace(b"adapter_model.safetensors", self.planted.encode())
+        sigs = [pb2.SignatureFile(name="plora.sig.json", data=self.files["plora.sig.json"])]
+        yield pb2.FetchChunk(header=pb2.FetchHeader(
+            id="legal", manifest=manifest, adapter_config=self.files["adapter_config.json"], size=len(art),
+            chunk_size=1 << 20, bulk_port=self.sock.getsockname()[1] if request.bulk else 0, bulk_token=b"x" * 32,
+            signatures=sigs))
+        if not request.bulk:
+            yield pb2.FetchChunk(data=art)
+
+
+def test_a_failed_bulk_attempt_leaves_nothing_in_the_plasmid_it_then_fetches(root, tmp_path):
+    from plora.signer import generate_keypair, sign_plasmid
+
+    key, pub = generate_keypair("ed25519", tmp_path / "keys" / "alice")
+    sign_plasmid(root / "legal", key)
+    evil = _SwitchingHeaders(root / "legal", planted="planted.safetensors")
+    srv, port = _serve_evil(evil)
+    try:
+        r = fetch(f"127.0.0.1:{port}", "legal", tmp_path / "d", checks=[signature_check([pub])],
+                  size_hint=len(evil.files["adapter_model.safetensors"]))
+        assert r.accepted and r.bulk_fallback, (r.reasons, r.bulk_fallback)
+        # only what the signed manifest names, received on the attempt that was verified
+        assert sorted(os.listdir(tmp_path / "d" / "legal")) == sorted(evil.files), os.listdir(tmp_path / "d" / "legal")
+        assert leftovers(tmp_path) == []
+    finally:
         evil.sock.close()
         srv.stop(0)

@@ -334,8 +334,9 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
     Content problems (hash, size, failed checks) give ``accepted=False`` with reasons; transport and protocol
     failures (unreachable, unknown id, broken stream, deadline) raise TransferError. Either way the staging
     folder is gone when this returns. A busy server (RESOURCE_EXHAUSTED) is retried for ``limits.busy_wait_s``;
-    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why), within the
-    same deadline (``limits.fetch_deadline``): a stalled bulk socket cannot double it.
+    a failed bulk transfer is retried once over the gRPC stream (``result.bulk_fallback`` says why) into a fresh
+    staging folder, within the same deadline (``limits.fetch_deadline``): a stalled bulk socket cannot double it,
+    and no file of the failed attempt can end up in the plasmid.
     """
     check_id(plasmid_id)
     dest = Path(dest)
@@ -366,6 +367,9 @@ def fetch(address: str, plasmid_id: str, dest: str | os.PathLike[str], *, checks
                 if not bulk:
                     raise
                 bulk, result.bulk_fallback = False, str(err)
+                # the retry's header may name other files: nothing of the failed attempt may reach the plasmid
+                shutil.rmtree(stage, ignore_errors=True)
+                stage = _make_stage(staging)
             except _Busy as busy:
                 if time.monotonic() + pause > busy_until:
                     raise TransferError(str(busy)) from None
