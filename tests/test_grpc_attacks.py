@@ -408,3 +408,33 @@ def test_a_failed_bulk_attempt_leaves_nothing_in_the_plasmid_it_then_fetches(roo
     finally:
         evil.sock.close()
         srv.stop(0)
+
+
+class _PaddedManifest(pb2_grpc.PlasmidExchangeServicer):
+    """A malicious offer server whose header carries the plasmid's manifest padded with a YAML comment."""
+
+    def __init__(self, folder: Path, manifest_bytes: int) -> None:
+        self.files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        manifest = self.files["plora.yml"]
+        self.manifest = manifest + b"#" + b"x" * (manifest_bytes - len(manifest) - 2) + b"\n"
+
+    def Fetch(self, request, context):
+        art = self.files["adapter_model.safetensors"]
+        yield pb2.FetchChunk(header=pb2.FetchHeader(id="legal", manifest=self.manifest, size=len(art),
+                                                    adapter_config=self.files["adapter_config.json"]))
+        yield pb2.FetchChunk(data=art)
+
+
+def test_a_manifest_larger_than_the_gate_reads_is_refused_before_parsing(root, tmp_path):
+    from plora.manifest import UNTRUSTED_MAX_BYTES
+
+    # PyYAML spends seconds on a large manifest (a 1 MiB one cost 11 s of CPU per fetch): a peer's is capped at what
+    # the gate and plora verify read from a stranger
+    evil = _PaddedManifest(root / "legal", UNTRUSTED_MAX_BYTES + 1)
+    srv, port = _serve_evil(evil)
+    try:
+        with pytest.raises(TransferError, match=rf"plora.yml of {UNTRUSTED_MAX_BYTES + 1} bytes, over the limit"):
+            fetch(f"127.0.0.1:{port}", "legal", tmp_path / "d", size_hint=len(evil.files["adapter_model.safetensors"]))
+        assert os.listdir(tmp_path / "d") == []
+    finally:
+        srv.stop(0)

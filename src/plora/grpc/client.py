@@ -143,8 +143,10 @@ def _receive(stream, plasmid_id: str, stage: Path, limits: Limits, expect_sha256
     header = first.header
     if header.id != plasmid_id:
         raise TransferError(f"asked for {plasmid_id!r}, the server sent {header.id!r}")
-    if len(header.manifest) > limits.max_manifest_bytes or len(header.adapter_config) > limits.max_config_bytes:
-        raise TransferError(f"{plasmid_id}: manifest or adapter_config over the size limit")
+    for name, data, cap in ((MANIFEST_NAME, header.manifest, limits.max_manifest_bytes),
+                            (ADAPTER_CONFIG_NAME, header.adapter_config, limits.max_config_bytes)):
+        if len(data) > cap:
+            raise TransferError(f"{plasmid_id}: the server sent a {name} of {len(data)} bytes, over the limit of {cap}")
     names = [s.name for s in header.signatures]
     if any(n not in SIGNATURE_FILES for n in names) or len(set(names)) != len(names):
         raise TransferError(f"{plasmid_id}: unexpected signature files from the server: {names[:4]}")

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from plora.errors import TransferError
+from plora.manifest import UNTRUSTED_MAX_BYTES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MIB = 1 << 20
@@ -30,7 +31,9 @@ class Limits:
     # 103-126 ms per 50 MB), 256 KiB half the memory (8 vs 15 MB); both far below the artifact
     chunk_bytes: int = MIB
     max_message_bytes: int = 8 * MIB  # gRPC message cap: a header holds manifest + adapter_config
-    max_manifest_bytes: int = MIB
+    # a manifest from a peer is parsed before anything else is checked, and PyYAML needs seconds for a large one
+    # (11 s of CPU per 1 MiB fetch header): the cap the gate and plora verify put on a stranger's manifest
+    max_manifest_bytes: int = UNTRUSTED_MAX_BYTES
     max_config_bytes: int = MIB
     max_signature_bytes: int = MIB  # per detached signature file (plora.sig.json, model.sig)
     max_artifact_bytes: int = 2048 * MIB
