@@ -429,6 +429,70 @@ def test_an_offer_may_only_point_back_at_its_sender(tmp_path):
             b.stop(0)
 
 
+def test_an_offer_flood_from_one_peer_holds_only_its_share_of_the_agent(tmp_path):
+    """Each Offer keeps a thread of the receiver while it fetches from the sender: a peer whose server stalls every
+    Fetch, sending many Offers at once (cancelled or not), gets max_offers_per_peer of them handled, the rest
+    RESOURCE_EXHAUSTED at once; another peer on the same IP still pushes, and the agent still serves."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from plora.grpc.limits import Limits
+    from plora.grpc.proto import pb2, pb2_grpc
+
+    release = threading.Event()
+    fetches = []
+
+    class Staller(pb2_grpc.PlasmidExchangeServicer):
+        def Fetch(self, request, context):
+            fetches.append(request.id)
+            release.wait(60)
+            return iter(())
+
+    evil = grpc.server(futures.ThreadPoolExecutor(32))
+    pb2_grpc.add_PlasmidExchangeServicer_to_server(Staller(), evil)
+    evil_port = evil.add_insecure_port("127.0.0.1:0")
+    evil.start()
+    craft(tmp_path / "b", "legal-s0", seed=0)
+    victim = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "v", name="v", security=False))
+    honest = Agent(AgentConfig(listen="127.0.0.1:0", root=tmp_path / "b", name="b", security=False,
+                               peers=[victim.address]))
+    victim.cfg.peers = [f"127.0.0.1:{evil_port}", honest.address]
+    per_peer = Limits().max_offers_per_peer
+    try:
+        stub = pb2_grpc.PlasmidExchangeStub(grpc.insecure_channel(victim.address))
+        floods = [stub.Offer.future(pb2.OfferRequest(round=0, inventory=pb2.Inventory(
+            agent=f"127.0.0.1:{evil_port}", entries=[pb2.InventoryEntry(id=f"x{i}", domain="legal", sha256="a" * 64,
+                                                                        size=10)])), timeout=60) for i in range(20)]
+        _wait(lambda: len(fetches) >= per_peer and sum(f.done() for f in floods) >= len(floods) - per_peer)
+        busy = [f for f in floods if f.done()]
+        assert len(fetches) == per_peer and len(busy) == len(floods) - per_peer, (fetches, len(busy))
+        assert all(f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED for f in busy)
+        for f in floods:
+            f.cancel()  # a cancelled Offer still holds its share until its fetches end
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Offer(pb2.OfferRequest(round=0, inventory=pb2.Inventory(agent=f"127.0.0.1:{evil_port}")), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [e.id for e in stub.GetInventory(pb2.InventoryRequest(), timeout=10).entries] == []
+        record = honest.step(0)  # the other peer on the same IP pushes as usual
+        assert record["errors"] == [] and "legal-s0" in victim.holdings(), record["errors"]
+    finally:
+        release.set()
+        honest.stop(0)
+        victim.stop(0)
+        evil.stop(0)
+
+
+def _wait(condition, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
 def test_step_takes_only_the_coordinators_token(tmp_path):
     """Step drives an agent's rounds and drains its events: only the coordinator holding the run's token may call it,
     and an agent running its own rounds takes no Step at all."""

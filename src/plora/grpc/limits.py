@@ -40,6 +40,11 @@ class Limits:
     max_streams: int = 64  # concurrent Fetch streams per server; more get RESOURCE_EXHAUSTED
     # ... and per client IP, so that one peer cannot hold every slot (clients retry a busy server: busy_wait_s)
     max_streams_per_peer: int = 16
+    # Offers a swarm agent handles at once (each may fetch and screen for minutes), in all and per sender (a peer's
+    # advertised address, else the caller's IP): a peer flooding Offers cannot take the threads that serve Fetch and
+    # GetInventory. More get RESOURCE_EXHAUSTED, which an agent's push retries for busy_wait_s
+    max_offers: int = 32
+    max_offers_per_peer: int = 2
     # server side: a Fetch stream (or bulk transfer) still open after min(this, fetch_deadline(size)) is cancelled
     stream_timeout_s: float = 300.0
     inventory_timeout_s: float = 10.0  # client deadline of GetInventory / Offer
@@ -73,7 +78,7 @@ class Limits:
         return [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_concurrent_streams", self.max_streams + 16),
+            ("grpc.max_concurrent_streams", self.max_streams + self.max_offers + 16),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.max_pings_without_data", 0),

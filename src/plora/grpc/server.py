@@ -63,11 +63,13 @@ def peer_ip(context: grpc.ServicerContext) -> str:
 
 
 class StreamSlots:
-    """Fetch slots: at most ``total`` at once and at most ``per_peer`` for one client IP."""
+    """Fetch slots: at most ``total`` at once and at most ``per_peer`` for one client IP (an agent's Offers use one
+    more set, ``what="offers"``)."""
 
-    def __init__(self, total: int, per_peer: int) -> None:
+    def __init__(self, total: int, per_peer: int, what: str = "fetches") -> None:
         self.total = total
         self.per_peer = per_peer
+        self.what = what
         self._lock = threading.Lock()
         self._by_peer: dict[str, int] = {}
 
@@ -79,9 +81,9 @@ class StreamSlots:
         """A held slot, or why there is none."""
         with self._lock:
             if sum(self._by_peer.values()) >= self.total:
-                return f"more than {self.total} fetches at once"
+                return f"more than {self.total} {self.what} at once"
             if self._by_peer.get(peer, 0) >= self.per_peer:
-                return f"more than {self.per_peer} fetches at once from {peer}"
+                return f"more than {self.per_peer} {self.what} at once from {peer}"
             self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
         return _Slot(self, peer)
 
@@ -290,9 +292,10 @@ class OfferServer:
         self.servicer = servicer
         self.host = host
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=limits.max_streams + 8, thread_name_prefix="plora-offer"),
+            futures.ThreadPoolExecutor(max_workers=limits.max_streams + limits.max_offers + 8,
+                                       thread_name_prefix="plora-offer"),
             options=limits.server_options(),
-            maximum_concurrent_rpcs=limits.max_streams + 32,
+            maximum_concurrent_rpcs=limits.max_streams + limits.max_offers + 32,
         )
         pb2_grpc.add_PlasmidExchangeServicer_to_server(servicer, self._server)
         target = format_address(host, port)

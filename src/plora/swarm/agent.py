@@ -51,10 +51,10 @@ from plora.grpc.client import RemoteEntry, fetch, open_channel
 from plora.grpc.index import Entry, PlasmidIndex
 from plora.grpc.limits import Limits, check_id, parse_address
 from plora.grpc.proto import pb2, pb2_grpc
-from plora.grpc.server import OfferServer, PlasmidServicer, format_address, peer_ip
+from plora.grpc.server import OfferServer, PlasmidServicer, StreamSlots, format_address, peer_ip
 from plora.swarm.agent_recall import AgentRecall
 from plora.swarm.agent_round import RoundSnapshot
-from plora.swarm.offer_source import ip_literal, offer_refusal
+from plora.swarm.offer_source import ip_literal, offer_refusal, offer_sender
 from plora.swarm.verdicts import VerdictCache
 
 STEP_TOKEN_HEADER = "plora-step-token"  # gRPC metadata key of a Step call's token
@@ -113,6 +113,7 @@ class AgentServicer(PlasmidServicer):
     def __init__(self, agent: Agent, index: PlasmidIndex, limits: Limits) -> None:
         super().__init__(index, limits)
         self.agent = agent
+        self.offer_slots = StreamSlots(limits.max_offers, limits.max_offers_per_peer, what="offers")
 
     # a round is served from the agent's snapshot of it (plora.swarm.agent_round)
     def listed(self) -> dict[str, Entry]:
@@ -140,12 +141,21 @@ class AgentServicer(PlasmidServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if refusal is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-        self.agent.begin_round(int(request.round), by_peer=True)  # before anything of this round arrives here
+        slot = self.offer_slots.acquire(offer_sender(inv.agent, peer_ip(context), self.agent.peers()))
+        if isinstance(slot, str):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, slot)
+        try:  # held until the fetches end, even when the sender cancels: they go on in this thread
+            return self._take_offer(inv, entries, int(request.round))
+        finally:
+            slot.release()
+
+    def _take_offer(self, inv: pb2.Inventory, entries: list[RemoteEntry], round_: int) -> pb2.OfferReply:
+        self.agent.begin_round(round_, by_peer=True)  # before anything of this round arrives here
         # the sender's revocations first (they may revoke what it offers), then its plasmids
         self.agent.recall.take_revocations(self.agent._channel(inv.agent), inv.agent, list(inv.revocations),
-                                           int(request.round), self.limits, self.agent.index)
-        entries = self.agent.recall.offered(inv.agent, entries, int(request.round))
-        events = self.agent.take_from(inv.agent, entries, int(request.round), via="push")
+                                           round_, self.limits, self.agent.index)
+        entries = self.agent.recall.offered(inv.agent, entries, round_)
+        events = self.agent.take_from(inv.agent, entries, round_, via="push")
         return pb2.OfferReply(
             accepted=[e["id"] for e in events if e.get("accepted")],
             rejected=[f"{e['id']}: {'; '.join(e.get('reasons') or [e.get('error', '')])}"
@@ -303,7 +313,7 @@ class Agent:
             try:
                 offer = pb2.OfferRequest(inventory=self.servicer.inventory(), round=round_)
                 inventory_bytes += offer.ByteSize()
-                stub.Offer(offer, timeout=self.cfg.contact_timeout_s)
+                _push(stub, offer, self.cfg.contact_timeout_s, self.limits.busy_wait_s)
             except grpc.RpcError as err:
                 errors.append(f"push {peer}: {err.code().name}: {err.details()}")
             if relist:
@@ -337,6 +347,20 @@ class Agent:
             for ch in self._channels.values():
                 ch.close()
             self._channels.clear()
+
+
+def _push(stub: pb2_grpc.PlasmidExchangeStub, offer: pb2.OfferRequest, timeout: float, busy_wait_s: float) -> None:
+    """Send an Offer; a peer busy with other Offers (RESOURCE_EXHAUSTED) is asked again for up to ``busy_wait_s``."""
+    busy_until, pause = time.monotonic() + busy_wait_s, 0.05
+    while True:
+        try:
+            stub.Offer(offer, timeout=timeout)
+            return
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() + pause > busy_until:
+                raise
+        time.sleep(pause)
+        pause = min(1.0, 2 * pause)
 
 
 def _valid_id(plasmid_id: str) -> bool:
