@@ -354,6 +354,39 @@ def test_verify_refuses_what_the_gate_refuses_in_the_folder(tmp_path: Path, keys
         assert out.exit_code == 1 and "UNSAFE_FILE" in out.output, out.output
 
 
+def test_an_adapter_config_that_is_a_fifo_or_huge_is_refused_without_reading_it(tmp_path: Path,
+                                                                               keys: dict[str, Path]) -> None:
+    """A FIFO (a tar archive carries one) would block every reader forever and a sparse file of gigabytes would be
+    read whole: the gate, plora verify and plora sign answer at once."""
+    import threading
+
+    from plora.signer import Keyring, verify_plasmid
+
+    def within(seconds: float, fn: Callable[[], Any]) -> Any:
+        box: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: box.update(out=fn()), daemon=True)
+        t.start()
+        t.join(seconds)
+        assert not t.is_alive(), f"still reading after {seconds} s"
+        return box["out"]
+
+    fifo = make_plasmid(tmp_path / "fifo")
+    sign_plasmid(fifo, keys["alice"])
+    (fifo / "adapter_config.json").unlink()
+    os.mkfifo(fifo / "adapter_config.json")
+    huge = make_plasmid(tmp_path / "huge")
+    sign_plasmid(huge, keys["alice"])
+    os.truncate(huge / "adapter_config.json", 4 << 30)  # sparse: 4 GiB of zeros, nothing on disk
+    ring = Keyring.load([keys["trusted"]])
+    assert within(20, lambda: verify_plasmid(fifo, ring).codes) == ["UNSAFE_FILE"]
+    assert within(20, lambda: screen(fifo, Policy(**CHEAP)).reason_codes) == ["UNSAFE_FILE"]
+    assert within(20, lambda: verify_plasmid(huge, ring).codes) == ["CONFIG_SHA_MISMATCH"]
+    assert within(20, lambda: screen(huge, Policy(**CHEAP)).reason_codes) == ["SCHEMA_INVALID"]
+    for folder in (fifo, huge):
+        out = within(20, lambda f=folder: runner.invoke(app, ["sign", str(f), "--key", str(keys["alice"])]))
+        assert out.exit_code == 2 and "adapter_config.json" in out.output and "Traceback" not in out.output, out.output
+
+
 def test_path_traversal_and_symlinks_are_refused(tmp_path: Path) -> None:
     folder = make_plasmid(tmp_path / "p")
     outside = tmp_path / "outside.safetensors"

@@ -52,6 +52,7 @@ def is_plasmid_file(name: str) -> bool:
 # Manifests from strangers (gate, verify): a real one is a few KB; PyYAML needs
 # about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
 UNTRUSTED_MAX_BYTES = 32 * 1024
+MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json, as the gate, plora verify and plora sign read it
 MAX_RANK = 1024  # the largest LoRA rank a plasmid's manifest describes
 MAX_ALPHA = 65536
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,13 +94,17 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 
 
 def unsafe_files(folder: str | os.PathLike[str]) -> list[str]:
-    """Why entries of a plasmid folder may not be there, one line each: symlinks (plasmid files are regular files)
-    and pickle-format files (loading one can run code). The gate's first stage and ``plora verify`` both refuse
-    them. Raises OSError when the folder cannot be listed."""
+    """Why entries of a plasmid folder may not be there, one line each: symlinks, FIFOs, sockets and devices
+    (plasmid files are regular files: reading a FIFO waits forever, a device never ends) and pickle-format files
+    (loading one can run code). The gate's first stage and ``plora verify`` both refuse them. Raises OSError when the
+    folder cannot be listed."""
     out = []
     for child in sorted(Path(folder).iterdir()):
-        if child.is_symlink():
+        mode = child.lstat().st_mode
+        if stat.S_ISLNK(mode):
             out.append(f"{child.name} is a symlink (plasmid files must be regular files)")
+        elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            out.append(f"{child.name} is a FIFO, socket or device (plasmid files must be regular files)")
         elif child.suffix.lower() in PICKLE_SUFFIXES:
             out.append(f"{child.name}: pickle-format files are never accepted")
     return out

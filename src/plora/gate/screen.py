@@ -51,18 +51,25 @@ from typing import Any
 import numpy as np
 
 from plora.errors import PloraError
+from plora.fsio import read_bounded
 from plora.gate.policy import Policy
 from plora.gate.reasons import STAGES, Reason
 from plora.gate.result import CheckRecord, GateResult, ReasonPair
 from plora.gate.structure import base_module_shapes, check_tensors, clip, config_disagreements, config_file_shapes
 from plora.hashing import sha256_bytes
-from plora.manifest import ADAPTER_CONFIG_NAME, MANIFEST_NAME, UNTRUSTED_MAX_BYTES, Manifest, read_manifest
+from plora.manifest import (
+    ADAPTER_CONFIG_NAME,
+    MANIFEST_NAME,
+    MAX_CONFIG_BYTES,
+    UNTRUSTED_MAX_BYTES,
+    Manifest,
+    read_manifest,
+)
 from plora.plasmid import Plasmid, unsafe_files
 from plora.strictjson import loads_strict
 
 __all__ = ["MAX_CONFIG_BYTES", "CheckRecord", "GateResult", "ReasonPair", "screen"]
 
-MAX_CONFIG_BYTES = 1 << 20
 
 
 class _Screen:
@@ -101,17 +108,14 @@ class _Screen:
             out.append((Reason.SCHEMA_INVALID, str(err)))
         cfg = self.folder / ADAPTER_CONFIG_NAME
         try:
-            if cfg.stat().st_size > MAX_CONFIG_BYTES:
-                raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
-            self.config_bytes = cfg.read_bytes()
+            self.config_bytes = read_bounded(cfg, MAX_CONFIG_BYTES, ADAPTER_CONFIG_NAME)
             config = loads_strict(self.config_bytes, unique_keys=False)
             if not isinstance(config, dict):
                 raise ValueError(f"expected a JSON object, found {type(config).__name__}")
             self.config = config
-        except FileNotFoundError:
-            out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME} is missing"))
         except (OSError, ValueError) as err:
-            out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME}: {err}"))
+            why = " is missing" if not cfg.exists() else f": {err}"
+            out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME}{why}"))
         if self.manifest is not None:
             d["plasmid_id"] = self.manifest.plasmid_id
             d["signatures"] = len(self.manifest.signatures)

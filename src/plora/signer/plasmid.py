@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Literal
 
 from plora.errors import ManifestError, PloraError, SignatureError
+from plora.fsio import read_bounded
 from plora.hashing import sha256_bytes, sha256_file
 from plora.manifest import (
     ADAPTER_CONFIG_NAME,
     MANIFEST_NAME,
+    MAX_CONFIG_BYTES,
     OMS_SIGNATURE_NAME,
     SCHEMA_VERSION,
     SIGNATURE_NAME,
@@ -93,9 +95,10 @@ def check_files(folder: str | os.PathLike[str], manifest: Manifest) -> list[Reas
             )
     cfg = folder / ADAPTER_CONFIG_NAME
     try:
-        cfg_digest = sha256_bytes(cfg.read_bytes())
-    except OSError:
-        reasons.append(("CONFIG_SHA_MISMATCH", f"{ADAPTER_CONFIG_NAME} is missing"))
+        cfg_digest = sha256_bytes(read_bounded(cfg, MAX_CONFIG_BYTES, ADAPTER_CONFIG_NAME))
+    except OSError as err:
+        why = f"{ADAPTER_CONFIG_NAME} is missing" if not cfg.exists() else str(err)
+        reasons.append(("CONFIG_SHA_MISMATCH", why))
     else:
         if cfg_digest != manifest.artifact.config_sha256:
             reasons.append(
