@@ -354,6 +354,31 @@ def test_verify_refuses_what_the_gate_refuses_in_the_folder(tmp_path: Path, keys
         assert out.exit_code == 1 and "UNSAFE_FILE" in out.output, out.output
 
 
+def test_a_spare_adapter_model_beside_a_renamed_artifact_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """The manifest may name any .safetensors artifact, but PEFT's from_pretrained loads adapter_model.safetensors
+    whatever plora.yml says: a signed plasmid whose artifact is renamed and whose folder also holds an unsigned
+    adapter_model.safetensors would pass every hash and signature while PEFT loads the unsigned file."""
+    from plora.signer import Keyring, verify_plasmid
+
+    folder = make_plasmid(tmp_path / "renamed")
+    (folder / "adapter_model.safetensors").rename(folder / "weights.safetensors")
+    yml = folder / "plora.yml"
+    yml.write_text(yml.read_text().replace("filename: adapter_model.safetensors", "filename: weights.safetensors"))
+    make_plasmid(tmp_path / "other", seed=7)
+    shutil.copy(tmp_path / "other" / "adapter_model.safetensors", folder / "adapter_model.safetensors")
+    assert runner.invoke(app, ["sign", str(folder), "--key", str(keys["alice"])]).exit_code != 0
+    (folder / "adapter_model.safetensors").rename(tmp_path / "spare.safetensors")
+    sign_plasmid(folder, keys["alice"])  # the renamed artifact alone: signed and accepted
+    ring = Keyring.load([keys["trusted"]])
+    assert verify_plasmid(folder, ring).ok and screen(folder, Policy(**CHEAP)).accepted
+    (tmp_path / "spare.safetensors").rename(folder / "adapter_model.safetensors")  # planted after signing
+    assert verify_plasmid(folder, ring).codes == ["UNSAFE_FILE"]
+    result = screen(folder, Policy(**CHEAP))
+    assert result.reason_codes == ["UNSAFE_FILE"] and "adapter_model.safetensors" in result.reasons[0][1]
+    out = runner.invoke(app, ["verify", str(folder), "--trusted-keys", str(keys["trusted"])])
+    assert out.exit_code == 1 and "UNSAFE_FILE" in out.output, out.output
+
+
 def test_an_adapter_config_that_is_a_fifo_or_huge_is_refused_without_reading_it(tmp_path: Path,
                                                                                keys: dict[str, Path]) -> None:
     """A FIFO (a tar archive carries one) would block every reader forever and a sparse file of gigabytes would be

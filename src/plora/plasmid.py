@@ -110,6 +110,18 @@ def unsafe_files(folder: str | os.PathLike[str]) -> list[str]:
     return out
 
 
+def stray_weights(folder: str | os.PathLike[str], artifact: str) -> list[str]:
+    """Why ``.safetensors`` files other than the manifest's ``artifact`` may not be in a plasmid folder, one line
+    each: nothing hashes or signs them, yet PEFT's ``from_pretrained`` loads ``adapter_model.safetensors`` whatever the
+    manifest names, so a spare one beside a renamed artifact would be loaded unsigned. ``plora verify``, ``plora sign``
+    and the gate refuse them. Raises OSError when the folder cannot be listed."""
+    return [
+        f"{child.name}: a weights file plora.yml does not name (only its artifact {artifact!r} is hashed and signed)"
+        for child in sorted(Path(folder).iterdir())
+        if child.suffix.lower() == ".safetensors" and child.name != artifact
+    ]
+
+
 def adapter_config_bytes(config: Mapping[str, Any]) -> bytes:
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 

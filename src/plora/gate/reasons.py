@@ -87,8 +87,8 @@ STAGE_OF: dict[Reason, str] = {
 DESCRIPTION: dict[Reason, str] = {
     Reason.MANIFEST_MISSING: "no plora.yml in the folder (or no folder)",
     Reason.SCHEMA_INVALID: "plora.yml or adapter_config.json malformed: syntax, unknown field, wrong type or range",
-    Reason.UNSAFE_FILE: "a pickle-format file (.bin .pt .pth .pkl .ckpt), a symlink, or a FIFO, socket or device in "
-                        "the plasmid folder",
+    Reason.UNSAFE_FILE: "a pickle-format file (.bin .pt .pth .pkl .ckpt), a symlink, a FIFO, socket or device, or a "
+                        ".safetensors file plora.yml does not name in the plasmid folder",
     Reason.BASE_MODEL_MISMATCH: "manifest base model name or weights digest differs from the policy's",
     Reason.ARTIFACT_TOO_LARGE: "artifact file larger than max_artifact_bytes (checked before reading it)",
     Reason.ARTIFACT_UNREADABLE: "artifact missing, truncated, or not safetensors",

@@ -65,7 +65,7 @@ from plora.manifest import (
     Manifest,
     read_manifest,
 )
-from plora.plasmid import Plasmid, unsafe_files
+from plora.plasmid import Plasmid, stray_weights, unsafe_files
 from plora.strictjson import loads_strict
 
 __all__ = ["MAX_CONFIG_BYTES", "CheckRecord", "GateResult", "ReasonPair", "screen"]
@@ -117,6 +117,7 @@ class _Screen:
             why = " is missing" if not cfg.exists() else f": {err}"
             out.append((Reason.SCHEMA_INVALID, f"{ADAPTER_CONFIG_NAME}{why}"))
         if self.manifest is not None:
+            out += [(Reason.UNSAFE_FILE, why) for why in stray_weights(self.folder, self.manifest.artifact.filename)]
             d["plasmid_id"] = self.manifest.plasmid_id
             d["signatures"] = len(self.manifest.signatures)
         return out

@@ -64,11 +64,15 @@ def resign_hint(folder: str | os.PathLike[str]) -> str:
 
 
 def check_files(folder: str | os.PathLike[str], manifest: Manifest) -> list[Reason]:
-    """Re-hash the artifact and adapter_config.json against the manifest; [] when both match."""
-    from plora.plasmid import artifact_path
+    """Re-hash the artifact and adapter_config.json against the manifest, and refuse any other ``.safetensors`` file
+    beside them (:func:`plora.plasmid.stray_weights`); [] when all holds."""
+    from plora.plasmid import artifact_path, stray_weights
 
     folder = Path(folder)
-    reasons: list[Reason] = []
+    try:
+        reasons: list[Reason] = [("UNSAFE_FILE", why) for why in stray_weights(folder, manifest.artifact.filename)]
+    except OSError as err:
+        return [("MANIFEST_MISSING", f"{folder}: cannot list the folder ({err.strerror})")]
     try:
         art = artifact_path(folder, manifest)
         size = art.stat().st_size
