@@ -165,6 +165,27 @@ def test_oversized_and_missing_manifest(tmp_path: Path) -> None:
         read_manifest(tmp_path)
 
 
+def test_a_fifo_manifest_is_refused_without_waiting_on_it(tmp_path: Path) -> None:
+    """A FIFO named plora.yml (a tar carries one) reports size 0 and blocks whoever reads it: refused at once."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "plora.yml")
+    box: dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            read_manifest(tmp_path)
+        except ManifestError as err:
+            box["err"] = err
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "still waiting on the FIFO after 20 s"
+    assert "not a regular file" in str(box["err"])
+
+
 def test_canonical_bytes_exclude_signatures_and_sort_keys() -> None:
     m = parse_manifest(VALID)
     body = canonical_bytes(m)

@@ -45,6 +45,7 @@ from plora.manifest import (
     ADAPTER_CONFIG_NAME,
     ARTIFACT_NAME,
     MANIFEST_NAME,
+    MAX_CONFIG_BYTES,
     Artifact,
     Manifest,
     now_utc,
@@ -54,7 +55,6 @@ from plora.outputs import check_output_dir
 from plora.plasmid import parse_lora_key, suffix_match
 from plora.strictjson import loads_strict
 
-MAX_CONFIG_BYTES = 1 << 20
 FLOAT_DTYPES = ("F16", "F32", "F64")
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 

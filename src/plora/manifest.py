@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plora.errors import ManifestError, first_validation_error
-from plora.fsio import atomic_write_text
+from plora.fsio import atomic_write_text, read_bounded
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "plora.yml"
@@ -52,6 +52,7 @@ def is_plasmid_file(name: str) -> bool:
 # Manifests from strangers (gate, verify): a real one is a few KB; PyYAML needs
 # about a second per 32 KB of tokens on these CPUs, so a 1 MB one would cost tens of seconds per screen.
 UNTRUSTED_MAX_BYTES = 32 * 1024
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest on this machine (the loader, plora sign, recall)
 MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json, as the gate, plora verify and plora sign read it
 MAX_RANK = 1024  # the largest LoRA rank a plasmid's manifest describes
 MAX_ALPHA = 65536
@@ -245,16 +246,16 @@ def manifest_path(folder_or_file: str | os.PathLike[str]) -> Path:
     return p / MANIFEST_NAME if p.is_dir() else p
 
 
-def read_manifest(folder_or_file: str | os.PathLike[str], max_bytes: int = 1 << 20) -> Manifest:
+def read_manifest(folder_or_file: str | os.PathLike[str], max_bytes: int = MAX_MANIFEST_BYTES) -> Manifest:
+    """The manifest of a plasmid folder (or the file itself); a missing, oversized, non-regular (a FIFO is never
+    waited on) or undecodable one is a one-line ManifestError."""
     path = manifest_path(folder_or_file)
+    if not os.path.lexists(path):
+        raise ManifestError(f"{path}: no manifest (expected a plasmid folder with {MANIFEST_NAME})")
+    data = read_bounded(path, max_bytes, "a plasmid manifest", ManifestError)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ManifestError(f"{path}: manifest is {size} bytes, more than the {max_bytes} allowed")
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest (expected a plasmid folder with {MANIFEST_NAME})") from None
-    except (OSError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: cannot read manifest: {err}") from None
     return loads_manifest(text, source=str(path))
 

@@ -32,7 +32,15 @@ import torch
 from plora.errors import LoaderError, ManifestError
 from plora.hashing import sha256_bytes
 from plora.loader.tensorfile import load_safetensors
-from plora.manifest import ADAPTER_CONFIG_NAME, ARTIFACT_NAME, MANIFEST_NAME, Manifest, loads_manifest
+from plora.manifest import (
+    ADAPTER_CONFIG_NAME,
+    ARTIFACT_NAME,
+    MANIFEST_NAME,
+    MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    loads_manifest,
+)
 from plora.plasmid import (
     Plasmid,
     artifact_path,
@@ -44,8 +52,6 @@ from plora.plasmid import (
 
 # adapter_config.json fields that change what the factors mean; a plain LoRA is all this loader applies.
 _UNSUPPORTED_FLAGS = ("use_dora", "use_qalora", "lora_bias")
-_MAX_MANIFEST = 1 << 20
-_MAX_CONFIG = 1 << 20
 
 
 @dataclass
@@ -83,7 +89,7 @@ def _read_manifest(folder: Path) -> Manifest | None:
     path = folder / MANIFEST_NAME
     try:
         with open(path, "rb") as fh:
-            data = fh.read(_MAX_MANIFEST + 1)
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         if not folder.is_dir():
             raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)") from None
@@ -92,8 +98,8 @@ def _read_manifest(folder: Path) -> Manifest | None:
         raise LoaderError(f"{folder}: not a folder (expected a plasmid or PEFT adapter folder)") from None
     except OSError as err:
         raise LoaderError(f"{path}: cannot read the manifest ({err.strerror or err})") from None
-    if len(data) > _MAX_MANIFEST:
-        raise ManifestError(f"{path}: manifest is larger than the {_MAX_MANIFEST} bytes allowed")
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: manifest is larger than the {MAX_MANIFEST_BYTES} bytes allowed")
     return _parse_manifest(data, str(path))
 
 
@@ -219,7 +225,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / ADAPTER_CONFIG_NAME
     if not path.exists():
         raise LoaderError(f"{folder}: no {ADAPTER_CONFIG_NAME} (not a plasmid or PEFT adapter folder)")
-    data = read_bounded(path, _MAX_CONFIG, "adapter config", LoaderError)
+    data = read_bounded(path, MAX_CONFIG_BYTES, "adapter config", LoaderError)
     return dict(_parse_config(data, str(path)))  # parsed once per content; a copy so callers cannot alter the memo
 
 
