@@ -151,6 +151,21 @@ def test_an_adapter_that_makes_peft_rewrite_the_base_is_refused(gpt2_setup, tmp_
             read_adapter(folder)
 
 
+@pytest.mark.parametrize(("key", "value"), [("layers_to_transform", [0]), ("alora_invocation_tokens", [5, 6])])
+def test_a_raw_adapter_peft_runs_differently_from_plain_lora_is_refused(gpt2_setup, tmp_path, key, value):
+    """PEFT applies a layers_to_transform adapter to the listed layers only, and an aLoRA one only after its invocation
+    tokens; injecting every factor everywhere gave logits 5-7 nats away from PEFT's, so the loader refuses them."""
+    base, _, raw, _, _ = gpt2_setup
+    folder = Path(shutil.copytree(raw[0], tmp_path / key))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, key: value}))
+    before = _snapshot(base)
+    for mode in ("side", "merged"):
+        with pytest.raises(LoaderError, match=f"{key} must be empty"):
+            inject(base, folder, mode=mode)
+    assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
+
+
 @pytest.mark.parametrize("mode", ["side", "merged"])
 def test_gpt2_conv1d_logits_match_peft_unmerged(gpt2_setup, mode):
     base, _, raw, plasmids, _ = gpt2_setup

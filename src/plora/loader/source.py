@@ -52,6 +52,8 @@ from plora.plasmid import (
 
 # adapter_config.json fields that change what the factors mean; a plain LoRA is all this loader applies.
 _UNSUPPORTED_FLAGS = ("use_dora", "use_qalora", "lora_bias")
+# Settings beyond plain LoRA that a raw PEFT folder may hold because this loader applies them as PEFT does (_scales).
+_APPLIED_SETTINGS = frozenset({"use_rslora", "rank_pattern", "alpha_pattern"})
 
 
 @dataclass
@@ -215,6 +217,11 @@ def _parse_config(data: bytes, source: str) -> dict[str, Any]:
                           "when PEFT loads the adapter; the plora loader applies plain LoRA only")
     if config.get("exclude_modules"):
         raise LoaderError(f"{source}: exclude_modules is not supported (PEFT would skip factors the file carries)")
+    # Anything else PEFT builds differently from plain LoRA (layers_to_transform, aLoRA's invocation tokens, a
+    # setting a newer PEFT adds) would make the injected model differ from the one PEFT runs: the plasmids' allowlist.
+    beyond = config_beyond_plain_lora({k: v for k, v in config.items() if k not in _APPLIED_SETTINGS})
+    if beyond:
+        raise LoaderError(f"{source}: {beyond[0]} (the plora loader applies plain LoRA only)")
     _check_values(config, source)
     return config
 
