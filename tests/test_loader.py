@@ -166,6 +166,32 @@ def test_a_raw_adapter_peft_runs_differently_from_plain_lora_is_refused(gpt2_set
     assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "huge_alpha"])
+def test_factors_that_make_the_model_non_finite_are_refused(gpt2_setup, tmp_path, bad):
+    """A NaN or Inf factor (or an alpha whose scale overflows float32) used to be injected: every logit of a side
+    path became NaN, and a merged one wrote NaN into the weights. Now refused, the model untouched."""
+    from safetensors.numpy import load_file, save_file
+
+    base, _, raw, _, _ = gpt2_setup
+    folder = Path(shutil.copytree(raw[0], tmp_path / bad))
+    if bad == "huge_alpha":
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 1e300}))
+        message = "overflows its torch.float32 weight"
+    else:
+        tensors = load_file(str(folder / "adapter_model.safetensors"))
+        key = sorted(tensors)[-1]
+        tensors[key] = tensors[key].copy()
+        tensors[key][0, 0] = np.nan if bad == "nan" else -np.inf
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        message = "NaN or Inf in its LoRA factors"
+    before = _snapshot(base)
+    for mode in ("side", "merged"):
+        with pytest.raises(LoaderError, match=message):
+            inject(base, folder, mode=mode)
+    assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
+
+
 @pytest.mark.parametrize("mode", ["side", "merged"])
 def test_gpt2_conv1d_logits_match_peft_unmerged(gpt2_setup, mode):
     base, _, raw, plasmids, _ = gpt2_setup

@@ -267,6 +267,10 @@ def inject(
     plan = []  # validate everything before touching anything
     for name, (a, b, scale) in src.modules.items():
         module, w, conv1d = _layout(model, name, a, b, src.label)
+        if not abs(scale * weight) <= torch.finfo(w.dtype).max:
+            raise LoaderError(
+                f"{src.label}: scale alpha/r x weight = {scale * weight:g} for {name!r} overflows its {w.dtype} weight"
+            )
         plan.append((name, module, w, _like(a, w, owned), _like(b, w, owned), scale * weight, conv1d))
 
     handle = InjectionHandle(src.label, mode, weight, tuple(p[0] for p in plan), _model=weakref.ref(model))

@@ -148,6 +148,13 @@ def _check_values(config: dict[str, Any], source: str) -> None:
                 raise LoaderError(f"{source}: {name} must map module patterns to {what}, got {key!r}: {value!r}")
 
 
+def _finite(t: torch.Tensor) -> bool:
+    # numpy's isfinite costs a third of torch's per call (the inject hot path); numpy has no bfloat16
+    if t.dtype == torch.bfloat16:
+        return bool(torch.isfinite(t).all())
+    return bool(np.isfinite(t.numpy()).all())
+
+
 def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     found: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -168,6 +175,9 @@ def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torc
                 f"{where}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
                 "expected (r, in) and (out, r)"
             )
+        if not (_finite(a) and _finite(b)):
+            # NaN or Inf would poison every output of a side path and every weight it is merged into
+            raise LoaderError(f"{where}: module {module!r} has NaN or Inf in its LoRA factors")
         pairs[module] = (a, b)
     if not pairs:
         raise LoaderError(f"{where}: no LoRA factors found")
