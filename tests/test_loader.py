@@ -192,6 +192,25 @@ def test_factors_that_make_the_model_non_finite_are_refused(gpt2_setup, tmp_path
     assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
 
 
+def test_a_merged_inject_into_a_tied_weight_is_refused(gpt2_setup, tmp_path):
+    """GPT-2's lm_head.weight is the input embedding: merging a LoRA on lm_head in place changed the embedding too,
+    logits 6 nats away from PEFT's (and from side mode). Merged mode refuses it; side mode matches PEFT."""
+    from safetensors.numpy import load_file, save_file
+
+    base, _, _, _, _ = gpt2_setup
+    folder = _peft_adapter(base, tmp_path / "head", ["lm_head"], seed=5)
+    tensors = load_file(str(folder / "adapter_model.safetensors"))  # PEFT also saves the tied base layer: drop it
+    save_file({k: v for k, v in tensors.items() if ".lora_" in k}, str(folder / "adapter_model.safetensors"))
+    before = _snapshot(base)
+    with pytest.raises(LoaderError, match="shares its weight with transformer.wte.weight"):
+        inject(base, folder, mode="merged")
+    assert _snapshot(base) == before and not active_injections(base)
+    _, theirs = _peft_logits(base, [folder])
+    with injected(base, folder, mode="side"), torch.no_grad():
+        assert torch.equal(base(_ids()).logits, theirs)
+    assert _snapshot(base) == before and _no_hooks(base)
+
+
 @pytest.mark.parametrize("mode", ["side", "merged"])
 def test_gpt2_conv1d_logits_match_peft_unmerged(gpt2_setup, mode):
     base, _, raw, plasmids, _ = gpt2_setup

@@ -32,7 +32,7 @@ as if only the remaining plasmids had been injected into the original model, in 
 all gives back the original weights exactly.
 
 Validation happens before any weight is touched: every target module must exist and be ``nn.Linear`` or GPT-2's
-``Conv1D``, every factor must fit its weight, and (for a plasmid with a manifest) the live model's weights digest must
+``Conv1D``, every factor must fit its weight (in merged mode, a weight no other module shares), and (for a plasmid with a manifest) the live model's weights digest must
 equal ``manifest.base_model.digest``. Computing that digest reads every weight, so it is cached per model object; pass
 ``expected_digest`` (e.g. ``LoadedBase.digest``) to skip it, ``check_base=False`` to skip the check, or
 :func:`forget_digest` after changing the weights yourself. A failure half-way through leaves the model as it was.
@@ -92,6 +92,7 @@ class _ModelState:
     # module name -> a backup buffer freed by a merged remove, reused by the next merged inject of that module:
     # allocating ~100 MB of fresh pages per inject (SmolLM2) cost more than copying into them (release_buffers)
     spare: dict[str, torch.Tensor] = field(default_factory=dict)
+    shared: dict[int, list[str]] | None = None  # _shared_weights, found once per model (74 us on plora-tiny)
 
 
 _STATE: weakref.WeakKeyDictionary[nn.Module, _ModelState] = weakref.WeakKeyDictionary()
@@ -136,10 +137,11 @@ def model_digest(model: nn.Module | Any) -> str:
 
 
 def forget_digest(model: nn.Module) -> None:
-    """Drop the cached digest (call after changing the base weights outside the loader)."""
+    """Drop the cached digest and tied-weight map (call after changing the base weights or ties outside the loader)."""
     st = _STATE.get(_unwrap(model)[0])
     if st is not None:
         st.digest = None
+        st.shared = None
 
 
 def release_buffers(model: nn.Module | Any) -> int:
@@ -200,6 +202,15 @@ def _layout(
             f"A {tuple(a.shape)} and B {tuple(b.shape)}, expected A (r, {in_f}) and B ({out_f}, r)"
         )
     return module, weight, conv1d
+
+
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """Data address -> the parameter names that hold it, for addresses more than one name holds (tied weights:
+    GPT-2's lm_head.weight is transformer.wte.weight)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(p.data_ptr(), []).append(name)
+    return {ptr: n for ptr, n in names.items() if len(n) > 1}
 
 
 def _like(t: torch.Tensor, w: torch.Tensor, copy: bool) -> torch.Tensor:
@@ -265,8 +276,20 @@ def inject(
     # whose arrays read_adapter copies) is private already.
     owned = plasmid is src
     plan = []  # validate everything before touching anything
+    st = _state(model)
+    if mode == "merged" and st.shared is None:
+        st.shared = _shared_weights(model)
+    shared = st.shared if mode == "merged" and st.shared is not None else {}
     for name, (a, b, scale) in src.modules.items():
         module, w, conv1d = _layout(model, name, a, b, src.label)
+        tied = [t for t in shared.get(w.data_ptr(), []) if t != f"{name}.weight"]
+        if tied:
+            # a delta added in place would reach every module holding the weight (the input embedding, for a tied
+            # lm_head), which PEFT's LoRA on this one module never does
+            raise LoaderError(
+                f"{src.label}: module {name!r} shares its weight with {', '.join(tied)} (tied weights)"
+                ": a merged inject would change them all; inject it in side mode"
+            )
         if not abs(scale * weight) <= torch.finfo(w.dtype).max:
             raise LoaderError(
                 f"{src.label}: scale alpha/r x weight = {scale * weight:g} for {name!r} overflows its {w.dtype} weight"
@@ -274,7 +297,6 @@ def inject(
         plan.append((name, module, w, _like(a, w, owned), _like(b, w, owned), scale * weight, conv1d))
 
     handle = InjectionHandle(src.label, mode, weight, tuple(p[0] for p in plan), _model=weakref.ref(model))
-    st = _state(model)
     if mode == "side":
         try:
             for _, module, _, a, b, scale, _ in plan:
