@@ -32,10 +32,11 @@ as if only the remaining plasmids had been injected into the original model, in 
 all gives back the original weights exactly.
 
 Validation happens before any weight is touched: every target module must exist and be ``nn.Linear`` or GPT-2's
-``Conv1D``, every factor must fit its weight (in merged mode, a weight no other module shares), and (for a plasmid with a manifest) the live model's weights digest must
-equal ``manifest.base_model.digest``. Computing that digest reads every weight, so it is cached per model object; pass
-``expected_digest`` (e.g. ``LoadedBase.digest``) to skip it, ``check_base=False`` to skip the check, or
-:func:`forget_digest` after changing the weights yourself. A failure half-way through leaves the model as it was.
+``Conv1D``, every factor must fit its weight (in merged mode, a weight no other module shares), and (for a plasmid
+with a manifest) the live model's weights digest must equal ``manifest.base_model.digest``. Computing that digest
+reads every weight, so it is cached per model object; pass ``expected_digest`` (e.g. ``LoadedBase.digest``) to skip
+it, ``check_base=False`` to skip the check, or :func:`forget_digest` after changing the weights yourself. A failure
+half-way through leaves the model as it was.
 """
 
 from __future__ import annotations
