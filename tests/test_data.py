@@ -211,6 +211,19 @@ def test_jsonl_csv_parquet_round_trip_with_field_mapping(tmp_path):
         load_examples(str(jsonl))
 
 
+def test_a_bad_split_value_names_the_file_and_line(tmp_path):
+    """An unknown split used to be reported without saying where ("unknown split 'bogus'"), and a list was taken as
+    the text "['train']"; a file of thousands of rows left the user to search for it."""
+    data = tmp_path / "mine.jsonl"
+    rows = [{"question": "q1", "answer": "a1", "split": "train"}, {"question": "q2", "answer": "a2", "split": "bogus"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"^mine\.jsonl line 2: unknown split 'bogus' \(expected train, dev"):
+        load_examples(str(data))
+    data.write_text(json.dumps({"question": "q", "answer": "a", "split": ["train"]}) + "\n")
+    with pytest.raises(DataError, match=r"^mine\.jsonl line 1 field 'split' is a list, not text"):
+        load_examples(str(data))
+
+
 def test_split_column_is_honoured(tmp_path):
     path = tmp_path / "own.jsonl"
     rows = [{"question": f"q{i}?", "answer": str(i), "split": "train" if i % 4 else "validation"} for i in range(40)]

@@ -245,8 +245,11 @@ def _table_from_records(
         if not question or not answer:
             continue  # rows with an empty question or answer teach nothing
         fact = _text(r.get("fact_id")) or f"q:{hashlib.sha256(question.encode('utf-8')).hexdigest()[:16]}"
-        declared = _text(r.get("split")) if honour_split else ""
-        split = normalize_split(declared) if declared else split_of(fact)
+        declared = _field_text(r.get("split"), f"{where} {at} field 'split'") if honour_split else ""
+        try:
+            split = normalize_split(declared) if declared else split_of(fact)
+        except DataError as err:
+            raise DataError(f"{where} {at}: {err}") from None
         out[split].append(QA(question, answer, fact, _text(r.get("domain")) or domain))
     if not any(out.values()):
         raise DataError(f"{where} has no rows with both a '{qf}' and an '{af}' value")
