@@ -168,6 +168,21 @@ def test_import_never_overwrites_without_force(peft_adapter: Path, tmp_path: Pat
     assert code == 2 and "PEFT folder itself" in text
 
 
+def test_an_id_or_domain_a_manifest_cannot_hold_is_one_line_naming_the_option(
+    peft_adapter: Path, tmp_path: Path
+) -> None:
+    """These were refused only once the manifest was built, after every tensor was read and the base hashed, with
+    pydantic's multi-part text ("1 validation error for Manifest ... For further information visit ...")."""
+    for args, message in (
+        (["--id", "../evil"], "--id '../evil' cannot be the plasmid's plasmid_id: String should match pattern"),
+        (["--domain", "a b"], "--domain 'a b' cannot be the plasmid's domain: String should match pattern"),
+        ([], "--out folder name '_x' cannot be the plasmid's plasmid_id: String should match pattern"),
+    ):
+        code, text = import_cli(peft_adapter, "--out", tmp_path / "_x" if not args else tmp_path / "ok", *args)
+        assert code == 2 and message in text and "pydantic" not in text and len(text.strip().splitlines()) == 1, text
+    assert not any(tmp_path.iterdir())
+
+
 def test_import_never_replaces_the_working_directory_or_the_source(
     peft_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

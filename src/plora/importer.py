@@ -84,6 +84,23 @@ def _read_config(src: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, cfg
 
 
+def _check_label(field: str, value: str, option: str) -> None:
+    """``value`` as the manifest's ``field`` takes it, checked before any work (the manifest is built last)."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from plora.errors import first_validation_error
+
+    info = Manifest.model_fields[field]
+    try:
+        TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+    except ValidationError as err:
+        message = first_validation_error(err).removeprefix(": ")
+        hint = "; pass --id ID" if option.startswith("--out") else ""
+        raise AdapterImportError(f"{option} {value!r} cannot be the plasmid's {field}: {message}{hint}") from None
+
+
 def _number(cfg: dict[str, Any], key: str, default: float | None = None) -> float:
     value = cfg.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool):
@@ -241,6 +258,8 @@ def import_peft(
     check_output_dir(out, force=overwrite, sources=[src])
     if out.exists() and not overwrite:
         raise AdapterImportError(f"{out} already exists; choose another --out or pass --force")
+    _check_label("plasmid_id", plasmid_id or out.name, "--id" if plasmid_id else "--out folder name")
+    _check_label("domain", domain, "--domain")
     config_raw, cfg = _read_config(src)
     if cfg.get("peft_type") != "LORA":
         raise AdapterImportError(f"peft_type is {cfg.get('peft_type')!r}: only LoRA adapters become plasmids")
