@@ -183,6 +183,22 @@ def test_an_id_or_domain_a_manifest_cannot_hold_is_one_line_naming_the_option(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"lora_alpha": 0}, "lora.alpha: Input should be greater than 0"),
+     ({"lora_dropout": 2.0}, "lora.dropout: Input should be less than 1")],
+)
+def test_config_values_a_manifest_cannot_hold_are_one_short_line(
+    peft_adapter: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    """They used to come out as pydantic's whole text, cut at 300 characters ("1 validation error for Manifest ...")."""
+    src = Path(shutil.copytree(peft_adapter, tmp_path / "peft"))
+    _edit_config(src, **change)
+    code, text = import_cli(src, "--out", tmp_path / "out")
+    assert code == 2 and f"cannot describe this adapter in plora.yml: {message}" in text, text
+    assert "validation error" not in text and not (tmp_path / "out").exists()
+
+
 def test_import_never_replaces_the_working_directory_or_the_source(
     peft_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

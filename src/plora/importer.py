@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plora.errors import ManifestError, ModelError, PloraError
+from pydantic import ValidationError
+
+from plora.errors import ManifestError, ModelError, PloraError, first_validation_error
 from plora.fsio import read_bounded, staging_dir
 from plora.hashing import sha256_bytes, sha256_file
 from plora.manifest import (
@@ -88,9 +90,7 @@ def _check_label(field: str, value: str, option: str) -> None:
     """``value`` as the manifest's ``field`` takes it, checked before any work (the manifest is built last)."""
     from typing import Annotated
 
-    from pydantic import TypeAdapter, ValidationError
-
-    from plora.errors import first_validation_error
+    from pydantic import TypeAdapter
 
     info = Manifest.model_fields[field]
     try:
@@ -316,6 +316,8 @@ def import_peft(
             ),
             training={"seed": 0, "samples": 0, "epochs": 0.0, "dataset": "import:peft"},
         )
+    except ValidationError as err:  # adapter_config's own values: lora_alpha 0, lora_dropout 2.0
+        raise AdapterImportError(f"cannot describe this adapter in plora.yml: {first_validation_error(err)}") from None
     except (ValueError, TypeError) as err:
         raise AdapterImportError(
             f"cannot describe this adapter in plora.yml: {' '.join(str(err).split())[:300]}"
