@@ -93,6 +93,49 @@ def test_bad_policy_file_is_a_one_line_error(tmp_path: Path, content: str, match
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"allowed_ranks": [true]}', "allowed_ranks.0: Input should be a valid integer"),
+        ('{"allowed_ranks": ["8"]}', "allowed_ranks.0: Input should be a valid integer"),
+        ('{"allowed_ranks": [4.0]}', "allowed_ranks.0: Input should be a valid integer"),
+        ('{"allowed_ranks": "4,x"}', "rank 'x' is not a whole number"),
+        ('{"allowed_ranks": "4,-8"}', "rank '-8' is not a whole number"),
+        ('{"quorum": true}', "quorum: Input should be a valid integer"),
+        ('{"quorum": "2"}', "quorum: Input should be a valid integer"),
+        ('{"max_artifact_bytes": 1.0}', "max_artifact_bytes"),
+        ('{"probe_seed": true}', "probe_seed"),
+        ('{"signatures": 1}', "signatures: Input should be a valid boolean"),
+        ('{"signatures": "yes"}', "signatures"),
+        ('{"probes": 0}', "probes"),
+        ('{"tau_trigger": "3"}', "tau_trigger: Input should be a valid number"),
+        ('{"tau_clean_delta": true}', "tau_clean_delta"),
+        ('{"tau_norm_z": -1}', "tau_norm_z: Input should be greater than or equal to 0"),
+        ('{"recall": {"revocation_quorum": true}}', "recall.revocation_quorum"),
+        ('{"recall": {"peer_scoring": "yes"}}', "recall.peer_scoring"),
+    ],
+)
+def test_policy_file_types_are_strict(tmp_path: Path, content: str, match: str) -> None:
+    """A security policy says what it means: true is not rank 1, "2" is not a quorum, 1 is not true, and a
+    weight-anomaly z (an absolute robust z) below 0 would reject every plasmid."""
+    pf = tmp_path / "policy.json"
+    pf.write_text(content)
+    with pytest.raises(PolicyError, match=match) as info:
+        load_policy(pf)
+    assert "\n" not in str(info.value)
+
+
+def test_flag_spellings_stay_accepted_in_files_and_overrides(tmp_path: Path) -> None:
+    pf = tmp_path / "policy.json"
+    pf.write_text(json.dumps({"allowed_ranks": "8,16", "signatures": "on", "tau_trigger": 3, "tau_norm_z": 0,
+                              "recall": {"revocation_quorum": 2, "peer_scoring": True}}))
+    p = load_policy(pf, allowed_ranks=None, quorum=2, weight_check=False)
+    assert p.allowed_ranks == [8, 16] and p.signatures is True and p.tau_trigger == 3.0 and p.tau_norm_z == 0
+    assert p.recall.revocation_quorum == 2 and p.quorum == 2 and p.weight_check is False
+    assert load_policy(allowed_ranks="4").allowed_ranks == [4]  # plora gate --allowed_ranks 4
+    assert Policy(allowed_ranks=(16, 4), trusted_keys=("a.pub",)).allowed_ranks == [4, 16]  # tuples from Python
+
+
 def test_bad_targets_file_and_overrides(tmp_path: Path) -> None:
     empty = tmp_path / "t.txt"
     empty.write_text("# nothing\n")

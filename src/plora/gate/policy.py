@@ -54,16 +54,33 @@ class PolicyError(PloraError):
 def _csv(v: Any) -> Any:
     if isinstance(v, str):
         return [part.strip() for part in v.split(",") if part.strip()]
+    if isinstance(v, tuple):
+        return list(v)
     return v
+
+
+def _ranks_text(v: Any) -> Any:
+    """``"4,8,16"`` (the flag's spelling) to ``[4, 8, 16]``; each part must be written as a whole number."""
+    parts = _csv(v)
+    if not isinstance(v, str):
+        return parts
+    for part in parts:
+        if not part.isascii() or not part.isdigit():
+            raise ValueError(f"rank {part!r} is not a whole number")
+    return [int(part) for part in parts]
 
 
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Policy(BaseModel):
-    """What the gate accepts. Every field has a default; unknown fields are refused."""
+    """What the gate accepts. Every field has a default; unknown fields are refused.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Types are strict (a security policy says what it means): ``true`` is not a rank or a quorum, ``"2"`` is not a
+    number, ``1`` is not ``true``. The spellings the flags use stay accepted: ``"4,8,16"`` for ``allowed_ranks`` (and
+    comma-separated targets and keys), ``"on"`` / ``"off"`` for the switches."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     base_model: str = Field(default="plora-tiny", min_length=1, description="base model name the plasmid must declare")
     base_digest: str | None = Field(
@@ -83,7 +100,8 @@ class Policy(BaseModel):
         default=None, description="reject above this trigger score (None: the base's calibration)"
     )
     tau_norm_z: Threshold | None = Field(
-        default=None, description="reject above this weight-anomaly robust z (None: the base's calibration)"
+        default=None, ge=0,
+        description="reject above this weight-anomaly robust z, 0 or more (None: the base's calibration)",
     )
     tau_clean_delta: Threshold | None = Field(
         default=None, description="reject above this clean-probe NLL increase, nats (None: the base's calibration)"
@@ -104,10 +122,15 @@ class Policy(BaseModel):
         description="revocation keys and quorum, peer scoring (plora.recall.policy); never changes a gate verdict",
     )
 
-    @field_validator("allowed_ranks", "allowed_targets", "trusted_keys", mode="before")
+    @field_validator("allowed_targets", "trusted_keys", mode="before")
     @classmethod
     def _comma_separated(cls, v: Any) -> Any:
         return _csv(v)
+
+    @field_validator("allowed_ranks", mode="before")
+    @classmethod
+    def _comma_separated_ranks(cls, v: Any) -> Any:
+        return _ranks_text(v)
 
     @field_validator("signatures", "weight_check", "probes", mode="before")
     @classmethod

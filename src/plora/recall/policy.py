@@ -25,9 +25,11 @@ from plora.recall.scoring import Scoring
 
 
 class RecallPolicy(BaseModel):
-    """Revocation trust and peer-scoring parameters (the ``recall`` field of :class:`plora.gate.policy.Policy`)."""
+    """Revocation trust and peer-scoring parameters (the ``recall`` field of :class:`plora.gate.policy.Policy`).
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Strict types, as the policy's: ``true`` is not a quorum, ``"2"`` is not a number."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     revocation_keys: list[str] = Field(
         default=[], description="public keys or folders trusted to sign revocations; empty: the policy's trusted_keys"
@@ -53,6 +55,8 @@ class RecallPolicy(BaseModel):
     def _comma_separated(cls, v: object) -> object:
         if isinstance(v, str):
             return [part.strip() for part in v.split(",") if part.strip()]
+        if isinstance(v, tuple):
+            return list(v)
         return v
 
     def scoring(self) -> Scoring | None:
