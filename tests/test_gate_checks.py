@@ -461,6 +461,20 @@ def test_gate_cli_bad_input_exits_2(tmp_path: Path) -> None:
         assert cli.output.startswith("error:") and "Traceback" not in cli.output
 
 
+def test_gate_quorum_above_the_trusted_keys_is_bad_input(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """trusted/ holds 3 keys: a quorum of 4 can never be met, so it is a bad policy (exit 2, one line, no stage
+    run), not a REJECTED plasmid (exit 1)."""
+    folder = make_plasmid(tmp_path / "p")
+    sign_plasmid(folder, keys["alice"])
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(signed_policy(keys, quorum=4)))
+    cli = runner.invoke(app, ["gate", str(folder), "--policy_file", str(policy_file)])
+    assert cli.exit_code == 2, cli.output
+    assert cli.output.strip() == "error: quorum 4 can never be met: the trusted keys hold 3 distinct key(s)"
+    with pytest.raises(Exception, match="quorum 2 can never be met"):
+        screen(folder, Policy(**{**signed_policy(keys, quorum=2), "trusted_keys": [str(keys["alice"]) + ".pub"]}))
+
+
 def test_cli_overrides_reach_the_policy(tmp_path: Path) -> None:
     folder = make_plasmid(tmp_path / "p", r=2, alpha=4.0)
     args = ["gate", str(folder), "--no-probes", "--no-weight-check", "--policy_file", str(tmp_path / "p.json")]

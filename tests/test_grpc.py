@@ -146,6 +146,8 @@ def test_bad_network_input_is_one_line_and_exit_2(world, server, tmp_path, capsy
                            (fetch_args + [str(never), "--quarantine", str(never / "q")], "inside the destination"),
                            (fetch_args + [str(never), "--quarantine", str(never)], "inside the destination"),
                            (fetch_args + [str(never), "--wait", "-5"], "--wait must be"),
+                           (fetch_args + [str(never), "--trusted-keys", str(world["keys"]), "--quorum", "2"],
+                            "quorum 2 can never be met: the trusted keys hold 1 distinct key(s)"),
                            (["fetch", "--from", server.address, "--id", "../up", "--dest", str(never)],
                             "invalid plasmid id")):
         with pytest.raises(SystemExit) as exit_:

@@ -365,8 +365,17 @@ def test_verify_ok_with_quorum_of_distinct_detached_signers(signed: Path, keys: 
     assert code == 0
     code, out = verify_cli(signed, "--trusted-keys", str(a), "--trusted-keys", str(b), "--quorum", "2")  # repeated
     assert code == 0 and "unknown key" in out  # dave's signature is noted, not counted
-    code, out = verify_cli(signed, "--trusted-keys", str(keys["trusted"]), "--quorum", "4")
+    code, out = verify_cli(signed, "--trusted-keys", f"{keys['trusted']},{keys['outsider']}", "--quorum", "4")
     assert code == 1 and "QUORUM_NOT_MET: 3 distinct trusted signer(s), 4 required" in out
+
+
+def test_quorum_above_the_trusted_keys_is_bad_input_not_a_rejection(signed: Path, keys: dict[str, Path]) -> None:
+    """Three trusted keys can never make a quorum of 4: exit 2, one line, whatever the plasmid holds (before, every
+    plasmid was REJECTED with exit 1 as if it were at fault)."""
+    code, out = verify_cli(signed, "--trusted-keys", str(keys["trusted"]), "--quorum", "4")
+    assert code == 2 and out.strip() == "error: quorum 4 can never be met: the trusted keys hold 3 distinct key(s)"
+    code, out = verify_cli(signed, "--trusted-keys", str(pub(keys, "alice")), "--quorum", "2")
+    assert code == 2 and "hold 1 distinct key(s)" in out
 
 
 def test_flipping_one_artifact_byte_fails_verify(signed: Path, keys: dict[str, Path]) -> None:

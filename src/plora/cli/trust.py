@@ -101,8 +101,10 @@ def register(app: typer.Typer) -> None:
         signatures. Exit 0 OK, 1 rejected, 2 bad input."""
         with user_errors():
             from plora.signer import Keyring, verify_plasmid
+            from plora.signer.dsse import check_quorum_arg
 
             keyring = Keyring.load(split_paths(trusted_keys))
+            check_quorum_arg(quorum, keyring)
             if folder.is_file():
                 if folder.suffix != ".json":
                     from plora.errors import PloraError

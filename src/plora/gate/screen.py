@@ -359,7 +359,8 @@ def screen(
     ``keyring``: a plora.signer.Keyring to reuse; loaded from ``policy.trusted_keys`` when None.
     ``progress(stage, None)`` is called as a stage starts and ``progress(stage, record)`` when it is done or skipped
     (a CLI shows the stages of a long screen as they run; it changes nothing in the verdict).
-    Raises PloraError only for a bad policy (e.g. signatures on with no keys), never for a bad plasmid.
+    Raises PloraError only for a bad policy (e.g. signatures on with no keys, or a quorum above the distinct keys
+    they hold), never for a bad plasmid.
     """
     start = time.perf_counter()
     if policy.signatures and keyring is None:  # a bad key path is bad input, whatever the plasmid holds
@@ -368,6 +369,10 @@ def screen(
         if not policy.trusted_keys:
             raise PloraError("signatures are on but the policy names no trusted_keys")
         keyring = Keyring.load(policy.trusted_keys)
+    if policy.signatures:
+        from plora.signer.dsse import check_quorum_arg
+
+        check_quorum_arg(policy.quorum, keyring)
     s = _Screen(Path(folder), policy, base, keyring)
     stages: dict[str, tuple[Callable[[dict[str, Any]], list[ReasonPair]], str | None]] = {
         "schema": (s.schema, None),

@@ -47,8 +47,10 @@ def signature_check(trusted_keys: Sequence[str | os.PathLike[str]], quorum: int 
     second time.
     """
     from plora.signer import Keyring, check_signatures
+    from plora.signer.dsse import check_quorum_arg
 
     keyring = Keyring.load([str(p) for p in trusted_keys])
+    check_quorum_arg(quorum, keyring)
 
     def check(folder: Path) -> list[str]:
         folder = Path(folder)

@@ -239,9 +239,16 @@ class Tally:
         return VerifyResult(not reasons, reasons, list(self.valid), list(self.untrusted), quorum, list(self.notes))
 
 
-def check_quorum_arg(quorum: int) -> None:
+def check_quorum_arg(quorum: int, keyring: Keyring | None = None) -> None:
+    """A quorum is at least 1 and, against a keyring from the user's configuration, at most its distinct keys:
+    a larger one would reject every plasmid as if the plasmid were at fault. (The recall store's keyring may be
+    empty on purpose, nobody may revoke: it passes none.)"""
     if quorum < 1:
         raise SignatureError(f"quorum must be at least 1, got {quorum}")
+    if keyring is not None and quorum > len(keyring):
+        raise SignatureError(
+            f"quorum {quorum} can never be met: the trusted keys hold {len(keyring)} distinct key(s)"
+        )
 
 
 def tally_envelope(
