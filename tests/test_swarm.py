@@ -401,13 +401,27 @@ def test_revoke_at_needs_an_accepted_trojan_in_play(tmp_path: Path) -> None:
         (["net", "--work_dir", "{garbage}"], "exists and is not a folder"),
         (["net", "--agents", "10000000"], "GB available: use at most"),
         (["sweep", "--graph", "ws", "--ws_k", "200", "--agents", "100"], "--ws_k must be even and below the number"),
+        # nothing to simulate, a gate flag no policy can hold, a quorum the one-signature pool never meets: before,
+        # each trained the pool (minutes) first
+        (["sim", "--rounds", "0"], "--rounds: Input should be greater than or equal to 1"),
+        (["sweep", "--rounds", "0", "--agents", "100"], "--rounds: Input should be greater than or equal to 1"),
+        (["sim", "--agents", "1"], "--agents 1: a swarm needs at least 2 agents"),
+        (["sweep", "--agents", "1,100"], "--agents 1: a swarm needs at least 2 agents"),
+        (["sim", "--tau_norm_z", "-1"], "--tau_norm_z: Input should be greater than or equal to 0"),
+        (["sweep", "--tau_norm_z", "none,-2", "--agents", "100"], "--tau_norm_z: Input should be greater than or"),
+        (["sim", "--allowed_ranks", "0,8"], "--allowed_ranks: rank 0 outside 1..1024"),
+        (["sim", "--policy_file", "{quorum2}"], "quorum 2 can never be met: each pool plasmid carries one signature"),
+        (["net", "--policy_file", "{quorum2}"], "quorum 2 can never be met"),
+        (["sweep", "--policy_file", "{quorum2}", "--agents", "100"], "quorum 2 can never be met"),
     ],
 )
 def test_bad_swarm_input_is_one_line_error_before_any_work(tmp_path: Path, args: list[str], expected: str) -> None:
     """Refused up front (exit 2, one line): a cold pool is never trained for a run that cannot go through."""
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{not json")
-    args = [a.format(missing=tmp_path / "nonexistent.json", garbage=garbage) for a in args]
+    quorum2 = tmp_path / "quorum2.json"
+    quorum2.write_text('{"signatures": true, "quorum": 2}')
+    args = [a.format(missing=tmp_path / "nonexistent.json", garbage=garbage, quorum2=quorum2) for a in args]
     out = ["--out" if args[0] == "sweep" else "--report_dir", str(tmp_path / "results")]
     proc = subprocess.run([sys.executable, "-m", "plora", "swarm", *args, *out], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

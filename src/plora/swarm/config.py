@@ -57,7 +57,7 @@ class SwarmConfig(BaseModel):
 
     agents: int = Field(default=6, ge=1, le=100_000_000, description="number of agents")
     rounds: int = Field(
-        default=50, ge=0, description="maximum rounds; the run stops earlier once nothing can change any more"
+        default=50, ge=1, description="maximum rounds; the run stops earlier once nothing can change any more"
     )
     seed: int = Field(
         default=0, ge=0, description="seeds the graph, the trojan draw, the sources and every contact"
@@ -123,7 +123,25 @@ class SwarmConfig(BaseModel):
             raise ValueError(f"--revoke_at {self.revoke_at} is after the last round (--rounds {self.rounds})")
         if self.trusted_pubkeys and self.signatures is False:
             raise ValueError("--trusted_pubkeys with --signatures off: give --signatures on (or no keys)")
+        self._gate_flags_valid()
         return self
+
+    def _gate_flags_valid(self) -> None:
+        """The gate flags given must make a valid Policy on their own (a negative --tau_norm_z, a rank 0), so a bad
+        one is refused before the pool trains, not when the policy is built after it."""
+        given: dict[str, Any] = {}
+        for name, f in SwarmConfig.model_fields.items():
+            if isinstance(f.json_schema_extra, dict) and getattr(self, name) is not None:
+                given[str(f.json_schema_extra["policy_field"])] = getattr(self, name)
+        if not given:
+            return
+        if "allowed_targets" in given:
+            given["allowed_targets"] = [given["allowed_targets"]]
+        try:
+            Policy(**given)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ValueError(f"--{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
 
     def flags(self) -> dict[str, Any]:
         """Every flag as it appears in the report's ``meta.flags`` (None: not given)."""
@@ -169,6 +187,8 @@ class SimConfig(SwarmConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> SimConfig:
+        if self.agents < 2:
+            raise ValueError(f"--agents {self.agents}: a swarm needs at least 2 agents (one has nobody to contact)")
         if self.sources is not None and self.sources * len(self.domains) > self.agents:
             raise ValueError(
                 f"--sources {self.sources} x {len(self.domains)} domains needs more than {self.agents} agents"

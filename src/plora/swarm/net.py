@@ -102,7 +102,7 @@ def _setup(cfg: NetConfig) -> _Setup:
         if not nearest.is_dir():
             where = "" if nearest == work else f": {nearest}"
             raise PloraError(f"--work_dir {cfg.work_dir}{where} exists and is not a folder")
-    check_inputs(cfg.policy_file, () if cfg.pool_dir else cfg.domains)
+    check_inputs(cfg.policy_file, () if cfg.pool_dir else cfg.domains, cfg.sim_config())
     t_start, started = time.perf_counter(), time.gmtime()
     pool, domains, policy, pool_root = _pool_and_policy(cfg)
     t_pool = time.perf_counter() - t_start

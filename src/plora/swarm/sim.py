@@ -80,14 +80,20 @@ def make_policy(cfg: SimConfig, trusted: list[str] | None = None) -> Any:
     return policy
 
 
-def check_inputs(policy_file: str | None, train_domains: tuple[str, ...] = ()) -> None:
+def check_inputs(policy_file: str | None, train_domains: tuple[str, ...] = (), cfg: SimConfig | None = None) -> None:
     """What must hold before the graph and the pool cost any time (sim, net and sweep): the policy file reads, even
     with security off (a mistyped path is never silently unused), and the domains the pool will train plasmids
-    for (none with ``--pool_dir``) are built-in ones."""
+    for (none with ``--pool_dir``) are built-in ones. With ``cfg``, its policy (file and flags) can accept a signed
+    pool plasmid: each carries ONE signature (clean: the swarm key's), so with the real gate's verdicts a quorum
+    above 1 would reject them all."""
     if policy_file is not None:
         from plora.gate.policy import load_policy
 
         load_policy(policy_file)
+    policy = make_policy(cfg) if cfg is not None else None
+    if policy is not None and policy.signatures and policy.quorum > 1 and cfg is not None and cfg.gate_tpr is None:
+        raise PloraError(f"quorum {policy.quorum} can never be met: each pool plasmid carries one signature (the "
+                         "swarm key's); give a policy with quorum 1")
     if train_domains:
         from plora.data import DOMAINS
 
@@ -164,7 +170,9 @@ def run_simulation(
         from plora.outputs import check_report_dir
 
         check_report_dir(cfg.report_dir)
-    check_inputs(cfg.policy_file, cfg.domains if provider is None and not cfg.pool_dir else ())
+    pool_signed = provider is None or isinstance(provider, PlasmidPool)  # gate_setup signs it with one key
+    check_inputs(cfg.policy_file, cfg.domains if provider is None and not cfg.pool_dir else (),
+                 cfg if pool_signed else None)
     graph_seed, role_seed, round_seed = stream_seeds(cfg.seed)
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()

@@ -199,7 +199,7 @@ def run_sweep(sweep: SweepConfig, executor: ExecutorConfig | None = None, progre
     t0 = time.perf_counter()
     out = check_report_dir(sweep.out, flag="--out")
     runs = plan_runs(sweep)
-    check_inputs(sweep.policy_file, () if sweep.pool_dir else sweep.domains)
+    check_inputs(sweep.policy_file, () if sweep.pool_dir else sweep.domains, runs[0] if runs else None)
     if backend_of(executor) == "ray":
         from plora.executor import connect_ray
 

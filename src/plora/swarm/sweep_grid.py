@@ -83,7 +83,7 @@ class SweepConfig(BaseModel):
         default=None, ge=1, description="gate model: plasmids per domain and label (default: as many as fit)"
     )
     seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field(default=(0, 1), min_length=1, description="run seeds")
-    rounds: int = Field(default=100, ge=0, description="maximum rounds per run")
+    rounds: int = Field(default=100, ge=1, description="maximum rounds per run")
     domains: tuple[str, ...] = Field(default=DEFAULT_DOMAINS, min_length=1, description="plasmid domains")
     security: bool = Field(default=True, description="on: every receiver screens with the gate (real or model)")
     policy_file: str | None = Field(default=None, description="gate policy JSON (real gate)")
