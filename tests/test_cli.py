@@ -102,6 +102,20 @@ def test_other_outputs_are_checked_before_the_work(tmp_path: Path) -> None:
     assert (tmp_path / "a_file").read_text() == "x" and [p.name for p in notes.iterdir()] == ["mine.txt"]
 
 
+def test_gate_eval_contradictory_options_are_refused_before_the_work(tmp_path: Path) -> None:
+    """Before, --quick silently beat --cohort real-model and --calibration silently beat --shipped, after a torch
+    import and into minutes of cohort training; now one line, exit 2, in about the time of the CLI's start."""
+    cal = tmp_path / "cal.json"
+    cal.write_text("{}")
+    for args, message in ((["--calibration", str(cal), "--shipped"], "give --calibration FILE or --shipped, not both"),
+                          (["--quick", "--cohort", "real-model"], "give --quick or --cohort real-model, not both")):
+        start = time.perf_counter()
+        proc = plora("gate-eval", "--out", str(tmp_path / "g"), *args, cwd=tmp_path)
+        assert proc.returncode == 2 and message in one_error_line(proc), args
+        assert time.perf_counter() - start < 15, args
+    assert not (tmp_path / "g").exists()
+
+
 def test_files_a_user_names_are_read_bounded(tmp_path: Path) -> None:
     """A device, a FIFO or a huge file named as a policy, calibration or key is refused in one line, never read
     whole (``/dev/zero`` once filled 24 GB) and never waited on."""

@@ -153,11 +153,21 @@ def run_gate_eval(
     probe_seed: int = 0, executor: Any = None, calibration: str | Path | None = None, use_installed: bool = False,
     spec: co.CohortSpec | None = None, progress: bool = True,
 ) -> dict[str, Any]:
+    from plora.errors import PloraError
+    from plora.outputs import check_report_dir
+
+    # options that contradict each other, a bad name or folder: refused before torch loads and minutes of training
+    if quick and cohort != "default":
+        raise PloraError(f"give --quick or --cohort {cohort}, not both (--quick is --cohort quick)")
+    if calibration is not None and use_installed:
+        raise PloraError("give --calibration FILE or --shipped, not both")
+    spec = spec or co.CohortSpec.named("quick" if quick else cohort, seed)
+    check_report_dir(out, flag="--out")
+
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
 
-    from plora.errors import PloraError
     from plora.executor import ExecutorConfig, backend_of
     from plora.experiments.gate_eval.report import write_outputs
     from plora.experiments.gate_eval.scoring import probe_all
@@ -165,15 +175,12 @@ def run_gate_eval(
     from plora.gate import probes
     from plora.gate.reference import build_reference
     from plora.models import load_base
-    from plora.outputs import check_report_dir
     from plora.settings import choose_base_model
 
-    check_report_dir(out, flag="--out")  # before minutes of training and probing
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     executor = executor or ExecutorConfig(jobs=2)
     started = time.perf_counter()
-    spec = spec or co.CohortSpec.named("quick" if quick else cohort, seed)
     name = choose_base_model(base_name)
     base = load_base(name)
     given = None
