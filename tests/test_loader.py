@@ -192,6 +192,24 @@ def test_factors_that_make_the_model_non_finite_are_refused(gpt2_setup, tmp_path
     assert _snapshot(base) == before and _no_hooks(base) and not active_injections(base)
 
 
+def test_finite_factors_whose_squares_overflow_are_not_mistaken_for_nan(gpt2_setup, tmp_path):
+    """The finiteness check makes one pass over the file (a float32 dot product); a large but finite factor
+    overflows that sum, and the check then goes factor by factor instead of refusing."""
+    from safetensors.numpy import load_file, save_file
+
+    from plora.loader import read_adapter
+
+    _, _, raw, _, _ = gpt2_setup
+    folder = Path(shutil.copytree(raw[0], tmp_path / "large"))
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].copy()
+    tensors[key][0, 0] = 3e19  # finite; its square is past float32's range
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    assert float(read_adapter(folder).modules[key.split(".lora_")[0].removeprefix("base_model.model.")][0][0, 0]) == \
+        np.float32(3e19)
+
+
 def test_a_merged_inject_into_a_tied_weight_is_refused(gpt2_setup, tmp_path):
     """GPT-2's lm_head.weight is the input embedding: merging a LoRA on lm_head in place changed the embedding too,
     logits 6 nats away from PEFT's (and from side mode). Merged mode refuses it; side mode matches PEFT."""

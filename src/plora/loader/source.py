@@ -155,7 +155,27 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(np.isfinite(t.numpy()).all())
 
 
-def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _finite_file(tensors: dict[str, torch.Tensor], data: np.ndarray | None) -> bool:
+    """True when one pass over the safetensors file's data bytes shows every value finite: a float32 dot product of
+    the data with itself (NaN and Inf propagate through it), one BLAS call instead of one check per factor (240 of
+    them cost ~1 ms on SmolLM2, a quarter of a side inject). False proves nothing (other dtypes, a sum of squares
+    past float32's range): the caller then checks factor by factor."""
+    if data is None or any(t.dtype != torch.float32 for t in tensors.values()):
+        return False
+    start = 8 + int.from_bytes(data[:8].tobytes(), "little")
+    body = data[start:]
+    if start % 4 or len(body) != 4 * sum(t.numel() for t in tensors.values()):
+        return False
+    x = body.view(np.float32)
+    return math.isfinite(float(np.dot(x, x)))
+
+
+def _pairs(
+    tensors: dict[str, torch.Tensor], where: str, data: np.ndarray | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA factor pairs by module, every value finite. ``data``: the file's bytes the tensors view (one finiteness
+    pass over them, see _finite_file)."""
+    finite = _finite_file(tensors, data)
     found: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         parsed = parse_lora_key(key)
@@ -175,7 +195,7 @@ def _pairs(tensors: dict[str, torch.Tensor], where: str) -> dict[str, tuple[torc
                 f"{where}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
                 "expected (r, in) and (out, r)"
             )
-        if not (_finite(a) and _finite(b)):
+        if not finite and not (_finite(a) and _finite(b)):
             # NaN or Inf would poison every output of a side path and every weight it is merged into
             raise LoaderError(f"{where}: module {module!r} has NaN or Inf in its LoRA factors")
         pairs[module] = (a, b)
@@ -349,7 +369,7 @@ def read_adapter(plasmid: str | os.PathLike[str] | Plasmid | AdapterSource, *, v
         raise LoaderError(f"{path}: cannot read the adapter weights ({err.strerror or err})") from None
     if manifest is not None and verify and len(data) != manifest.artifact.size_bytes:
         raise LoaderError(f"{path}: {len(data)} bytes, the manifest says {manifest.artifact.size_bytes}")
-    pairs = _pairs(load_safetensors(data, str(path)), str(path))
+    pairs = _pairs(load_safetensors(data, str(path)), str(path), data)
     _check_targets(pairs, config.get("target_modules"), str(folder))
     if manifest is not None:
         _check_targets(pairs, list(manifest.lora.targets), str(folder), "lora.targets")
