@@ -360,15 +360,13 @@ def test_a_dribbling_bulk_socket_cannot_hold_a_fetch_past_its_deadline(root, tmp
         srv.stop(0)
 
 
-class _SwitchingHeaders(pb2_grpc.PlasmidExchangeServicer):
+class _SwitchingHeaders(_BulkDribbler):
     """A malicious offer server: its bulk attempt names another artifact file and sends the server's own bytes for it,
     then breaks the socket; the gRPC fallback sends the genuine signed plasmid."""
 
     def __init__(self, folder: Path, planted: str) -> None:
-        self.files = {p.name: p.read_bytes() for p in folder.iterdir()}
         self.planted = planted
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(folder)
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
