@@ -399,6 +399,26 @@ def test_killed_server_or_client_leaves_nothing_partial(tmp_path):
             p.wait()
 
 
+def test_fetch_killed_while_replacing_an_earlier_plasmid_keeps_one_whole(world, server, tmp_path):
+    """SIGKILL right after the rename that moves the earlier ``dest/legal`` aside (or swaps the new one in): a
+    complete plasmid is at ``dest/legal`` (before, the folder was missing, and the next fetch into ``dest`` swept the
+    earlier plasmid away with the dead process's stage)."""
+    from crash_helpers import plora_cli, run_killed_at_rename
+
+    from plora.signer import Keyring, verify_plasmid
+
+    dest = tmp_path / "dest"
+    assert fetch(server.address, "legal", dest).accepted
+    rc = run_killed_at_rename(plora_cli("fetch", "--from", server.address, "--id", "legal", "--dest", str(dest),
+                                        "--no-gate"), "legal")
+    assert rc == -signal.SIGKILL
+    keys = Keyring.load([world["keys"]])
+    assert verify_plasmid(dest / "legal", keys).ok
+    assert fetch(server.address, "stranger", dest).accepted  # the next fetch sweeps the dead stage, nothing else
+    assert verify_plasmid(dest / "legal", keys).ok
+    assert sorted(os.listdir(dest)) == ["legal", "stranger"]
+
+
 def _try_fetch(address: str, dest: Path) -> object:
     try:
         return fetch(address, "big", dest)

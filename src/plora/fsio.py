@@ -13,10 +13,14 @@ reads of files a user names (:func:`read_bounded`): a FIFO, a device or a huge f
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,17 +130,66 @@ def process_temp_dir(prefix: str, parent: str | os.PathLike[str] | None = None) 
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
 
 
+@functools.cache
+def _renameat2() -> Any:
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap the entries ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or
+    the filesystem cannot, OSError when either is missing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = _renameat2()
+    if renameat2 is None:  # a libc before glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def replace_dir(new: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path | None:
+    """Move the folder ``new`` to ``final``, on one filesystem. An existing ``final`` is swapped with ``new`` in one
+    step, so ``final`` names the old folder or the new one at every instant, even if the process is killed; the old
+    folder is then at ``new``'s path, returned for the caller to remove. None when nothing was at ``final``.
+
+    Where the swap is not available (not Linux, or a filesystem without ``RENAME_EXCHANGE``), two renames: the old
+    folder goes to ``<new>.old`` first, and ``final`` is missing between the two."""
+    new, final = Path(new), Path(final)
+    for _ in range(3):  # another process may create or remove ``final`` between our attempts
+        try:
+            os.rename(new, final)  # replaces nothing but an empty folder
+            return None
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        try:
+            if _rename_exchange(new, final):
+                return new
+        except FileNotFoundError:
+            continue
+        old = new.with_name(f"{new.name}.old")
+        os.replace(final, old)
+        os.replace(new, final)
+        return old
+    raise OSError(errno.EBUSY, f"{final} keeps changing; not replaced", str(final))
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Build a folder beside ``final`` and move it into place only if the block succeeds.
 
-    On success the staged folder replaces ``final`` (the old one, if any, is removed after the
-    rename of the new one has succeeded); on failure the staged folder is deleted and ``final`` is
-    untouched.
+    On success the staged folder replaces ``final`` through :func:`replace_dir` (``final`` is never missing, even if
+    the process is killed, and the old folder is removed afterwards); on failure the staged folder is deleted and
+    ``final`` is untouched. Staged folders of processes that died (``.<name>.staging-<pid>-*``) are removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+    stage = process_temp_dir(f".{final.name}.staging-", final.parent)
     try:
         os.chmod(stage, FOLDER_MODE)
         yield stage
@@ -145,16 +198,12 @@ def staging_dir(final: str | os.PathLike[str], overwrite: bool = True) -> Iterat
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(stage)
-        if final.exists():
-            if not overwrite:
-                raise FileExistsError(f"{final} already exists")
-            old = final.with_name(f".{final.name}.old.{os.getpid()}")
-            os.replace(final, old)
-            os.replace(stage, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, final)
+        if not overwrite and final.exists():
+            raise FileExistsError(f"{final} already exists")
+        old = replace_dir(stage, final)
         _fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

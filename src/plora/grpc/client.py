@@ -40,7 +40,7 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
-from plora.fsio import process_temp_dir, remove_orphans
+from plora.fsio import process_temp_dir, remove_orphans, replace_dir
 from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
 from plora.grpc.checks import Check
 from plora.grpc.limits import Limits, check_id, parse_address
@@ -240,28 +240,28 @@ def check_replaceable(final: Path) -> None:
 
 
 def _install(stage: Path, final: Path) -> None:
-    """Rename the checked stage into place; an earlier plasmid of the same id is replaced atomically, anything else
-    at ``final`` is refused (TransferError) and left as it was."""
+    """Move the checked stage into place; an earlier plasmid of the same id is swapped out in one step
+    (:func:`plora.fsio.replace_dir`: ``final`` is never missing, even if this process is killed), anything else at
+    ``final`` is refused (TransferError) and left as it was."""
     with _install_lock:
         final.parent.mkdir(parents=True, exist_ok=True)
         check_replaceable(final)
-        if final.exists():
-            old = stage.parent / f"{stage.name}.old"
-            os.replace(final, old)
+        old = replace_dir(stage, final)
+        if old is not None:
             try:
                 check_replaceable(old)  # nothing slipped in since the check above: we own it now, out of place
             except TransferError:
-                os.replace(old, final)
+                mine = replace_dir(old, final)  # put it back; ours goes where it was
+                if mine is not None:
+                    shutil.rmtree(mine, ignore_errors=True)
                 check_replaceable(final)  # says what is there, by its own name
                 raise
-            os.replace(stage, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, final)
         with contextlib.suppress(OSError):
             fd = os.open(final.parent, os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _quarantine(stage: Path, quarantine: Path, result: FetchResult) -> Path:
