@@ -388,6 +388,38 @@ def test_install_never_replaces_another_calibration_without_force(tmp_path, monk
     assert find_calibration(digest).thresholds.trigger == 21.0
 
 
+def test_two_installs_at_once_never_replace_one_another_without_force(tmp_path, monkeypatch):
+    """Install A is stopped after its check that nothing is installed, just before it writes; install B runs then.
+    B must wait and then refuse (another calibration is installed): before, B found nothing either, both printed
+    "installed", and A silently replaced B's without --force."""
+    import subprocess
+    import sys
+
+    from crash_helpers import start_paused_at, wait_until, waits_on_a_lock
+
+    from plora.gate.calibration import find_calibration, write_calibration
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
+    digest = "cd" * 32
+    first = write_calibration(_calibration(digest), tmp_path / "first.json")
+    second = write_calibration(_calibration(digest, trigger=21.0), tmp_path / "second.json")
+    go = str(tmp_path / "go")
+    a = start_paused_at(f"from plora.cli.main import main\nmain(['calibration', 'install', {str(first)!r}])\n",
+                        "plora.gate.calibration:write_calibration", go)
+    try:
+        wait_until(lambda: (tmp_path / "go.ready").exists())
+        b = subprocess.Popen([sys.executable, "-m", "plora", "calibration", "install", str(second)],
+                             stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: b.poll() is not None or waits_on_a_lock(b.pid))
+        (tmp_path / "go").touch()
+        assert a.wait(60) == 0
+        _, err = b.communicate(timeout=60)
+    finally:
+        a.kill()
+    assert b.returncode == 2 and "another calibration is installed" in err, err
+    assert find_calibration(digest).thresholds.trigger == 20.0
+
+
 def test_the_gate_refuses_a_calibration_made_for_another_probe_version(tmp_path, monkeypatch):
     from trust_helpers import make_plasmid
 

@@ -177,21 +177,25 @@ def install_calibration(path: str | Path, *, into_package: bool = False, force: 
     if not cal.weight_reference.get("entries"):
         raise CalibrationError(f"{path}: its weight reference is empty: the gate would refuse every plasmid "
                                "(SHAPE_UNCALIBRATED)")
+    from plora.fsio import folder_lock
+
     folder = SHIPPED_DIR if into_package else installed_dir()
     target = folder / f"{cal.base_digest}.json"
-    if target.exists() or target.is_symlink():
-        try:
-            same = read_calibration(target).digest() == cal.digest()
-        except CalibrationError:
-            same = False
-        if same:
-            return target
-        if not force:
-            raise CalibrationError(
-                f"{target}: another calibration is installed for base {cal.base_model} ({cal.base_digest[:16]}...); "
-                "pass --force to replace it"
-            )
-    return write_calibration(cal, target)
+    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder):  # two installs at once: the second sees the first's, as if it had run after it
+        if target.exists() or target.is_symlink():
+            try:
+                same = read_calibration(target).digest() == cal.digest()
+            except CalibrationError:
+                same = False
+            if same:
+                return target
+            if not force:
+                raise CalibrationError(
+                    f"{target}: another calibration is installed for base {cal.base_model} "
+                    f"({cal.base_digest[:16]}...); pass --force to replace it"
+                )
+        return write_calibration(cal, target)
 
 
 def probe_constants() -> dict[str, Any]:

@@ -18,15 +18,13 @@ plora.yml, before envelopes), which are refused (SIGNATURE_LEGACY) because they 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from plora.errors import ManifestError, PloraError, SignatureError
-from plora.fsio import read_bounded
+from plora.fsio import folder_lock, read_bounded
 from plora.hashing import sha256_bytes, sha256_file
 from plora.manifest import (
     ADAPTER_CONFIG_NAME,
@@ -144,7 +142,7 @@ def sign_plasmid(
     read_manifest(folder)  # a clear error for a folder that is not a plasmid, before any lock
     # Signers adding to one envelope at once must not lose each other's signature; the files are checked under
     # the lock too, so what is signed is what was checked.
-    with _folder_lock(folder):
+    with folder_lock(folder):  # on the folder itself: no lock file is left in (or signed with) the folder
         manifest = read_manifest(folder)
         problems = check_files(folder, manifest)
         if problems:
@@ -169,19 +167,6 @@ def sign_plasmid(
         if legacy:  # the one rewrite of plora.yml: canonical bytes exclude this field, so the envelope stays valid
             write_manifest(folder, manifest.model_copy(update={"signatures": ()}))
     return SignOutcome(path, fp, algo, len(envelope.signatures), stale, legacy)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive flock on the plasmid folder itself: no lock file is left in (or signed with) the folder."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def check_signatures(
