@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -78,6 +79,23 @@ def test_local_folder_path_loads_and_caches_its_digest():
     cache = json.loads((cache_dir("digests") / "folders.json").read_text())
     assert cache[folder]["digest"] == base.digest
     assert base_digest(folder) == base.digest
+
+
+@pytest.mark.parametrize("damage", ["[]", '{"FOLDER": 5}', '{"FOLDER": {"fingerprint": 1}}', "{trunc"])
+def test_a_damaged_digest_cache_is_a_miss(tmp_path, monkeypatch, damage):
+    """PLORA_HOME/digests/folders.json holding valid JSON of another shape (a list, an entry that is no object) made
+    every load of a folder base fail with "error: AttributeError: ..."; now it is recomputed and rewritten."""
+    from plora.settings import cache_dir
+
+    monkeypatch.setenv("PLORA_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_folder(), folder)
+    (folder / "build.json").unlink()  # a plain folder: its digest comes from the cache or from the weights
+    cache = cache_dir("digests") / "folders.json"
+    cache.write_text(damage.replace("FOLDER", str(folder)))
+    result = CliRunner().invoke(app, ["base", "info", "--base-model", str(folder)])
+    assert result.exit_code == 0 and f"digest: {base_digest('plora-tiny')}" in result.output, result.output
+    assert json.loads(cache.read_text())[str(folder)]["digest"] == base_digest("plora-tiny")
 
 
 def test_missing_folder_and_offline_hub_id_give_one_line_errors(monkeypatch):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from plora.errors import ModelError, PloraError
-from plora.fsio import atomic_write_json
+from plora.fsio import atomic_write_json, file_lock
 from plora.settings import cache_dir, choose_base_model, get_settings
 
 TINY = "plora-tiny"
@@ -247,24 +247,29 @@ def _digest_cache_path() -> Path:
     return cache_dir("digests") / "folders.json"
 
 
-def _cached_folder_digest(folder: Path) -> str | None:
+def _read_digest_cache() -> dict[str, Any]:
+    """The recorded folder digests; a damaged file (not JSON, not an object) is a miss, rewritten on the next store."""
     try:
-        entry = json.loads(_digest_cache_path().read_text()).get(str(folder))
+        cache = json.loads(_digest_cache_path().read_text())
     except (OSError, ValueError):
-        return None
-    if entry and entry.get("fingerprint") == _fingerprint(folder):
-        return entry.get("digest")
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _cached_folder_digest(folder: Path) -> str | None:
+    entry = _read_digest_cache().get(str(folder))
+    if isinstance(entry, dict) and entry.get("fingerprint") == _fingerprint(folder):
+        digest = entry.get("digest")
+        return digest if isinstance(digest, str) else None
     return None
 
 
 def _store_folder_digest(folder: Path, digest: str) -> None:
     path = _digest_cache_path()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    cache[str(folder)] = {"fingerprint": _fingerprint(folder), "digest": digest}
-    atomic_write_json(path, cache)
+    with file_lock(path.with_suffix(".lock")):  # two loads of different folders at once: both entries kept
+        cache = _read_digest_cache()
+        cache[str(folder)] = {"fingerprint": _fingerprint(folder), "digest": digest}
+        atomic_write_json(path, cache)
 
 
 def _digest_for(cname: str, source: str, model: Any | None) -> str:
