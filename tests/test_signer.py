@@ -118,6 +118,35 @@ def test_keygen_ecdsa_p256_makes_a_p256_key(tmp_path: Path) -> None:
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
 
 
+def test_two_keygens_of_one_out_at_once_leave_one_whole_pair(tmp_path: Path) -> None:
+    """keygen A is stopped after its check that nothing is at --out, just before it writes; keygen B runs then. B must
+    wait and refuse; before, B wrote its pair, printed it, and A then overwrote it without --force (interleaved, the
+    two could leave one's public key beside the other's private key)."""
+    import subprocess
+    import sys
+
+    from crash_helpers import start_paused_at, wait_until, waits_on_a_lock
+
+    from plora.signer.keys import public_pem
+
+    out, go = tmp_path / "keys" / "k", tmp_path / "go"
+    keygen = ["keygen", "--algo", "ed25519", "--out", str(out)]
+    a = start_paused_at(f"from plora.cli.main import main\nmain({keygen!r})\n", "plora.signer.keys:atomic_write_bytes",
+                        str(go))
+    try:
+        wait_until(lambda: Path(f"{go}.ready").exists())
+        b = subprocess.Popen([sys.executable, "-m", "plora", *keygen], stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: b.poll() is not None or waits_on_a_lock(b.pid))
+        go.touch()
+        assert a.wait(60) == 0
+        _, err = b.communicate(timeout=60)
+    finally:
+        a.kill()
+    assert b.returncode == 2 and "already exists; refusing to overwrite a key" in err, err
+    private = load_private_key(out)
+    assert public_pem(private.public_key()) == Path(f"{out}.pub").read_bytes()
+
+
 def test_rsa_keys_are_3072_bit_and_smaller_ones_refused(keys: dict[str, Path], tmp_path: Path) -> None:
     priv = load_private_key(keys["alice"])
     assert isinstance(priv, rsa.RSAPrivateKey) and priv.key_size == 3072

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from plora.errors import SignatureError
-from plora.fsio import atomic_write_bytes
+from plora.fsio import atomic_write_bytes, folder_lock
 
 KeyAlgo = Literal["rsa", "ed25519", "ecdsa-p256"]
 KEY_ALGOS: tuple[str, ...] = ("rsa", "ed25519", "ecdsa-p256")
@@ -122,9 +122,15 @@ def generate_keypair(algo: KeyAlgo, out: str | os.PathLike[str], *, overwrite: b
     priv_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # Public first: a crash in between never leaves a private key without its public half.
-    atomic_write_bytes(pub_path, public_pem(private.public_key()), mode=0o644)
-    atomic_write_bytes(priv_path, priv_pem, mode=0o600)
+    priv_path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(priv_path.parent):  # keygens of one --out at once: one writes its pair, the others refuse
+        if not overwrite:
+            for p in (priv_path, pub_path):
+                if p.exists():
+                    raise SignatureError(f"{p} already exists; refusing to overwrite a key")
+        # Public first: a crash in between never leaves a private key without its public half.
+        atomic_write_bytes(pub_path, public_pem(private.public_key()), mode=0o644)
+        atomic_write_bytes(priv_path, priv_pem, mode=0o600)
     return priv_path, pub_path
 
 
