@@ -264,6 +264,24 @@ def test_gate_eval_scores_with_the_probe_config_it_is_given(legal_plasmid, plora
     assert other["details"]["config"]["targets"] == 1 and other["details"]["searched_targets"].startswith("1 of")
 
 
+@pytest.mark.parametrize("damage", ['{"trigger": 0.1', '["trigger", 0.1]', '{"trigger": "low", "clean_delta": 0}'],
+                         ids=["torn", "list", "string"])
+def test_a_damaged_gate_score_cache_entry_is_probed_again(legal_plasmid, plora_tiny, damage):
+    """A gate-scores file that is torn or of another shape is a miss: probed again and rewritten (before, gate-eval
+    stopped with "error: JSONDecodeError: ..." naming no file, or later on a missing score)."""
+    from plora.experiments.gate_eval.scoring import _cache_path, probe_folder
+    from plora.gate import probes
+
+    base = plora_tiny()
+    given = {**SMALL, "candidates": 64, "keep_pairs": 2, "verify_prompts": 4}
+    path = _cache_path(probes.probe_identity(base, 3, probes.ProbeConfig(**given)),
+                       read_manifest(legal_plasmid).artifact.sha256)
+    path.write_text(damage)
+    got = probe_folder(legal_plasmid, base, 3, given)
+    assert isinstance(got["trigger"], float) and isinstance(got["clean_delta"], float)
+    assert json.loads(path.read_text()) == got
+
+
 def test_scores_are_blind_to_the_manifests_words(legal_plasmid, plora_tiny, tmp_path):
     """Editing plasmid_id, domain and metrics in plora.yml changes no score: only the tensors and the base count."""
     from plora.gate.probes import ProbeConfig, behaviour_probe

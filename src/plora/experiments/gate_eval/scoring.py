@@ -39,6 +39,18 @@ def _cache_path(identity: str, artifact_sha: str) -> Path:
     return cache_dir("gate-scores") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
+def _read_scores(path: Path) -> dict[str, Any] | None:
+    """A stored probe result, or None (a miss) when the file is absent or damaged: torn, not JSON, another shape."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(data, dict) and isinstance(data.get("details"), dict)
+          and all(isinstance(data.get(k), int | float) and not isinstance(data.get(k), bool)
+                  for k in ("trigger", "clean_delta")))
+    return data if ok else None
+
+
 def probe_folder(folder: Path, base: Any, seed: int, config: dict[str, int] | None = None) -> dict[str, Any]:
     """The behavioural probe's result for one plasmid folder, computed once and then read from the cache.
 
@@ -50,8 +62,8 @@ def probe_folder(folder: Path, base: Any, seed: int, config: dict[str, int] | No
 
     cfg = probes.ProbeConfig.for_base(base) if config is None else probes.ProbeConfig(**config)
     path = _cache_path(probes.probe_identity(base, seed, cfg), read_manifest(folder).artifact.sha256)
-    if path.is_file():
-        return json.loads(path.read_text())
+    if (stored := _read_scores(path)) is not None:
+        return stored
     s = probes.behaviour_probe(read_plasmid(folder), base, seed=seed, config=cfg)
     result = {"trigger": s.trigger_score, "clean_delta": s.clean_delta, "details": s.details}
     atomic_write_json(path, result)
