@@ -161,6 +161,34 @@ def test_a_record_of_another_schema_is_screened_again(legal_plasmid: Path, tmp_p
     assert cache.screens == 1 and VerdictRecord.model_validate_json(path.read_bytes()) == record
 
 
+def test_a_folder_that_changes_while_screened_leaves_no_verdict_for_its_old_bytes(
+        legal_plasmid: Path, tmp_path: Path, monkeypatch) -> None:
+    """`plora sign` lands while the gate screens an unsigned folder: the screen sees the signature and accepts. That
+    verdict must not be stored under the key of the unsigned bytes; before, the same folder unsigned again (or any
+    copy of those bytes) was found "accepted" in the cache without a screen."""
+    import plora.gate
+    from plora.signer import generate_keypair, sign_plasmid
+
+    folder = tmp_path / "p"
+    shutil.copytree(legal_plasmid, folder)
+    (folder / "plora.sig.json").unlink(missing_ok=True)
+    priv, pub = generate_keypair("ed25519", tmp_path / "keys" / "alice")
+    policy = load_policy(None, probes=False, trusted_keys=[str(pub)])
+    real = plora.gate.screen
+
+    def signed_while_screened(f, *args, **kwargs):
+        sign_plasmid(f, priv)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(plora.gate, "screen", signed_while_screened)
+    assert VerdictCache(policy).verdict(folder).accepted  # the bytes it screened were signed
+    monkeypatch.setattr(plora.gate, "screen", real)
+    (folder / "plora.sig.json").unlink()  # unsigned again: the bytes the first key was taken from
+    again = VerdictCache(policy)
+    record = again.verdict(folder)
+    assert again.screens == 1 and not record.accepted and "SIGNATURE_MISSING" in record.codes
+
+
 # ------------------------------------------------------------------------------------------------------------ roles
 def _entries(clean: int, trojan: int, domains: tuple[str, ...]) -> list[PoolEntry]:
     out = []

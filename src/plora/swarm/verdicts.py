@@ -25,7 +25,8 @@ Where: ``PLORA_HOME/verdicts/<verdict_key>.json`` with ``verdict_key(policy, fol
 
 One schema (:class:`VerdictRecord`, ``schema_version`` 1): key, plasmid id, artifact SHA-256, accepted, reasons as
 ``{code, message}``, numeric scores, seconds, and who screened it. A file that does not parse as that schema (an older
-layout, a torn disk) counts as missing and is screened again. One lock: :func:`plora.fsio.file_lock` on
+layout, a torn disk) counts as missing and is screened again; a verdict on a folder that changed while it was screened
+is returned but not stored. One lock: :func:`plora.fsio.file_lock` on
 ``<key>.lock``, so processes (and threads) that want the same verdict at once wait for the first screen and read it.
 Within a process, screens run one at a time because they share one loaded base model.
 """
@@ -195,7 +196,10 @@ class VerdictCache:
                 self.hits += 1
                 return hit
             record = self._screen(Path(folder), key, plasmid_id)
-            atomic_write_text(path, record.model_dump_json(indent=1))
+            # stored only if the folder still hashes to the key: one changed while it was screened (a signature
+            # added, a file swapped) got a verdict on other bytes than the key's, which must never be found for them
+            if self.key(folder) == key:
+                atomic_write_text(path, record.model_dump_json(indent=1))
         return record
 
     def _screen(self, folder: Path, key: str, plasmid_id: str | None) -> VerdictRecord:
