@@ -5,17 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 
-# Runs ``python -c`` code after wrapping every folder rename (os.replace, os.rename, plora.fsio's swap): the process
-# SIGKILLs itself right after the first such call that moved an entry named KILL_AT_RENAME (source or destination).
+# Runs ``python -c`` code after wrapping every rename (os.replace, os.rename, plora.fsio's swap): the process SIGKILLs
+# itself right after (KILL_WHEN=after) or just before (before) the first such call that moves an entry named
+# KILL_AT_RENAME (source or destination).
 _HOOK = """
 import os, signal, sys
 import plora.fsio as fsio
-name = os.environ["KILL_AT_RENAME"]
+name, when = os.environ["KILL_AT_RENAME"], os.environ["KILL_WHEN"]
 
 def killing(real):
     def call(a, b, *args, **kw):
+        hit = name in (os.path.basename(os.fspath(a)), os.path.basename(os.fspath(b)))
+        if hit and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
         out = real(a, b, *args, **kw)
-        if name in (os.path.basename(os.fspath(a)), os.path.basename(os.fspath(b))):
+        if hit:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
     return call
@@ -26,12 +30,12 @@ if hasattr(fsio, "_rename_exchange"):
 """
 
 
-def run_killed_at_rename(code: str, name: str, timeout: float = 120) -> int:
-    """Run ``code`` in a fresh Python that is SIGKILLed right after its first rename touching ``name``; its exit
-    code (-9 when it was killed there)."""
+def run_killed_at_rename(code: str, name: str, timeout: float = 120, before: bool = False) -> int:
+    """Run ``code`` in a fresh Python that is SIGKILLed right after (or ``before``) its first rename touching
+    ``name``; its exit code (-9 when it was killed there)."""
     import os
 
-    env = {**os.environ, "KILL_AT_RENAME": name}
+    env = {**os.environ, "KILL_AT_RENAME": name, "KILL_WHEN": "before" if before else "after"}
     return subprocess.run([sys.executable, "-c", _HOOK + code], env=env, timeout=timeout).returncode
 
 

@@ -419,6 +419,26 @@ def test_fetch_killed_while_replacing_an_earlier_plasmid_keeps_one_whole(world, 
     assert sorted(os.listdir(dest)) == ["legal", "stranger"]
 
 
+def test_a_sign_killed_in_a_fetched_plasmid_never_blocks_the_next_fetch(world, server, tmp_path):
+    """`plora sign` SIGKILLed just before the rename of its new plora.sig.json leaves its temporary file in the
+    folder; the next fetch of that id into the same --dest replaces the folder (before, it refused it as "not a
+    plasmid folder (it also holds .plora.sig.json....tmp)" until the file was removed by hand)."""
+    from crash_helpers import plora_cli, run_killed_at_rename
+
+    dest = tmp_path / "dest"
+    assert fetch(server.address, "legal", dest).accepted
+    rc = run_killed_at_rename(plora_cli("sign", str(dest / "legal"), "--key", str(world["keys"] / "alice")),
+                              "plora.sig.json", before=True)
+    assert rc == -signal.SIGKILL
+    [temp] = [p.name for p in (dest / "legal").iterdir() if p.name.endswith(".tmp")]
+    assert temp.startswith(".plora.sig.json.")
+    r = fetch(server.address, "legal", dest)
+    assert r.accepted and sorted(os.listdir(dest / "legal")) == sorted(os.listdir(world["root"] / "legal"))
+    (dest / "legal" / ".plora.sig.json.1-abc.tmp").write_text("")  # pid 1 lives: a write may be in progress
+    with pytest.raises(TransferError, match="not a plasmid folder"):
+        fetch(server.address, "legal", dest)
+
+
 def _try_fetch(address: str, dest: Path) -> object:
     try:
         return fetch(address, "big", dest)

@@ -18,6 +18,7 @@ import errno
 import functools
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -61,10 +62,22 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp")
+
+
+def dead_temp_of(name: str) -> str | None:
+    """The file name that ``name`` was a temporary file of, when it is one :func:`atomic_write_bytes` made (beside
+    it: ``.<name>.<pid>-XXXX.tmp``) in a process that has died (killed before its rename); None otherwise."""
+    m = _TEMP_NAME.fullmatch(name)
+    if m is None or int(m["pid"]) == os.getpid() or pid_alive(int(m["pid"])):
+        return None
+    return m["name"]
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -40,7 +40,7 @@ from pathlib import Path
 import grpc
 
 from plora.errors import ManifestError, TransferError
-from plora.fsio import process_temp_dir, remove_orphans, replace_dir
+from plora.fsio import dead_temp_of, process_temp_dir, remove_orphans, replace_dir
 from plora.grpc.bulk import BulkError, HashWriter, receive_bulk
 from plora.grpc.checks import Check
 from plora.grpc.limits import Limits, check_id, parse_address
@@ -215,6 +215,12 @@ def _receive_stream(stream, plasmid_id: str, path: Path, size: int, limits: Limi
     return writer.sha.hexdigest(), received
 
 
+def _plasmid_leftover(name: str) -> bool:
+    """A plasmid file, or the temporary file of one that a killed ``plora sign`` (or write) left behind."""
+    temp_of = dead_temp_of(name)
+    return is_plasmid_file(name if temp_of is None else temp_of)
+
+
 def check_replaceable(final: Path) -> None:
     """Refuse a ``dest/<id>`` that a fetch may not replace: anything but an empty folder or an earlier plasmid folder
     (a ``plora.yml`` and nothing but plasmid files). A folder of notes or keys that happens to bear a peer's chosen
@@ -232,7 +238,7 @@ def check_replaceable(final: Path) -> None:
         entries = list(os.scandir(final))
     except OSError as err:
         raise TransferError(f"cannot check {final}: {err.strerror or err}") from None
-    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and is_plasmid_file(e.name)))
+    foreign = sorted(e.name for e in entries if not (e.is_file(follow_symlinks=False) and _plasmid_leftover(e.name)))
     if foreign or (entries and not any(e.name == MANIFEST_NAME for e in entries)):
         what = f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else \
             f"it has no {MANIFEST_NAME}"
