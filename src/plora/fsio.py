@@ -13,7 +13,6 @@ reads of files a user names (:func:`read_bounded`): a FIFO, a device or a huge f
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import json
@@ -145,6 +144,8 @@ def process_temp_dir(prefix: str, parent: str | os.PathLike[str] | None = None) 
 
 @functools.cache
 def _renameat2() -> Any:
+    import ctypes  # only when a folder is replaced: 2 ms off every start-up that imports fsio
+
     return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
 
 
@@ -159,6 +160,8 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
